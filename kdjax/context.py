@@ -1,0 +1,91 @@
+"""Everything a stage needs, built lazily once per run: validated config, workdir, teacher, packed corpus."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import numpy as np
+
+from kdjax.config import split_list
+from kdjax.data.batches import MaskingSpec
+from kdjax.data.corpus import packed_corpus
+from kdjax.latency import LatencyConfig, measure
+from kdjax.losses import LossConfig
+from kdjax.spec import ArchSpec
+from kdjax.teacher import Teacher, load_teacher
+from kdjax.train import compute_dtype, make_mesh
+from kdjax.workdir import Workdir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+class RunContext:
+    def __init__(self, config, workdir: Workdir):
+        self.config = config
+        self.workdir = workdir
+        self.stages = split_list(config.stages)
+
+    @functools.cached_property
+    def teacher(self) -> Teacher:
+        c = self.config.teacher
+        log.info("loading teacher %s", c.name)
+        return load_teacher(
+            str(c.name),
+            allow_pickle=bool(c.allow_pickle),
+            random_dir=self.workdir.subdir("teacher"),
+            seed=self.config.seed,
+        )
+
+    @functools.cached_property
+    def rows(self) -> np.ndarray:
+        """The packed corpus (cached on disk by content fingerprint)."""
+        log.info("preparing corpus %s", self.config.data.corpus)
+        rows = packed_corpus(self.config.data, self.teacher.tokenizer, self.workdir.cache, seed=self.config.seed)
+        pad = self.teacher.tokenizer.pad_token_id
+        log.info("corpus: %d rows of %d tokens, %.1f%% non-pad", len(rows), rows.shape[1], 100 * np.mean(rows != pad))
+        return rows
+
+    @functools.cached_property
+    def masking(self) -> MaskingSpec:
+        return MaskingSpec.from_tokenizer(self.teacher.tokenizer, float(self.config.data.mlm_probability))
+
+    @functools.cached_property
+    def mesh(self):
+        return make_mesh()
+
+    @property
+    def global_batch(self) -> int:
+        return int(self.config.kd.per_device_batch_size) * self.mesh.size
+
+    @property
+    def dtype(self):
+        return compute_dtype(str(self.config.kd.compute_dtype))
+
+    @property
+    def loss_cfg(self) -> LossConfig:
+        return LossConfig.from_config(self.config.kd.loss)
+
+    @property
+    def latency_cfg(self) -> LatencyConfig:
+        return LatencyConfig.from_config(self.config.nas)
+
+    def teacher_latency(self) -> dict:
+        """Teacher latency under the configured protocol, cached in teacher/latency.json by protocol key."""
+        path = self.workdir.path("teacher", "latency.json")
+        cache = read_json(path) if os.path.exists(path) else {}
+        key = self.latency_cfg.key
+        if key not in cache:
+            cache[key] = measure(self.teacher.spec, self.latency_cfg, self.teacher.params["encoder"])
+            write_json(path, cache)
+        return cache[key]
+
+    def student_spec(self, arch_id: str) -> ArchSpec:
+        from kdjax.spec import parse_arch_id
+
+        return parse_arch_id(arch_id, self.teacher.spec)
+
+    def devices_summary(self) -> str:
+        return f"{jax.device_count()} x {jax.devices()[0].platform}"

@@ -1,0 +1,164 @@
+"""Corpus -> tokenized lines (`datasets.map`, cached) -> packed rows of `max_seq_len` tokens (cached .npy)."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from kdjax.data import synthetic
+from kdjax.errors import KdjaxError
+
+TEXT_SUFFIXES = (".txt", ".gz", ".tokens", ".raw")
+
+
+class DataError(KdjaxError, ValueError):
+    """Missing, empty or unreadable data."""
+
+
+def corpus_files(corpus: str) -> list[str]:
+    """Expand a file, folder or glob into a sorted list of text files; [] when `corpus` looks like a hub id."""
+    path = os.path.expanduser(corpus)
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
+        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if f.endswith(TEXT_SUFFIXES))
+        if not files:
+            raise DataError(f"corpus folder {corpus} has no text files ({', '.join(TEXT_SUFFIXES)})")
+        return files
+    if any(ch in corpus for ch in "*?["):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise DataError(f"corpus glob {corpus} matches no files")
+        return files
+    if os.path.sep in corpus or corpus.startswith(".") or corpus.endswith(TEXT_SUFFIXES):
+        raise DataError(f"corpus path {corpus} does not exist")
+    return []
+
+
+def _fingerprint(corpus: str, files: list[str], extra: dict) -> str:
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
+    h.update(corpus.encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.abspath(f)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def load_text(
+    corpus: str, *, text_column: str = "text", max_lines: int = 0, synthetic_lines: int = 2000, seed: int = 0
+):
+    """A `datasets.Dataset` with one non-empty line per row in column 'text'."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if corpus == "synthetic":
+        ds = datasets.Dataset.from_dict({"text": synthetic.lines(synthetic_lines, seed)})
+    else:
+        files = corpus_files(corpus)
+        try:
+            if files:
+                ds = datasets.load_dataset("text", data_files=files, split="train")
+            else:
+                name, _, subset = corpus.partition(":")
+                ds = datasets.load_dataset(name, subset or None, split="train")
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"cannot load corpus {corpus!r}: {type(e).__name__}: {e}") from e
+        if text_column != "text":
+            if text_column not in ds.column_names:
+                raise DataError(f"corpus {corpus!r} has no column {text_column!r} (has {ds.column_names})")
+            ds = ds.rename_column(text_column, "text")
+        ds = ds.select_columns(["text"]).filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+    if max_lines:
+        ds = ds.select(range(min(max_lines, len(ds))))
+    if len(ds) == 0:
+        raise DataError(f"corpus {corpus!r} is empty (no non-empty lines)")
+    return ds
+
+
+def pack_rows(token_lists, max_seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
+    """Greedily pack whole sentences as `[CLS] s1 [SEP] s2 [SEP] ...` into rows of `max_seq_len` tokens.
+
+    A sentence longer than a row is split into row-sized pieces instead of being truncated, so no text is lost;
+    only the tail of each row that no next sentence fits in is padding.
+    """
+    body = max_seq_len - 1  # room after [CLS]
+    rows, cur = [], [cls_id]
+
+    def flush():
+        nonlocal cur
+        if len(cur) > 1:
+            rows.append(cur + [pad_id] * (max_seq_len - len(cur)))
+        cur = [cls_id]
+
+    for ids in token_lists:
+        ids = list(ids)
+        pieces = [ids[i : i + body - 1] for i in range(0, len(ids), body - 1)] or []
+        for piece in pieces:
+            if len(cur) + len(piece) + 1 > max_seq_len:
+                flush()
+            cur.extend(piece)
+            cur.append(sep_id)
+    flush()
+    return np.asarray(rows, dtype=np.int32).reshape(-1, max_seq_len)
+
+
+def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> np.ndarray:
+    """Tokenize and pack the configured corpus; the packed rows are cached in `cache_dir` by content fingerprint."""
+    corpus = str(data_cfg.corpus)
+    files = [] if corpus == "synthetic" else corpus_files(corpus)
+    extra = {
+        "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "vocab": len(tokenizer),
+        "max_seq_len": int(data_cfg.max_seq_len),
+        "max_lines": int(data_cfg.max_lines),
+        "text_column": str(data_cfg.text_column),
+        "synthetic": int(data_cfg.synthetic_lines) if corpus == "synthetic" else 0,
+        "seed": seed if corpus == "synthetic" else 0,
+        "version": 1,
+    }
+    key = _fingerprint(corpus, files, extra)
+    path = os.path.join(cache_dir, f"packed-{key}.npy") if cache_dir else None
+    if path and os.path.exists(path):
+        return np.load(path)
+    ds = load_text(
+        corpus,
+        text_column=str(data_cfg.text_column),
+        max_lines=int(data_cfg.max_lines),
+        synthetic_lines=int(data_cfg.synthetic_lines),
+        seed=seed,
+    )
+
+    def tokenize(batch):
+        return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+
+    ds = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"])
+    rows = pack_rows(
+        ds["input_ids"],
+        int(data_cfg.max_seq_len),
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        tokenizer.pad_token_id,
+    )
+    if len(rows) == 0:
+        raise DataError(f"corpus {corpus!r} produced no tokens")
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = path + ".tmp.npy"
+        np.save(tmp, rows)
+        os.replace(tmp, path)
+    return rows
+
+
+def proxy_subset(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A fixed random `fraction` of the rows (at least one), the same for every candidate of a search."""
+    if fraction >= 1.0:
+        return rows
+    n = max(1, int(round(len(rows) * fraction)))
+    idx = np.sort(np.random.default_rng([seed, 7]).permutation(len(rows))[:n])
+    return rows[idx]

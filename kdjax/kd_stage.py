@@ -1,0 +1,109 @@
+"""The `kd` stage: full distillation of the chosen student, with checkpoints, metrics and an HF export."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from kdjax.checkpoint import Checkpointer
+from kdjax.context import RunContext
+from kdjax.data.batches import Batches
+from kdjax.export import export_hf
+from kdjax.spec import ArchSpec
+from kdjax.train import OptimConfig, distill
+from kdjax.workdir import read_json, write_json
+from kdjax.writer import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+def chosen_arch(ctx: RunContext) -> tuple[str, str]:
+    """(arch id, where it came from): the search's best when nas/top_k.json exists, else config.kd.arch."""
+    path = ctx.workdir.path("nas", "top_k.json")
+    if os.path.exists(path):
+        top = read_json(path)
+        if top.get("top_k"):
+            return top["top_k"][0]["arch_id"], "nas/top_k.json"
+    return str(ctx.config.kd.arch), "config.kd.arch"
+
+
+def num_steps(kd_cfg, steps_per_epoch: int) -> int:
+    return int(kd_cfg.num_train_steps) or int(kd_cfg.num_epochs) * steps_per_epoch
+
+
+def distill_arch(
+    ctx: RunContext, spec: ArchSpec, *, out_dir: str, steps: int | None = None, student_params=None, desc="kd"
+):
+    """Distill `spec` into `out_dir` (checkpoints/, metrics.jsonl, tb/, hf/, result.json); resumes if interrupted."""
+    kd = ctx.config.kd
+    batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed)
+    steps = steps or num_steps(kd, batches.steps_per_epoch)
+    opt = OptimConfig.from_config(kd, steps)
+    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), keep=int(kd.keep_checkpoints))
+    writer = MetricWriter(out_dir)
+    try:
+        result = distill(
+            teacher_spec=ctx.teacher.spec,
+            teacher_params=ctx.teacher.params,
+            student=spec,
+            batches=batches,
+            loss_cfg=ctx.loss_cfg,
+            opt=opt,
+            num_steps=steps,
+            seed=ctx.config.seed,
+            dtype=ctx.dtype,
+            mesh=ctx.mesh,
+            checkpointer=ckpt,
+            checkpoint_every=int(kd.checkpoint_every_steps),
+            writer=writer,
+            log_every=int(kd.log_every_steps),
+            student_params=student_params,
+            desc=f"{desc} {spec.arch_id}",
+        )
+    finally:
+        writer.close()
+        ckpt.close()
+    info = {
+        "teacher": ctx.teacher.source,
+        "kd_steps": steps,
+        "global_batch": ctx.global_batch,
+        "seq_len": int(ctx.config.data.max_seq_len),
+        "final_kd_loss": round(result.final_loss, 6),
+    }
+    export_hf(
+        os.path.join(out_dir, "hf"),
+        spec,
+        result.params["student"],
+        ctx.teacher.hf_config,
+        ctx.teacher.tokenizer,
+        teacher_source=ctx.teacher.source,
+        info=info,
+    )
+    summary = {
+        "arch_id": spec.arch_id,
+        "spec": spec.to_dict(),
+        "params": spec.num_params,
+        "steps": steps,
+        "final_loss": result.final_loss,
+        "epoch_losses": result.epoch_losses,
+        "wall_s": result.wall_s,
+        "compile_s": result.compile_s,
+        "corpus_tokens": result.tokens,
+        "corpus_tokens_per_s": result.tokens_per_s if result.tokens else None,
+        "resumed_from": result.resumed_from,
+    }
+    write_json(os.path.join(out_dir, "result.json"), summary)
+    if not math.isfinite(result.final_loss):
+        log.warning("%s finished with a non-finite loss", spec.arch_id)
+    return summary
+
+
+def run(ctx: RunContext) -> dict:
+    arch_id, origin = chosen_arch(ctx)
+    spec = ctx.student_spec(arch_id)
+    log.info("kd: distilling %s (%s, %.1fM params)", arch_id, origin, spec.num_params / 1e6)
+    out = ctx.workdir.subdir("kd", spec.arch_id)
+    summary = distill_arch(ctx, spec, out_dir=out)
+    print(f"kd: {spec.arch_id} final loss {summary['final_loss']:.4f}, export in {os.path.join(out, 'hf')}")
+    return {"arch_id": spec.arch_id, "origin": origin}

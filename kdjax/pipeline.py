@@ -1,0 +1,75 @@
+"""Run the configured stages in order; a finished stage is skipped unless `config.force`."""
+
+from __future__ import annotations
+
+import logging
+
+from kdjax import kd_stage
+from kdjax.config import validate
+from kdjax.context import RunContext
+from kdjax.workdir import Workdir, write_json
+
+log = logging.getLogger(__name__)
+
+
+def _teacher_stage(ctx: RunContext) -> dict:
+    t = ctx.teacher
+    lat = ctx.teacher_latency()
+    info = {
+        "source": t.source,
+        "spec": t.spec.to_dict(),
+        "params": t.spec.num_params,
+        "has_mlm_head": t.has_mlm_head,
+        "latency": {ctx.latency_cfg.key: lat},
+        "devices": ctx.devices_summary(),
+    }
+    write_json(ctx.workdir.path("teacher", "info.json"), info)
+    print(
+        f"teacher: {t.source} {t.spec.arch_id} ({t.spec.num_params / 1e6:.1f}M params), "
+        f"{lat['latency_ms']:.2f} ms ({ctx.latency_cfg.key})"
+    )
+    return {"params": t.spec.num_params}
+
+
+def _nas_stage(ctx: RunContext) -> dict:
+    from kdjax.nas import stage
+
+    return stage.run(ctx)
+
+
+def _glue_stage(ctx: RunContext) -> dict:
+    from kdjax import glue_stage
+
+    return glue_stage.run(ctx)
+
+
+def _report_stage(ctx: RunContext) -> dict:
+    from kdjax import report
+
+    return report.run(ctx)
+
+
+# Explicit registry: stage name -> function(ctx) -> info dict recorded in the stage marker.
+STAGES = {
+    "teacher": _teacher_stage,
+    "nas": _nas_stage,
+    "kd": kd_stage.run,
+    "glue": _glue_stage,
+    "report": _report_stage,
+}
+
+
+def run(config, workdir: str) -> None:
+    """Validate `config`, then run each selected stage in pipeline order."""
+    validate(config)
+    ctx = RunContext(config, Workdir(workdir))
+    write_json(ctx.workdir.path("config.json"), config.to_dict())
+    for name in STAGES:
+        if name not in ctx.stages:
+            continue
+        if ctx.workdir.is_done(name) and not config.force:
+            print(f"{name}: already finished in {ctx.workdir.root}, skipping (--config.force=true to re-run)")
+            continue
+        log.info("stage %s", name)
+        info = STAGES[name](ctx) or {}
+        ctx.workdir.mark_done(name, info)

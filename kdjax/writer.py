@@ -1,0 +1,46 @@
+"""Metrics to JSONL (always) and TensorBoard event files (when tensorboardX is installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+class MetricWriter:
+    """Appends one JSON object per `write` to `<dir>/metrics.jsonl` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, directory: str, tensorboard: bool = True):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "metrics.jsonl")
+        self._tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(directory, "tb"))
+            except ImportError:
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines logged after `step` (a resumed run re-logs them, so the file matches an unbroken run)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(keep)
+
+    def write(self, step: int, scalars: dict) -> None:
+        row = {"step": int(step), "time": round(time.time(), 3)}
+        row.update({k: (float(v) if not isinstance(v, str) else v) for k, v in scalars.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if not isinstance(v, str):
+                    self._tb.add_scalar(k, float(v), int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
