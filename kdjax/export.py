@@ -71,7 +71,8 @@ def _model_card(spec: ArchSpec, teacher_source: str, info: dict) -> str:
         "",
         "| field | value |",
         "|---|---|",
-        f"| layers / hidden / heads / FFN | {spec.num_layers} / {spec.hidden_size} / {spec.num_heads} / {spec.ffn_size} |",
+        f"| layers / hidden / heads / FFN | {spec.num_layers} / {spec.hidden_size} / {spec.num_heads}"
+        f" / {spec.ffn_size} |",
         f"| activation | {spec.activation} |",
         f"| parameters (encoder) | {spec.num_params:,} |",
     ]

@@ -148,7 +148,7 @@ def _read_pooler(folder: str, fmt: str, family: str) -> dict | None:
 
         with safe_open(os.path.join(folder, "model.safetensors"), "np") as f:
             for prefix in (f"{base}.pooler.dense", "pooler.dense"):
-                if f"{prefix}.weight" in f.keys():
+                if f"{prefix}.weight" in f:
                     return {"kernel": f.get_tensor(f"{prefix}.weight").T, "bias": f.get_tensor(f"{prefix}.bias")}
     elif fmt == "msgpack":
         from flax.serialization import msgpack_restore
