@@ -1,0 +1,73 @@
+"""Every shipped config loads and validates; bad fields are named in the error."""
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from kdjax.config import ConfigError, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_nas.py")))
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_six_teacher_configs_exist():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert {
+        "bert_nas.py",
+        "roberta_nas.py",
+        "albert_nas.py",
+        "bert_medium_nas.py",
+        "bert_small_nas.py",
+        "bert_mini_nas.py",
+    } <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "tiny", "minilm"])
+def test_configs_validate(path, arg):
+    validate(_load(path).get_config(arg))
+
+
+def test_every_field_has_a_comment():
+    text = open(os.path.join(ROOT, "kdjax", "config.py")).read()
+    # The schema is the body of base_config up to the variants; variant functions only override fields.
+    src = text[text.index("def base_config(") : text.index("if arg in (None")].splitlines()
+    for i, line in enumerate(src):
+        s = line.strip()
+        if s.startswith("c.") and " = " in s and "ConfigDict()" not in s and line.startswith("    c."):
+            j = i - 1
+            while src[j].strip().startswith("c.") and "ConfigDict()" not in src[j]:
+                j -= 1  # grouped fields share the comment above the group
+            assert src[j].strip().startswith("#") or "ConfigDict()" in src[j], f"no comment above: {s}"
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("stages", "teacher,bogus", "stages"),
+        ("nas.strategy", "grid", "nas.strategy"),
+        ("nas.proxy_fraction", 0.0, "nas.proxy_fraction"),
+        ("nas.proxy_fraction", 1.5, "nas.proxy_fraction"),
+        ("kd.per_device_batch_size", 0, "kd.per_device_batch_size"),
+        ("glue.tasks", "sst2,imdb", "glue.tasks"),
+        ("kd.init", "magic", "kd.init"),
+    ],
+)
+def test_bad_fields_are_named(field, value, match):
+    c = _load(CONFIGS[0]).get_config("tiny")
+    node = c
+    *parents, leaf = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        validate(c)

@@ -1,0 +1,43 @@
+"""The `kd` stage end to end through main.py on the :tiny config, and its export."""
+
+import json
+import os
+
+import pytest
+from conftest import run_main
+
+
+@pytest.fixture(scope="module")
+def kd_run(tmp_path_factory):
+    w = tmp_path_factory.mktemp("kd")
+    proc = run_main(["--config=configs/bert_nas.py:tiny", "--config.stages=kd"], w)
+    return w, proc
+
+
+def test_kd_stage_writes_checkpoints_metrics_and_export(kd_run):
+    w, proc = kd_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = os.path.join(w, "kd", "2L-32H-2A-64F-gelu")
+    assert sorted(os.listdir(os.path.join(out, "checkpoints")))[-1] == "6"
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6] and all("hidden_mse" in r and "grad_norm" in r for r in rows)
+    result = json.load(open(os.path.join(out, "result.json")))
+    assert result["steps"] == 6 and result["final_loss"] > 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(
+        os.listdir(os.path.join(out, "hf"))
+    )
+    assert os.path.exists(os.path.join(w, ".stages", "kd.json"))
+
+
+def test_second_run_skips_finished_stage(kd_run):
+    w, _ = kd_run
+    proc = run_main(["--config=configs/bert_nas.py:tiny", "--config.stages=kd"], w)
+    assert proc.returncode == 0 and "kd: already finished" in proc.stdout
+
+
+def test_export_loads_in_transformers(kd_run):
+    from transformers import FlaxAutoModel
+
+    w, _ = kd_run
+    model = FlaxAutoModel.from_pretrained(os.path.join(w, "kd", "2L-32H-2A-64F-gelu", "hf"), from_pt=True)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32

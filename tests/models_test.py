@@ -1,0 +1,117 @@
+"""Encoder shapes and numerical equivalence with transformers' Flax BERT/RoBERTa/ALBERT on the same weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax.models import Encoder, SequenceClassifier
+from kdjax.spec import ArchSpec
+from kdjax.teacher import convert_hf_params, spec_from_hf_config
+
+SMALL = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=48, vocab_size=99)
+
+
+def _hf_model(family):
+    import transformers as tf
+
+    if family == "bert":
+        return tf.FlaxBertForMaskedLM(tf.BertConfig(**SMALL), seed=1)
+    if family == "roberta":
+        cfg = tf.RobertaConfig(**SMALL, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1)
+        return tf.FlaxRobertaForMaskedLM(cfg, seed=1)
+    return tf.FlaxAlbertForMaskedLM(tf.AlbertConfig(**SMALL, embedding_size=16, hidden_act="gelu_new"), seed=1)
+
+
+def _inputs(pad_id):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 99, size=(2, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    ids[1, 8:], mask[1, 8:] = pad_id, 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "albert"])
+def test_encoder_matches_transformers(family):
+    hf = _hf_model(family)
+    spec = spec_from_hf_config(hf.config.to_dict())
+    params = convert_hf_params(family, hf.params)
+    ids, mask = _inputs(spec.pad_token_id)
+    ref = hf(ids, attention_mask=mask, output_hidden_states=True)
+    out = Encoder(spec, with_mlm_head=True).apply(
+        {"params": {**params["encoder"], "mlm_head": params["mlm_head"]}}, ids, mask
+    )
+    assert len(out["hidden_states"]) == len(ref.hidden_states) == spec.num_layers + 1
+    m = mask[..., None].astype(bool)
+    for ours, theirs in zip(out["hidden_states"], ref.hidden_states):
+        np.testing.assert_allclose(np.where(m, ours, 0), np.where(m, theirs, 0), atol=2e-5)
+    np.testing.assert_allclose(
+        np.where(m, out["logits"], 0), np.where(m, ref.logits, 0), atol=2e-4, err_msg="MLM logits differ"
+    )
+
+
+def test_encoder_matches_flax_bert_model_on_real_minilm(minilm_dir):
+    from transformers import FlaxBertModel
+
+    from kdjax.teacher import load_teacher
+
+    t = load_teacher(minilm_dir)
+    ref = FlaxBertModel.from_pretrained(minilm_dir, from_pt=True)
+    enc = t.tokenizer(["a real sentence about distillation", "short"], padding=True, return_tensors="np")
+    theirs = ref(**enc, output_hidden_states=True).hidden_states
+    ours = Encoder(t.spec).apply({"params": t.params["encoder"]}, enc["input_ids"], enc["attention_mask"])
+    m = enc["attention_mask"][..., None].astype(bool)
+    for a, b in zip(ours["hidden_states"], theirs):
+        assert float(np.max(np.abs(np.where(m, a - b, 0)))) < 1e-4
+    # The pretrained pooler is kept for GLUE fine-tuning.
+    assert t.params["pooler"]["kernel"].shape == (384, 384)
+
+
+def test_early_exit_and_qkv_shapes():
+    spec = ArchSpec(num_layers=3, hidden_size=32, num_heads=4, ffn_size=64, vocab_size=50)
+    ids = jnp.ones((2, 8), jnp.int32)
+    model = Encoder(spec)
+    params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
+    full = model.apply({"params": params}, ids, jnp.ones_like(ids), return_qkv=True)
+    part = model.apply({"params": params}, ids, jnp.ones_like(ids), num_layers=2)
+    assert len(full["hidden_states"]) == 4 and len(part["hidden_states"]) == 3
+    np.testing.assert_allclose(full["hidden_states"][2], part["hidden_states"][2], atol=1e-6)
+    assert full["qkv"][0][0].shape == (2, 8, 4, 8)
+    assert "logits" not in full
+
+
+def test_param_count_matches_initialised_tree():
+    for spec in [
+        ArchSpec(num_layers=3, hidden_size=48, num_heads=4, ffn_size=80, vocab_size=70),
+        ArchSpec(
+            num_layers=2,
+            hidden_size=32,
+            num_heads=2,
+            ffn_size=64,
+            vocab_size=70,
+            embedding_size=16,
+            shared_layers=True,
+            family="albert",
+        ),
+    ]:
+        ids = jnp.ones((1, 4), jnp.int32)
+        params = Encoder(spec).init(jax.random.PRNGKey(0), ids, ids)["params"]
+        assert sum(x.size for x in jax.tree.leaves(params)) == spec.num_params
+
+
+def test_bf16_compute_keeps_fp32_params_and_finite_outputs():
+    spec = ArchSpec(num_layers=2, hidden_size=32, num_heads=4, ffn_size=64, vocab_size=50)
+    ids = jnp.ones((2, 8), jnp.int32)
+    model = Encoder(spec, dtype=jnp.bfloat16)
+    params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    out = model.apply({"params": params}, ids, jnp.ones_like(ids))["hidden_states"][-1]
+    assert out.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+
+
+def test_sequence_classifier_regression_head():
+    spec = ArchSpec(num_layers=1, hidden_size=16, num_heads=2, ffn_size=32, vocab_size=30)
+    ids = jnp.ones((3, 5), jnp.int32)
+    model = SequenceClassifier(spec, num_labels=1)
+    params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
+    assert model.apply({"params": params}, ids, jnp.ones_like(ids)).shape == (3, 1)
