@@ -11,6 +11,7 @@ from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
 from kdjax.spec import ArchSpec
+from kdjax.student_init import initial_params
 from kdjax.train import OptimConfig, distill
 from kdjax.workdir import read_json, write_json
 from kdjax.writer import MetricWriter
@@ -37,6 +38,8 @@ def distill_arch(
 ):
     """Distill `spec` into `out_dir` (checkpoints/, metrics.jsonl, tb/, hf/, result.json); resumes if interrupted."""
     kd = ctx.config.kd
+    if student_params is None:
+        student_params = initial_params(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
     batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed)
     steps = steps or num_steps(kd, batches.steps_per_epoch)
     opt = OptimConfig.from_config(kd, steps)

@@ -1,0 +1,63 @@
+"""Teacher-initialised students: identity when the shapes match, consistent sub-networks when narrower."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax.models import Encoder
+from kdjax.spec import ArchSpec
+from kdjax.student_init import from_teacher, teacher_layer_indices
+
+TEACHER = ArchSpec(num_layers=4, hidden_size=32, num_heads=4, ffn_size=64, vocab_size=50)
+
+
+@pytest.fixture(scope="module")
+def teacher_params():
+    ids = jnp.ones((1, 6), jnp.int32)
+    return {"encoder": Encoder(TEACHER).init(jax.random.PRNGKey(0), ids, ids)["params"]}
+
+
+def test_layer_indices():
+    assert teacher_layer_indices(12, 6) == [1, 3, 5, 7, 9, 11]
+    assert teacher_layer_indices(6, 3) == [1, 3, 5]
+    assert teacher_layer_indices(12, 4)[-1] == 11
+    assert teacher_layer_indices(4, 4) == [0, 1, 2, 3]
+
+
+def test_same_shape_student_is_the_teacher(teacher_params):
+    student = from_teacher(teacher_params, TEACHER, TEACHER)
+    ids = jnp.array([[2, 5, 9, 11, 3, 0]])
+    mask = (ids != 0).astype(jnp.int32)
+    a = Encoder(TEACHER).apply({"params": teacher_params["encoder"]}, ids, mask)["hidden_states"][-1]
+    b = Encoder(TEACHER).apply({"params": student}, ids, mask)["hidden_states"][-1]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("dims", [(2, 32, 4, 64), (2, 16, 2, 32), (3, 24, 2, 48)])
+def test_narrower_student_has_the_right_tree(teacher_params, dims):
+    layers, hidden, heads, ffn = dims
+    spec = TEACHER.student(num_layers=layers, hidden_size=hidden, num_heads=heads, ffn_size=ffn)
+    got = from_teacher(teacher_params, TEACHER, spec)
+    ids = jnp.ones((1, 6), jnp.int32)
+    ref = Encoder(spec).init(jax.random.PRNGKey(1), ids, ids)["params"]
+    assert jax.tree.structure(got) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        assert a.shape == b.shape
+    out = Encoder(spec).apply({"params": got}, ids, ids)["hidden_states"][-1]
+    assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_whole_heads_are_kept_when_head_sizes_match(teacher_params):
+    spec = TEACHER.student(num_layers=1, hidden_size=16, num_heads=2, ffn_size=64)  # head_dim 8 == teacher's
+    got = from_teacher(teacher_params, TEACHER, spec)
+    q_t = np.asarray(teacher_params["encoder"]["encoder"]["layer"]["3"]["attention"]["self"]["query"]["bias"])
+    q_s = np.asarray(got["encoder"]["layer"]["0"]["attention"]["self"]["query"]["bias"])
+    blocks = [q_t[h * 8 : (h + 1) * 8] for h in range(4)]
+    kept = [q_s[:8], q_s[8:]]
+    assert all(any(np.array_equal(k, b) for b in blocks) for k in kept)
+
+
+def test_wider_student_is_rejected(teacher_params):
+    with pytest.raises(ValueError, match="no wider"):
+        from_teacher(teacher_params, TEACHER, TEACHER.student(num_layers=2, hidden_size=64, num_heads=4, ffn_size=64))
