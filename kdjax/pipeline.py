@@ -59,10 +59,19 @@ STAGES = {
 }
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run(config, workdir: str) -> None:
     """Validate `config`, then run each selected stage in pipeline order."""
     validate(config)
     ctx = RunContext(config, Workdir(workdir))
+    enable_compilation_cache(ctx.workdir.subdir("cache", "xla"))
     write_json(ctx.workdir.path("config.json"), config.to_dict())
     for name in STAGES:
         if name not in ctx.stages:

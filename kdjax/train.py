@@ -239,6 +239,45 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def prefetch(batches: Batches, mesh: Mesh, start: int, stop: int, depth: int = 2):
+    """Yield (step, host batch, device batch), preparing the next `depth` batches on a background thread.
+
+    Masking and the host-to-device copy of step s+1 overlap the device step s (jitted steps dispatch
+    asynchronously), so the accelerator does not wait on numpy.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop_event = threading.Event()
+
+    def work():
+        try:
+            for step in range(start, stop):
+                if stop_event.is_set():
+                    return
+                host = batches.get(step)
+                q.put((step, host, shard_batch(host, mesh)))
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+        q.put(None)
+
+    thread = threading.Thread(target=work, daemon=True, name="kdjax-prefetch")
+    thread.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop_event.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
 @dataclasses.dataclass
 class DistillResult:
     params: dict
@@ -312,6 +351,10 @@ def distill(
             loss = float(m["loss"])
             if not math.isfinite(loss):
                 raise NonFiniteLossError(f"{desc}: non-finite loss ({loss}) at step {s + 1}; stopping")
+            # A finite loss with a non-finite gradient still leaves NaN weights: stop before checkpointing them.
+            grad_norm = float(m.get("grad_norm", 0.0))
+            if not math.isfinite(grad_norm):
+                raise NonFiniteLossError(f"{desc}: non-finite gradient norm ({grad_norm}) at step {s + 1}; stopping")
             epoch = s // batches.steps_per_epoch
             acc = epoch_sums.setdefault(epoch, [0.0, 0])
             acc[0] += loss
@@ -323,10 +366,8 @@ def distill(
         pending = []
 
     try:
-        for step in range(start, num_steps):
-            host = batches.get(step)
+        for step, host, batch in prefetch(batches, mesh, start, num_steps):
             tokens += batches.num_tokens(host)
-            batch = shard_batch(host, mesh)
             rng = jax.random.fold_in(root, step + 1)
             if fn is None:
                 fn, compile_s = compiled_train_step(
