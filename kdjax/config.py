@@ -128,6 +128,8 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.num_trials = 100
     # Optuna storage URL; empty = SQLite file W/nas/optuna.db. PostgreSQL/MySQL URLs let several workers share it.
     c.nas.storage = ""
+    # Optuna RDB storage: workers send a heartbeat this often; a trial silent for 3x this long is retried elsewhere.
+    c.nas.heartbeat_interval_s = 60
     # Optuna: prune candidates from per-epoch mini-KD losses (MedianPruner).
     c.nas.prune = False
     # Optuna: two objectives (loss, latency) with NSGA-II; top_k is then the Pareto front.
@@ -142,6 +144,10 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.loss_source = "last"
     # Architectures reported in nas/top_k.json (distinct latency budgets).
     c.nas.top_k = 3
+    # Top-k entries after the best must differ in latency from every earlier pick by at least this factor.
+    c.nas.top_k_latency_gap = 1.25
+    # Stop the search (resumably, exit status 2) after this many new candidate evaluations in one run (0 = off).
+    c.nas.stop_after_evaluations = 0
     # Latency: device ('cpu' as in the report, or 'accelerator'), batch, sequence length, warm-up and timed runs.
     c.nas.latency_device = "cpu"
     c.nas.latency_batch_size = 1
@@ -188,6 +194,14 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.max_train_examples = 0
     # Random architectures distilled with the same budget as baselines (glue.models 'random').
     c.glue.num_random_baselines = 2
+    # Dropout on hidden states and the pooled output while fine-tuning (BERT paper: 0.1).
+    c.glue.dropout_rate = 0.1
+    # Fine-tuning compute dtype: 'float32' (default, comparable everywhere), 'bfloat16' or 'auto'.
+    c.glue.compute_dtype = "float32"
+
+    c.report = ml_collections.ConfigDict()
+    # Comma list of sibling workdirs whose nas/history.jsonl is also plotted (e.g. one per strategy or alpha).
+    c.report.extra_workdirs = ""
 
     if arg in (None, ""):
         pass
@@ -251,6 +265,16 @@ def _positive(c: ml_collections.ConfigDict, field: str, allow_zero: bool = False
         raise ConfigError(f"{field}={value} must be {'non-negative' if allow_zero else 'positive'}")
 
 
+def _check_arch(arch_id: str, field: str) -> None:
+    """Reject an impossible explicit student (bad syntax, heads not dividing hidden) before anything is loaded."""
+    from kdjax.spec import ArchSpec, SpecError, parse_arch_id
+
+    try:
+        parse_arch_id(arch_id, ArchSpec(num_layers=1, hidden_size=1, num_heads=1, ffn_size=1))
+    except SpecError as e:
+        raise ConfigError(f"{field}={arch_id!r}: {e}") from e
+
+
 def split_list(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
@@ -284,6 +308,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not 0.0 <= c.kd.warmup_fraction < 1.0:
         raise ConfigError(f"kd.warmup_fraction={c.kd.warmup_fraction} must be in [0, 1)")
     _choice(c.kd.schedule, "kd.schedule", ("linear", "cosine", "constant"))
+    _check_arch(str(c.kd.arch), "kd.arch")
     _choice(c.kd.init, "kd.init", INITS)
     _choice(c.kd.compute_dtype, "kd.compute_dtype", DTYPES)
     loss = c.kd.loss
@@ -297,6 +322,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("num_episodes", "candidates_per_episode", "num_trials", "mini_kd_epochs", "top_k"):
         _positive(c, f"nas.{f}")
     _positive(c, "nas.mini_kd_steps_per_epoch", allow_zero=True)
+    _positive(c, "nas.heartbeat_interval_s")
+    _positive(c, "nas.stop_after_evaluations", allow_zero=True)
+    if c.nas.top_k_latency_gap < 1.0:
+        raise ConfigError(f"nas.top_k_latency_gap={c.nas.top_k_latency_gap} must be >= 1")
     if not 0.0 < c.nas.proxy_fraction <= 1.0:
         raise ConfigError(f"nas.proxy_fraction={c.nas.proxy_fraction} must be in (0, 1]")
     _choice(c.nas.loss_source, "nas.loss_source", LOSS_SOURCES)
@@ -315,3 +344,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("learning_rate", "per_device_batch_size", "num_epochs", "max_seq_len"):
         _positive(c, f"glue.{f}")
     _positive(c, "glue.max_train_examples", allow_zero=True)
+    _positive(c, "glue.num_random_baselines", allow_zero=True)
+    if not 0.0 <= c.glue.dropout_rate < 1.0:
+        raise ConfigError(f"glue.dropout_rate={c.glue.dropout_rate} must be in [0, 1)")
+    _choice(c.glue.compute_dtype, "glue.compute_dtype", DTYPES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 
 from kdjax.models import Encoder
 from kdjax.spec import ArchSpec
+from kdjax.workdir import read_json, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,7 @@ def measure(spec: ArchSpec, cfg: LatencyConfig, params: dict | None = None, seed
 
     Random weights are used when `params` is None: latency depends on shapes, not values.
     """
+    t_start = time.perf_counter()
     device = target_device(cfg.device)
     model = Encoder(spec)
     ids = jnp.ones((cfg.batch_size, cfg.seq_len), jnp.int32)
@@ -67,4 +70,41 @@ def measure(spec: ArchSpec, cfg: LatencyConfig, params: dict | None = None, seed
             t = time.perf_counter()
             compiled(params, ids, mask).block_until_ready()
             times.append((time.perf_counter() - t) * 1e3)
-    return {"latency_ms": statistics.median(times), "runs_ms": times, "compile_s": compile_s, "device": device.platform}
+    return {
+        "latency_ms": statistics.median(times),
+        "runs_ms": times,
+        "compile_s": compile_s,
+        "measure_s": time.perf_counter() - t_start,
+        "device": device.platform,
+    }
+
+
+class LatencyCache:
+    """Latency results per (protocol, arch id), persisted as JSON so a resumed search does not re-measure.
+
+    Latency depends only on shapes and the protocol, so the key is `cfg.key` plus the spec's arch id and family.
+    """
+
+    def __init__(self, path: str, cfg: LatencyConfig):
+        self.path, self.cfg = path, cfg
+        self._data = read_json(path) if path and os.path.exists(path) else {}
+
+    def _key(self, spec: ArchSpec) -> str:
+        return f"{spec.family}:{spec.arch_id}"
+
+    def get(self, spec: ArchSpec) -> dict | None:
+        return self._data.get(self.cfg.key, {}).get(self._key(spec))
+
+    def measure(self, spec: ArchSpec, params: dict | None = None) -> tuple[dict, bool]:
+        """(result, cached?): the stored result, or a fresh measurement that is stored before returning."""
+        hit = self.get(spec)
+        if hit is not None:
+            return hit, True
+        result = measure(spec, self.cfg, params)
+        if self.path and os.path.exists(self.path):
+            # Another worker may have added entries since we loaded: merge rather than overwrite.
+            self._data = read_json(self.path)
+        self._data.setdefault(self.cfg.key, {})[self._key(spec)] = result
+        if self.path:
+            write_json(self.path, self._data)
+        return result, False

@@ -127,9 +127,30 @@ def init_state(
     return KDState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.make().init(params))
 
 
-def train_step(
+@functools.lru_cache(maxsize=64)
+def _jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh, with_params: bool):
+    """`init_state` jitted once per shape and placed replicated on the mesh (eager Flax init is slow per op)."""
+    rep = NamedSharding(mesh, PartitionSpec())
+    if with_params:
+        return jax.jit(lambda rng, sp: init_state(rng, student, teacher, opt, loss_cfg, sp), out_shardings=rep)
+    return jax.jit(lambda rng: init_state(rng, student, teacher, opt, loss_cfg), out_shardings=rep)
+
+
+def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
+    """Frozen-teacher outputs the losses read (hidden states; q/k/v and logits only when a loss needs them)."""
+    t_model = Encoder(teacher, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
+    out = t_model.apply(
+        {"params": _merge_head(teacher_params)},
+        batch["input_ids"],
+        batch["attention_mask"],
+        return_qkv=loss_cfg.needs_qkv,
+    )
+    return jax.lax.stop_gradient(out)
+
+
+def student_step(
     state: KDState,
-    teacher_params: dict,
+    t_out: dict,
     batch: dict,
     rng: jax.Array,
     *,
@@ -139,19 +160,13 @@ def train_step(
     opt: OptimConfig,
     dtype: Any,
 ) -> tuple[KDState, dict]:
-    """One AdamW step of the student (and projection) against the frozen teacher."""
+    """One AdamW step of the student (and projection) towards precomputed teacher outputs."""
     del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
     heads = (
         relation_heads(loss_cfg, student.hidden_size, teacher.hidden_size, student.num_heads, teacher.num_heads)
         if loss_cfg.needs_qkv
         else 1
     )
-    t_model = Encoder(teacher, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
-    t_vars = {"encoder": teacher_params["encoder"]} if not loss_cfg.needs_logits else teacher_params
-    t_out = t_model.apply(
-        {"params": _merge_head(t_vars)}, batch["input_ids"], batch["attention_mask"], return_qkv=loss_cfg.needs_qkv
-    )
-    t_out = jax.lax.stop_gradient(t_out)
     s_model = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
 
     def loss_fn(params):
@@ -167,31 +182,31 @@ def train_step(
     return KDState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
+def train_step(
+    state: KDState,
+    teacher_params: dict,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    student: ArchSpec,
+    teacher: ArchSpec,
+    loss_cfg: LossConfig,
+    opt: OptimConfig,
+    dtype: Any,
+) -> tuple[KDState, dict]:
+    """One KD step: teacher forward, then the student update (the two halves `distill` compiles separately)."""
+    t_out = teacher_forward(teacher_params, batch, teacher=teacher, loss_cfg=loss_cfg, dtype=dtype)
+    return student_step(
+        state, t_out, batch, rng, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=dtype
+    )
+
+
 def _merge_head(t_vars: dict) -> dict:
     """Teacher params in the Encoder's own layout (encoder params at top level, head as `mlm_head`)."""
     out = dict(t_vars["encoder"])
     if "mlm_head" in t_vars:
         out["mlm_head"] = t_vars["mlm_head"]
     return out
-
-
-def eval_loss(params, teacher_params, batch, *, student, teacher, loss_cfg, dtype):
-    """Distillation loss of `params` on one batch without an update (for held-out loss)."""
-    heads = (
-        relation_heads(loss_cfg, student.hidden_size, teacher.hidden_size, student.num_heads, teacher.num_heads)
-        if loss_cfg.needs_qkv
-        else 1
-    )
-    t_out = Encoder(teacher, dtype=dtype, with_mlm_head=loss_cfg.needs_logits).apply(
-        {"params": _merge_head(teacher_params)},
-        batch["input_ids"],
-        batch["attention_mask"],
-        return_qkv=loss_cfg.needs_qkv,
-    )
-    s_out = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits).apply(
-        {"params": params["student"]}, batch["input_ids"], batch["attention_mask"], return_qkv=loss_cfg.needs_qkv
-    )
-    return distillation_loss(s_out, t_out, params["projection"], batch, loss_cfg, heads)[0]
 
 
 def teacher_inputs(teacher_params: dict, loss_cfg: LossConfig) -> dict:
@@ -206,6 +221,7 @@ def teacher_inputs(teacher_params: dict, loss_cfg: LossConfig) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _jitted_step(student, teacher, loss_cfg, opt, dtype_name, mesh):
+    """The fused step (teacher + student in one program), for benchmarks and single runs."""
     data = NamedSharding(mesh, PartitionSpec("data"))
     rep = NamedSharding(mesh, PartitionSpec())
     step = functools.partial(
@@ -214,20 +230,61 @@ def _jitted_step(student, teacher, loss_cfg, opt, dtype_name, mesh):
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
+def _jitted_teacher(teacher, loss_cfg, dtype_name, mesh):
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    rep = NamedSharding(mesh, PartitionSpec())
+    fwd = functools.partial(teacher_forward, teacher=teacher, loss_cfg=loss_cfg, dtype=jnp.dtype(dtype_name))
+    return jax.jit(fwd, in_shardings=(rep, data), out_shardings=data)
+
+
+def _jitted_student(student, teacher, loss_cfg, opt, dtype_name, mesh):
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    rep = NamedSharding(mesh, PartitionSpec())
+    step = functools.partial(
+        student_step, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=jnp.dtype(dtype_name)
+    )
+    return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
 _COMPILED: dict = {}
 
 
-def compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, teacher_params, batch, rng):
-    """AOT-compiled step, cached by everything that changes the program; returns (fn, compile_seconds)."""
-    shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
-    key = (student, teacher, loss_cfg, opt, jnp.dtype(dtype).name, mesh, shapes)
+def _compile(key, jitted, *args) -> tuple[Any, float]:
+    """AOT-compile once per key; returns (compiled, seconds spent compiling now)."""
     if key in _COMPILED:
         return _COMPILED[key], 0.0
     t0 = time.perf_counter()
-    fn = _jitted_step(student, teacher, loss_cfg, opt, jnp.dtype(dtype).name, mesh)
-    compiled = fn.lower(state, teacher_params, batch, rng).compile()
-    _COMPILED[key] = compiled
-    return compiled, time.perf_counter() - t0
+    _COMPILED[key] = jitted.lower(*args).compile()
+    return _COMPILED[key], time.perf_counter() - t0
+
+
+def compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, teacher_params, batch, rng):
+    """`(state, teacher_params, batch, rng) -> (state, metrics)` from two AOT-compiled programs.
+
+    The teacher forward is keyed without the student, so a search compiles it once and every candidate only
+    compiles its own (smaller) student step; the student step is shared by candidates of equal shapes.
+    Returns (fn, compile seconds spent now).
+    """
+    dname = jnp.dtype(dtype).name
+    shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
+    t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
+    t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
+    t_out = jax.eval_shape(t_jit, teacher_params, batch)
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    t_out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data), t_out)
+    s_fn, s_s = _compile(
+        ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes),
+        _jitted_student(student, teacher, loss_cfg, opt, dname, mesh),
+        state,
+        t_out,
+        batch,
+        rng,
+    )
+
+    def step(state, teacher_params, batch, rng):
+        return s_fn(state, t_fn(teacher_params, batch), batch, rng)
+
+    return step, t_s + s_s
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -320,9 +377,9 @@ def distill(
     mesh = mesh or make_mesh()
     root = jax.random.PRNGKey(seed)
     t_params = replicate(teacher_inputs(teacher_params, loss_cfg), mesh)
-    state = replicate(
-        init_state(jax.random.fold_in(root, 0), student, teacher_spec, opt, loss_cfg, student_params), mesh
-    )
+    init = _jitted_init(student, teacher_spec, opt, loss_cfg, mesh, student_params is not None)
+    init_key = jax.random.fold_in(root, 0)
+    state = init(init_key, student_params) if student_params is not None else init(init_key)
     start, resumed, last_loss_restored = 0, None, float("nan")
     epoch_sums: dict[int, list[float]] = {}
     if checkpointer is not None:
@@ -375,6 +432,9 @@ def distill(
                 )
             state, metrics = fn(state, t_params, batch, rng)
             pending.append((step, metrics))
+            if len(pending) >= 2:
+                # At most two steps in flight: the device stays busy, and the bar counts finished steps.
+                pending[-2][1]["loss"].block_until_ready()
             done = step + 1
             if done % log_every == 0 or done == num_steps or (checkpoint_every and done % checkpoint_every == 0):
                 flush(done)

@@ -26,10 +26,19 @@ class MetricWriter:
         """Drop lines logged after `step` (a resumed run re-logs them, so the file matches an unbroken run)."""
         if not os.path.exists(self.path):
             return
+        keep = []
         with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.path, "w") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # half a line from a killed run
+                    continue
+                if row.get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
             f.writelines(keep)
+        os.replace(tmp, self.path)
 
     def write(self, step: int, scalars: dict) -> None:
         row = {"step": int(step), "time": round(time.time(), 3)}

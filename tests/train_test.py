@@ -24,7 +24,10 @@ def setup(tiny_teacher):
     return tiny_teacher, rows, masking, student
 
 
-def _run(setup, steps, *, batch=8, mesh=None, ckpt=None, loss=LossConfig(), lr=3e-3, total=None):
+DEFAULT_LOSS = LossConfig()
+
+
+def _run(setup, steps, *, batch=8, mesh=None, ckpt=None, loss=DEFAULT_LOSS, lr=3e-3, total=None):
     teacher, rows, masking, student = setup
     return distill(
         teacher_spec=teacher.spec,

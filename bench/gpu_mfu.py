@@ -1,0 +1,124 @@
+"""Model FLOPs utilisation of kdjax's KD step on an accelerator: BERT-base-shaped teacher, 6L-768H student, seq 128.
+
+Weights are random (only shapes matter for throughput): the teacher is `ArchSpec(12, 768, 12, 3072)` with kdjax
+`Encoder` params, the student `ArchSpec(6, 768, 12, 3072)`; compute in bf16 with fp32 master weights, packed rows
+with no padding. MFU = model FLOPs (teacher forward + 3 x student forward + 3 x projection, no vocab logits) / time /
+the device's dense bf16 peak.
+
+    python bench/gpu_mfu.py                    # on a GPU
+    python bench/gpu_mfu.py --small            # tiny shapes, runs anywhere (CPU smoke check)
+
+The last output line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import common
+
+# Not common.setup_env(): this one must see the accelerator when there is one.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+# Dense (no sparsity) bf16 peaks from the vendors' datasheets, FLOP/s, by substring of `device_kind`.
+BF16_PEAKS = (
+    ("H200", 989e12),
+    ("H100", 989e12),  # SXM; the PCIe card is 756e12
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="tiny teacher/student/batch (CPU check)")
+    p.add_argument("--batch-rows", type=int, default=256, help="rows of --seq-len tokens per step")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from kdjax.losses import LossConfig
+    from kdjax.spec import ArchSpec
+    from kdjax.train import (
+        OptimConfig,
+        compiled_train_step,
+        init_state,
+        init_student,
+        make_mesh,
+        replicate,
+        shard_batch,
+    )
+
+    if args.small:
+        teacher = ArchSpec(2, 64, 2, 128, vocab_size=1000)
+        student = ArchSpec(1, 64, 2, 128, vocab_size=1000)
+        args.batch_rows, args.seq_len, args.steps = min(args.batch_rows, 4), min(args.seq_len, 32), min(args.steps, 3)
+    else:
+        teacher = ArchSpec(12, 768, 12, 3072)
+        student = ArchSpec(6, 768, 12, 3072)
+    dtype = jnp.dtype(args.dtype)
+    loss_cfg = LossConfig()
+    opt = OptimConfig(learning_rate=5e-5, total_steps=args.steps + 1, schedule="constant")
+    mesh = make_mesh()
+    root = jax.random.PRNGKey(0)
+    t_params = replicate({"encoder": init_student(jax.random.fold_in(root, 1), teacher)}, mesh)
+    state = replicate(init_state(jax.random.fold_in(root, 2), student, teacher, opt, loss_cfg), mesh)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, teacher.vocab_size, (args.batch_rows, args.seq_len), dtype=np.int32)
+    host = {"input_ids": ids, "attention_mask": np.ones_like(ids), "mlm_mask": np.zeros_like(ids), "labels": ids}
+    batch = shard_batch(host, mesh)
+    key = jax.random.PRNGKey(1)
+    fn, compile_s = compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, t_params, batch, key)
+    state, m = fn(state, t_params, batch, key)  # warm-up
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, m = fn(state, t_params, batch, key)
+    jax.block_until_ready(m)
+    step_s = (time.perf_counter() - t0) / args.steps
+    seq = args.seq_len
+    proj = 2 * student.hidden_size * 2 * teacher.hidden_size * student.num_layers
+    flops_tok = teacher.flops_per_token(seq) + 3 * student.flops_per_token(seq) + 3 * proj
+    tok_s = args.batch_rows * seq / step_s
+    dev = jax.devices()[0]
+    kind = str(dev.device_kind)
+    peak = next((p for name, p in BF16_PEAKS if name in kind), None) if dev.platform == "gpu" else None
+    achieved = flops_tok * tok_s
+    info = common.cpu_info()
+    common.print_json(
+        {
+            "device": {"platform": dev.platform, "kind": kind, "count": jax.device_count(), "cpu_model": info["model"]},
+            "teacher": teacher.arch_id,
+            "student": student.arch_id,
+            "dtype": args.dtype,
+            "batch_rows": args.batch_rows,
+            "seq_len": seq,
+            "step_ms": step_s * 1e3,
+            "tokens_per_s": tok_s,
+            "compile_s": compile_s,
+            "flops_per_token": flops_tok,
+            "achieved_flops": achieved,
+            "peak_bf16_flops": peak,
+            "mfu": achieved / peak if peak else None,
+            "final_loss": float(m["loss"]),
+            "small": args.small,
+            "versions": common.versions(),
+            "date": common.stamp(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

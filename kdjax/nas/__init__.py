@@ -1,0 +1,1 @@
+"""Architecture search: candidate evaluation (mini-KD + latency + reward), strategies (LSTM, Optuna, random), stage."""

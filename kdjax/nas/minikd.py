@@ -1,0 +1,211 @@
+"""Candidate evaluation: mini-KD on the proxy set, latency, reward, one history row; cached by spec.
+
+`CandidateEvaluator(spec, **where) -> record` is the only thing a search strategy sees, so strategies can be tested
+with a synthetic `evaluate`. Every candidate uses the same `OptimConfig` (same total steps), so the jitted train step
+compiled for one shape is reused by every later candidate of equal shapes (`kdjax.train.compiled_train_step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from kdjax.data.batches import Batches, MaskingSpec
+from kdjax.data.corpus import proxy_subset
+from kdjax.errors import KdjaxError
+from kdjax.export import export_hf
+from kdjax.latency import LatencyCache
+from kdjax.nas.history import History
+from kdjax.reward import RewardConfig, reward, select_loss
+from kdjax.spec import ArchSpec
+from kdjax.train import NonFiniteLossError, OptimConfig, distill
+
+log = logging.getLogger(__name__)
+
+# on_epoch(epoch, loss) -> True to stop (prune) the candidate after that epoch.
+EpochHook = Callable[[int, float], bool]
+
+
+class StopSearch(KdjaxError, RuntimeError):
+    """The search stopped on purpose (nas.stop_after_evaluations); the same command resumes it."""
+
+
+class _Pruned(Exception):
+    pass
+
+
+class CappedBatches(Batches):
+    """`Batches` whose epochs are the first `steps_per_epoch` batches of each shuffled epoch (mini-KD step cap)."""
+
+    def __init__(self, rows: np.ndarray, global_batch: int, masking: MaskingSpec, seed: int, max_steps: int = 0):
+        super().__init__(rows, global_batch, masking, seed)
+        if max_steps:
+            self.steps_per_epoch = min(self.steps_per_epoch, max_steps)
+
+
+@dataclasses.dataclass
+class _EpochReporter:
+    """Duck-typed metric writer for `distill`: flushed once per epoch (log_every = steps_per_epoch)."""
+
+    steps_per_epoch: int
+    hook: EpochHook | None
+    losses: list = dataclasses.field(default_factory=list)
+
+    def write(self, step: int, scalars: dict) -> None:
+        if step % self.steps_per_epoch:
+            return
+        self.losses.append(float(scalars["loss"]))
+        if self.hook is not None and self.hook(step // self.steps_per_epoch - 1, self.losses[-1]):
+            raise _Pruned
+
+    def truncate_after(self, step: int) -> None:
+        del step
+
+
+class CandidateEvaluator:
+    """Mini-KD + latency + reward of one spec; every new result appended to `history` (which is also the cache)."""
+
+    def __init__(self, ctx, *, strategy: str, history: History, export_root: str, progress: bool = True):
+        nas = ctx.config.nas
+        self.ctx, self.strategy, self.history, self.export_root = ctx, strategy, history, export_root
+        self.reward_cfg = RewardConfig.from_config(nas.reward)
+        self.loss_source = str(nas.loss_source)
+        self.stop_after = int(nas.get("stop_after_evaluations", 0))
+        self.progress = progress
+        self.new_evaluations = 0
+        self.latency = LatencyCache(ctx.workdir.path("nas", "latency.json"), ctx.latency_cfg)
+        self.teacher_latency_ms = float(ctx.teacher_latency()["latency_ms"])
+        rows = proxy_subset(ctx.rows, float(nas.proxy_fraction), int(ctx.config.seed))
+        self.batches = CappedBatches(
+            rows, ctx.global_batch, ctx.masking, int(ctx.config.seed), int(nas.mini_kd_steps_per_epoch)
+        )
+        self.epochs = int(nas.mini_kd_epochs)
+        self.num_steps = self.epochs * self.batches.steps_per_epoch
+        # One optimizer (hence one schedule length) for every candidate: compiled steps are shared by equal shapes.
+        self.opt = OptimConfig.from_config(ctx.config.kd, self.num_steps)
+
+    def _reward(self, loss: float, latency_ms: float) -> float:
+        return reward(loss, latency_ms, self.teacher_latency_ms, self.reward_cfg)
+
+    def __call__(self, spec: ArchSpec, on_epoch: EpochHook | None = None, **where) -> dict:
+        self.history.refresh()  # another worker may have evaluated it meanwhile
+        cached = self.history.get(spec.arch_id)
+        if cached is not None:
+            # The recorded losses and latency are reused; the reward is recomputed so a changed alpha/beta applies.
+            rec = dict(cached)
+            if rec.get("loss") is not None:
+                rec["loss"] = select_loss(rec["epoch_losses"], self.loss_source)
+            rec["reward"] = self._reward(_num(rec.get("loss")), rec["latency_ms"])
+            rec["cached"] = True
+            return rec
+        return self._evaluate(spec, on_epoch, where)
+
+    def _evaluate(self, spec: ArchSpec, on_epoch: EpochHook | None, where: dict) -> dict:
+        ctx = self.ctx
+        t0 = time.perf_counter()
+        reporter = _EpochReporter(self.batches.steps_per_epoch, on_epoch)
+        pruned = diverged = False
+        epoch_losses: list[float] = []
+        try:
+            result = distill(
+                teacher_spec=ctx.teacher.spec,
+                teacher_params=ctx.teacher.params,
+                student=spec,
+                batches=self.batches,
+                loss_cfg=ctx.loss_cfg,
+                opt=self.opt,
+                num_steps=self.num_steps,
+                seed=int(ctx.config.seed),
+                dtype=ctx.dtype,
+                mesh=ctx.mesh,
+                writer=reporter,
+                log_every=self.batches.steps_per_epoch,
+                progress=self.progress,
+                desc=f"mini-kd {spec.arch_id}",
+            )
+            epoch_losses, train_s, compile_s, params = (
+                result.epoch_losses,
+                result.wall_s,
+                result.compile_s,
+                result.params,
+            )
+        except _Pruned:
+            pruned, train_s, compile_s, params = True, time.perf_counter() - t0, math.nan, None
+        except NonFiniteLossError as e:
+            log.warning("%s diverged: %s", spec.arch_id, e)
+            diverged, train_s, compile_s, params = True, time.perf_counter() - t0, math.nan, None
+        if pruned:
+            epoch_losses = list(reporter.losses)
+        loss = select_loss(epoch_losses, self.loss_source) if epoch_losses and not diverged else math.nan
+        lat, lat_cached = self.latency.measure(spec, params["student"] if params is not None else None)
+        hf, export_s = None, 0.0
+        if params is not None:
+            t_exp = time.perf_counter()
+            hf = os.path.join(self.export_root, spec.arch_id, "hf")
+            info = {"mini_kd_steps": self.num_steps, "mini_kd_loss": round(loss, 6), "strategy": self.strategy}
+            export_hf(
+                hf,
+                spec,
+                params["student"],
+                ctx.teacher.hf_config,
+                ctx.teacher.tokenizer,
+                teacher_source=ctx.teacher.source,
+                info=info,
+            )
+            export_s = time.perf_counter() - t_exp
+        rec = {
+            "strategy": self.strategy,
+            **where,
+            "arch_id": spec.arch_id,
+            "spec": spec.searchable(),
+            "params": spec.num_params,
+            "flops_per_token": spec.flops_per_token(int(ctx.config.data.max_seq_len)),
+            "latency_ms": lat["latency_ms"],
+            "teacher_latency_ms": self.teacher_latency_ms,
+            "speedup": self.teacher_latency_ms / lat["latency_ms"],
+            "epoch_losses": epoch_losses,
+            "loss_source": self.loss_source,
+            "loss": None if math.isnan(loss) else loss,
+            "reward": self._reward(loss, lat["latency_ms"]),
+            "pruned": pruned,
+            "diverged": diverged,
+            "mini_kd_steps": self.num_steps,
+            "wall_s": train_s,
+            "compile_s": None if math.isnan(compile_s) else compile_s,
+            "latency_s": 0.0 if lat_cached else lat.get("measure_s"),
+            "export_s": export_s,
+            "eval_s": time.perf_counter() - t0,
+            "hf": hf,
+        }
+        self.history.append(rec)
+        self.new_evaluations += 1
+        rec = dict(rec, cached=False)
+        if self.stop_after and self.new_evaluations >= self.stop_after:
+            raise StopSearch(
+                f"search stopped after {self.new_evaluations} new evaluations (nas.stop_after_evaluations); "
+                "run the same command again to resume"
+            )
+        return rec
+
+
+def _num(x) -> float:
+    return math.nan if x is None else float(x)
+
+
+def keep_only(export_root: str, keep: set[str]) -> list[str]:
+    """Delete candidate exports whose arch id is not in `keep`; returns the deleted ids."""
+    if not os.path.isdir(export_root):
+        return []
+    removed = []
+    for name in sorted(os.listdir(export_root)):
+        if name not in keep:
+            shutil.rmtree(os.path.join(export_root, name), ignore_errors=True)
+            removed.append(name)
+    return removed

@@ -1,0 +1,147 @@
+"""Optuna search over the same space: define-by-run, seeded TPE (or NSGA-II for loss x latency), resumable storage.
+
+Each trial suggests the five dimensions in the space's order; a suggestion that has no valid completion given the
+earlier ones (heads not dividing hidden, params over the cap) is mapped to the nearest allowed value, deterministically,
+and the architecture actually trained is stored as the trial's `arch_id` user attribute.
+
+Resuming and several workers: only COMPLETE and PRUNED trials count towards `num_trials`; the loop runs one trial at a
+time until that many exist, with `MaxTrialsCallback` stopping workers that share one study. Before each trial the
+sampler is re-created with a seed derived from (seed, number of finished trials), so a resumed single-process study
+samples exactly what an unstopped one would have. With an RDB URL the storage gets heartbeats, and a trial whose
+worker died is retried by `RetryFailedTrialCallback`. Workers that share a study finish exactly `num_trials`: a
+trial whose number makes it one too many (two workers raced for the last slot) stops before training and is recorded
+as FAIL with user attribute `surplus`; a worker with no open slot waits for the running trials or their heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import optuna
+
+from kdjax.search_space import DIMENSIONS, SHORT, SearchSpace
+
+log = logging.getLogger(__name__)
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+ACTIVE = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+RDB_PREFIXES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+class SurplusTrial(Exception):
+    """Raised inside a trial that another worker's concurrent trial made one too many; it trains nothing."""
+
+
+def make_storage(url: str | None, heartbeat_interval: int = 60):
+    """RDB storage with heartbeats and retry of dead workers' trials; None = in memory (tests).
+
+    A trial whose worker sent no heartbeat for 3 x `heartbeat_interval` seconds is failed and re-queued.
+    """
+    if not url:
+        return None
+    if url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=int(heartbeat_interval),
+            grace_period=3 * int(heartbeat_interval),
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        )
+    return url
+
+
+def make_sampler(seed: int, finished: int, multi_objective: bool, n_startup_trials: int, population_size: int):
+    s = int(np.random.SeedSequence([seed, finished]).generate_state(1)[0])
+    if multi_objective:
+        return optuna.samplers.NSGAIISampler(seed=s, population_size=population_size)
+    return optuna.samplers.TPESampler(seed=s, n_startup_trials=n_startup_trials)
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> tuple[int, ...]:
+    """Suggest each dimension in order; repair values without a valid completion to the nearest allowed one."""
+    idx: list[int] = []
+    for d, name in enumerate(DIMENSIONS):
+        value = trial.suggest_categorical(SHORT[name], list(space.values[d]))
+        idx.append(space.nearest_allowed(tuple(idx), space.values[d].index(value)))
+    return tuple(idx)
+
+
+def search(
+    space: SearchSpace,
+    evaluate: Callable[..., dict],
+    *,
+    num_trials: int,
+    seed: int,
+    storage: str | None = None,
+    study_name: str = "kdjax-nas",
+    prune: bool = False,
+    multi_objective: bool = False,
+    n_startup_trials: int = 10,
+    heartbeat_interval: int = 60,
+) -> optuna.Study:
+    """Run the study until `num_trials` trials are COMPLETE or PRUNED (counting trials of earlier runs)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune and not multi_objective else None
+    )
+    kwargs = {"directions": ["minimize", "minimize"]} if multi_objective else {"direction": "maximize"}
+    store = make_storage(storage, heartbeat_interval)
+    study = optuna.create_study(
+        storage=store,
+        study_name=study_name,
+        load_if_exists=True,
+        pruner=pruner,
+        **kwargs,
+    )
+    population = max(4, min(50, num_trials // 4))
+
+    def objective(trial: optuna.Trial):
+        # Trial numbers are handed out atomically by the storage: the first `num_trials` live (not failed) numbers
+        # are the study's slots, so a trial that two racing workers made one too many stops before any training.
+        before = study.get_trials(deepcopy=False, states=(*FINISHED, *ACTIVE))
+        if sum(t.number < trial.number for t in before) >= num_trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: the study already has {num_trials} trials")
+        spec = space.spec(suggest(trial, space))
+        trial.set_user_attr("arch_id", spec.arch_id)
+
+        def on_epoch(epoch: int, loss: float) -> bool:
+            # Reported as quality (1 - loss) so that "higher is better" matches the maximised reward.
+            trial.report(1.0 - loss, epoch)
+            return trial.should_prune()
+
+        # `trial` is the number of finished trials when this one started, not `trial.number`: a run stopped mid-trial
+        # leaves a FAIL trial that shifts Optuna's numbers but not this index (single process).
+        rec = evaluate(
+            spec, trial=position[0], optuna_trial=trial.number, on_epoch=on_epoch if pruner is not None else None
+        )
+        if rec.get("pruned"):
+            raise optuna.TrialPruned()
+        trial.set_user_attr("reward", rec["reward"])
+        if multi_objective:
+            return float("inf") if rec.get("loss") is None else rec["loss"], rec["latency_ms"]
+        return rec["reward"]
+
+    stop = optuna.study.MaxTrialsCallback(num_trials, states=FINISHED)
+    position = [0]
+    heartbeat = isinstance(store, optuna.storages.RDBStorage) and store.get_heartbeat_interval() is not None
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        if finished >= num_trials:
+            break
+        if finished + running >= num_trials:
+            if not heartbeat:
+                break  # the other workers finish the study
+            # Every open slot is being run by another worker: wait until it finishes, or until its heartbeat stops
+            # (its trial is then failed and re-queued by RetryFailedTrialCallback, and run here).
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(min(5.0, max(0.5, heartbeat_interval / 2)))
+            continue
+        position[0] = finished
+        study.sampler = make_sampler(seed, finished, multi_objective, n_startup_trials, population)
+        study.optimize(objective, n_trials=1, callbacks=[stop], gc_after_trial=False, catch=(SurplusTrial,))
+    return study

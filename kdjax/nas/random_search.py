@@ -1,0 +1,22 @@
+"""Random search baseline (report Table 1): `num_trials` distinct architectures drawn uniformly from the valid space.
+
+The draw order is one seeded permutation of the enumerated valid points, so candidate i is the same in every run and
+a resumed search (cache hits for the first ones) continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from kdjax.search_space import SearchSpace
+
+
+def order(space: SearchSpace, num_trials: int, seed: int) -> list[tuple[int, ...]]:
+    perm = np.random.default_rng([seed, 13]).permutation(space.size)[:num_trials]
+    return [space.points[i] for i in perm]
+
+
+def search(space: SearchSpace, evaluate: Callable[..., dict], *, num_trials: int, seed: int) -> list[dict]:
+    return [evaluate(space.spec(idx), trial=t) for t, idx in enumerate(order(space, num_trials, seed))]

@@ -1,0 +1,115 @@
+"""The `nas` stage: derive the space, run the configured strategy, write history.jsonl and top_k.json.
+
+Workdir: `nas/history.jsonl` (every evaluated candidate; also the evaluation cache), `nas/latency.json` (student
+latencies), `nas/controller/` (LSTM controller checkpoints), `nas/optuna.db` (default Optuna storage),
+`nas/candidates/<arch_id>/hf` (mini-KD students; only the top-k are kept at the end), `nas/top_k.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from kdjax.checkpoint import Checkpointer
+from kdjax.context import RunContext
+from kdjax.nas import controller, optuna_search, random_search, topk
+from kdjax.nas.history import History
+from kdjax.nas.minikd import CandidateEvaluator, keep_only
+from kdjax.search_space import SearchSpace
+from kdjax.workdir import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _budget(nas) -> int:
+    if nas.strategy == "lstm":
+        return int(nas.num_episodes) * int(nas.candidates_per_episode)
+    return int(nas.num_trials)
+
+
+def _run_lstm(ctx: RunContext, space: SearchSpace, evaluate) -> None:
+    nas = ctx.config.nas
+    ckpt = Checkpointer(ctx.workdir.path("nas", "controller"), keep=2)
+    try:
+        controller.search(
+            space,
+            evaluate,
+            num_episodes=int(nas.num_episodes),
+            candidates_per_episode=int(nas.candidates_per_episode),
+            seed=int(ctx.config.seed),
+            cfg=controller.ControllerConfig.from_config(nas.controller),
+            checkpointer=ckpt,
+        )
+    finally:
+        ckpt.close()
+
+
+def _run_optuna(ctx: RunContext, space: SearchSpace, evaluate) -> None:
+    nas = ctx.config.nas
+    storage = str(nas.storage) or f"sqlite:///{ctx.workdir.path('nas', 'optuna.db')}"
+    optuna_search.search(
+        space,
+        evaluate,
+        num_trials=int(nas.num_trials),
+        seed=int(ctx.config.seed),
+        storage=storage,
+        study_name="kdjax-nas-mo" if nas.multi_objective else "kdjax-nas",
+        prune=bool(nas.prune),
+        multi_objective=bool(nas.multi_objective),
+        heartbeat_interval=int(nas.get("heartbeat_interval_s", 60)),
+    )
+
+
+def _run_random(ctx: RunContext, space: SearchSpace, evaluate) -> None:
+    random_search.search(space, evaluate, num_trials=int(ctx.config.nas.num_trials), seed=int(ctx.config.seed))
+
+
+# Explicit registry: nas.strategy -> runner(ctx, space, evaluate).
+STRATEGIES = {"lstm": _run_lstm, "optuna": _run_optuna, "random": _run_random}
+
+
+def run(ctx: RunContext) -> dict:
+    from tqdm.auto import tqdm
+
+    nas = ctx.config.nas
+    strategy = str(nas.strategy)
+    space = SearchSpace.from_teacher(ctx.teacher.spec, nas.space)
+    print(space.table())
+    nas_dir = ctx.workdir.subdir("nas")
+    history = History(os.path.join(nas_dir, "history.jsonl"))
+    export_root = os.path.join(nas_dir, "candidates")
+    evaluator = CandidateEvaluator(ctx, strategy=strategy, history=history, export_root=export_root)
+    print(
+        f"nas: {strategy}, {_budget(nas)} candidates, mini-KD {evaluator.epochs} epochs x "
+        f"{evaluator.batches.steps_per_epoch} steps on {len(evaluator.batches.rows)} proxy rows; "
+        f"teacher {evaluator.teacher_latency_ms:.2f} ms ({ctx.latency_cfg.key}); {len(history)} already evaluated"
+    )
+    bar = tqdm(total=_budget(nas), desc=f"nas {strategy}", dynamic_ncols=True)
+    best = [float("-inf")]
+
+    def tracked(spec, **kw) -> dict:
+        rec = evaluator(spec, **kw)
+        best[0] = max(best[0], rec["reward"]) if not rec.get("pruned") else best[0]
+        bar.update(1)
+        bar.set_postfix(best=f"{best[0]:.4f}", last=spec.arch_id, new=evaluator.new_evaluations)
+        return rec
+
+    try:
+        STRATEGIES[strategy](ctx, space, tracked)
+    finally:
+        bar.close()
+
+    history.refresh()
+    if strategy == "optuna" and nas.multi_objective:
+        chosen = topk.pareto_front(history.rows)
+    else:
+        chosen = topk.distinct_budgets(history.rows, int(nas.top_k), float(nas.top_k_latency_gap))
+    for r in chosen:
+        if r.get("hf") and not os.path.isdir(r["hf"]):
+            r["hf"] = None  # export removed by an earlier run's top-k cleanup
+    write_json(os.path.join(nas_dir, "top_k.json"), {"strategy": strategy, "top_k": [topk.summary(r) for r in chosen]})
+    removed = keep_only(export_root, {r["arch_id"] for r in chosen})
+    print(("Pareto front" if nas.multi_objective and strategy == "optuna" else "top-k") + ":")
+    print(topk.table(chosen))
+    log.info("nas: %d candidates evaluated in total, %d exports removed", len(history), len(removed))
+    return {"strategy": strategy, "evaluated": len(history), "best": chosen[0]["arch_id"] if chosen else None}

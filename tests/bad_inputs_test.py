@@ -1,0 +1,218 @@
+"""Inputs a user can get wrong end with one clear line, a non-zero exit status and no traceback, through `main.py`.
+
+Every case runs `main.py` as a subprocess in a workdir that already holds outputs of earlier stages; those files must
+come out of the failed run byte for byte unchanged. The cases are started together (two at a time) by a module
+fixture, and each test waits for its own, so most of them cost only the interpreter start-up and config validation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+TINY = "--config=configs/bert_nas.py:tiny"
+SEEDED = {
+    ".stages/teacher.json": '{"stage": "teacher", "finished": "2026-01-01T00:00:00"}\n',
+    "teacher/info.json": '{"source": "earlier run"}\n',
+    "glue/earlier-model/sst2.json": '{"task": "sst2", "score": 0.5}\n',
+    "kd/9L-99H-9A-99F-gelu/hf/model.safetensors": "not really weights, but precious\n",
+    "nas/history.jsonl": '{"arch_id": "1L-8H-1A-8F-gelu", "reward": 0.1}\n',
+}
+GLUE_ARGS = ["--config.stages=glue", "--config.glue.models=teacher", "--config.glue.tasks=sst2"]
+
+# name -> (extra args, substrings the one error line must contain). "{teacher}", "{tmp}" are filled in per run.
+CASES: dict[str, tuple[list[str], list[str]]] = {
+    "unknown_config_variant": (["--config=configs/bert_nas.py:bogus"], ["unknown config variant", "bogus"]),
+    "missing_config_file": (["--config=configs/no_such_config.py"], ["no_such_config.py"]),
+    "unknown_config_field": ([TINY, "--config.kd.no_such_field=1"], ["no_such_field"]),
+    "unknown_stage": ([TINY, "--config.stages=kd,distil"], ["stages", "distil"]),
+    "unknown_strategy": ([TINY, "--config.nas.strategy=bayes"], ["nas.strategy", "bayes"]),
+    "unknown_glue_task": ([TINY, "--config.glue.tasks=sst2,squad"], ["glue.tasks", "squad"]),
+    "heads_not_dividing_hidden": ([TINY, "--config.kd.arch=2L-30H-4A-64F"], ["kd.arch", "divide"]),
+    "proxy_fraction_zero": ([TINY, "--config.nas.proxy_fraction=0"], ["nas.proxy_fraction"]),
+    "proxy_fraction_above_one": ([TINY, "--config.nas.proxy_fraction=1.5"], ["nas.proxy_fraction"]),
+    "zero_kd_epochs": ([TINY, "--config.kd.num_train_steps=0", "--config.kd.num_epochs=0"], ["kd.num_epochs"]),
+    "negative_batch": ([TINY, "--config.kd.per_device_batch_size=-2"], ["kd.per_device_batch_size"]),
+    "zero_glue_epochs": ([TINY, "--config.glue.num_epochs=0"], ["glue.num_epochs"]),
+    "workdir_under_a_file": ([TINY, "--workdir={tmp}/a_file/run"], ["workdir", "not writable"]),
+    "workdir_in_proc": ([TINY, "--workdir=/proc/kdjax-run"], ["workdir", "not writable"]),
+    # These load (or fail to load) the teacher first.
+    "unknown_teacher_offline": (
+        [TINY, "--config.stages=kd", "--config.teacher.name=no-such-org/no-such-bert"],
+        ["no-such-org/no-such-bert"],
+    ),
+    "teacher_folder_without_config": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={tmp}/teacher_no_config"],
+        ["config.json"],
+    ),
+    "pickle_only_teacher": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={tmp}/teacher_pickle"],
+        ["pytorch_model.bin", "allow_pickle"],
+    ),
+    "missing_corpus": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.corpus={tmp}/nope/corpus.txt"],
+        ["corpus", "does not exist"],
+    ),
+    "empty_corpus": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.corpus={tmp}/empty.txt"],
+        ["empty"],
+    ),
+    "glue_tsv_wrong_columns": (
+        [TINY, *GLUE_ARGS, "--config.teacher.name={teacher}", "--config.data.glue_dir={tmp}/glue_bad_columns"],
+        ["train.tsv", "sentence"],
+    ),
+    "glue_tsv_unknown_label": (
+        [TINY, *GLUE_ARGS, "--config.teacher.name={teacher}", "--config.data.glue_dir={tmp}/glue_bad_label"],
+        ["train.tsv:3", "positive"],
+    ),
+}
+
+
+def _tree_digest(root: str) -> dict[str, str]:
+    return {
+        rel: hashlib.sha256(open(os.path.join(root, rel), "rb").read()).hexdigest()
+        for rel in SEEDED
+        if os.path.exists(os.path.join(root, rel))
+    }
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Broken and good input files shared by the cases, plus a materialised tiny teacher folder."""
+    from kdjax.teacher import resolve_source
+
+    tmp = str(tmp_path_factory.mktemp("bad_inputs"))
+    teacher = resolve_source("random-tiny-bert", random_dir=os.path.join(tmp, "teachers"))
+    _write(os.path.join(tmp, "a_file"), "a file, not a folder\n")
+    os.makedirs(os.path.join(tmp, "teacher_no_config"))
+    shutil.copy(os.path.join(teacher, "vocab.txt"), os.path.join(tmp, "teacher_no_config"))
+    pickle_dir = os.path.join(tmp, "teacher_pickle")
+    os.makedirs(pickle_dir)
+    for name in ("config.json", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(os.path.join(teacher, name), pickle_dir)
+    with open(os.path.join(pickle_dir, "pytorch_model.bin"), "wb") as f:
+        f.write(b"\x80\x04not a real pickle; must never be unpickled without the opt-in")
+    _write(os.path.join(tmp, "empty.txt"), "\n   \n\n")
+    _write(os.path.join(tmp, "glue_bad_columns", "SST-2", "train.tsv"), "text\tlabel\nnice film\t1\n")
+    _write(os.path.join(tmp, "glue_bad_columns", "SST-2", "dev.tsv"), "text\tlabel\nbad film\t0\n")
+    _write(
+        os.path.join(tmp, "glue_bad_label", "SST-2", "train.tsv"),
+        "sentence\tlabel\nnice film\t1\ngreat film\tpositive\n",
+    )
+    _write(os.path.join(tmp, "glue_bad_label", "SST-2", "dev.tsv"), "sentence\tlabel\nbad film\t0\n")
+    return {"tmp": tmp, "teacher": teacher}
+
+
+def _run_case(name: str, inputs: dict) -> dict:
+    args, _ = CASES[name]
+    args = [a.format(**inputs) for a in args]
+    workdir = os.path.join(inputs["tmp"], "runs", name)
+    if not any(a.startswith("--workdir=") for a in args):
+        for rel, text in SEEDED.items():
+            _write(os.path.join(workdir, rel), text)
+        args.append(f"--workdir={workdir}")
+    before = _tree_digest(workdir)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    return {"proc": proc, "before": before, "after": _tree_digest(workdir)}
+
+
+@pytest.fixture(scope="module")
+def case_results(inputs):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(_run_case, name, inputs) for name in CASES}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, needles: list[str]) -> str:
+    assert proc.returncode == 2, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kdjax: error:")]
+    assert len(errors) == 1, proc.stderr[-4000:]
+    line = errors[0]
+    assert proc.stderr.rstrip().endswith(line), "the error line is the last thing printed"
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_clear_line(name, case_results):
+    result = case_results[name].result()
+    assert_one_error_line(result["proc"], CASES[name][1])
+    # Whatever earlier stages left in the workdir is still there, unchanged.
+    assert result["after"] == result["before"]
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(inputs):
+    workdir = os.path.join(inputs["tmp"], "runs", "diverging")
+    for rel, text in SEEDED.items():
+        _write(os.path.join(workdir, rel), text)
+    before = _tree_digest(workdir)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+    # Warm-up ramps the step size from 0 to 1e6: the first steps are fine and checkpointed, then it blows up.
+    args = [
+        TINY,
+        "--config.stages=kd",
+        f"--config.teacher.name={inputs['teacher']}",
+        "--config.kd.learning_rate=1e6",
+        "--config.kd.grad_clip_norm=0",
+        "--config.kd.warmup_fraction=0.5",
+        "--config.kd.num_train_steps=12",
+        "--config.kd.checkpoint_every_steps=1",
+        "--config.kd.log_every_steps=1",
+        f"--workdir={workdir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    line = assert_one_error_line(proc, ["non-finite", "at step"])
+    bad_step = int(line.split("at step")[1].split(";")[0])
+    kd_dir = os.path.join(workdir, "kd", "2L-32H-2A-64F-gelu")
+    ckpts = sorted(int(n) for n in os.listdir(os.path.join(kd_dir, "checkpoints")) if n.isdigit())
+    # Every step before the bad one was checkpointed; nothing at or after it.
+    assert ckpts and ckpts[-1] == bad_step - 1 and bad_step > 1, (ckpts, line)
+    with open(os.path.join(kd_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(x) for x in f if x.strip()]
+    assert [r["step"] for r in rows] == list(range(1, bad_step))
+    assert all(
+        isinstance(v, float) and v == v and abs(v) != float("inf")
+        for r in rows
+        for v in r.values()
+        if not isinstance(v, int)
+    )
+    assert not os.path.exists(os.path.join(kd_dir, "hf")), "a diverged run must not export"
+    assert not os.path.exists(os.path.join(workdir, ".stages", "kd.json"))
+    assert _tree_digest(workdir) == before

@@ -1,0 +1,169 @@
+"""Several Optuna search workers share one study (PostgreSQL on loopback, or the default SQLite file).
+
+Workers are separate processes running `kdjax.nas.optuna_search.search` with a synthetic, slow-ish objective (no
+JAX), so the test exercises the storage protocol itself: exactly `num_trials` COMPLETE trials, none trained twice,
+and a worker SIGKILLed mid-trial leaves a trial that a surviving worker retries (heartbeat + RetryFailedTrialCallback).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from conftest import ROOT
+
+NUM_TRIALS = 6
+HEARTBEAT_S = 1
+
+WORKER = r"""
+import json, os, sys, time
+import ml_collections
+from kdjax.nas import optuna_search
+from kdjax.search_space import DIMENSIONS, SearchSpace
+from kdjax.spec import ArchSpec
+
+url, log_path, delay, num_trials = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+cfg = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
+cfg.max_params_fraction = 1.0
+space = SearchSpace.from_teacher(ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072), cfg)
+
+def log(event, trial, arch):
+    with open(log_path, "a") as f:
+        f.write(json.dumps({"event": event, "trial": trial, "arch": arch, "pid": os.getpid()}) + "\n")
+
+def evaluate(spec, on_epoch=None, trial=None, **where):
+    log("start", trial, spec.arch_id)
+    time.sleep(delay)
+    log("done", trial, spec.arch_id)
+    r = 1.0 / (1.0 + spec.num_params / 1e8)
+    return {"reward": r, "loss": 1.0 - r, "latency_ms": spec.num_params / 1e6}
+
+optuna_search.search(space, evaluate, num_trials=num_trials, seed=0, storage=url, heartbeat_interval=HEARTBEAT)
+""".replace("HEARTBEAT", str(HEARTBEAT_S))
+
+
+def _worker(url: str, log_path: str, delay: float) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("XLA_FLAGS", None)
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, url, log_path, str(delay), str(NUM_TRIALS)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _events(log_path: str) -> list[dict]:
+    import json
+
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL server on loopback; skipped only when the binaries are not installed."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    pg_ctl = bins[-1] if bins else shutil.which("pg_ctl")
+    if not pg_ctl:
+        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    bindir = os.path.dirname(pg_ctl)
+    # Directly under /tmp: pytest's own temp root is private to root, and the server may not run as root.
+    root = tempfile.mkdtemp(prefix="kdjax-pg-")
+    data, port = os.path.join(root, "data"), _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(root, user="postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def pg(*cmd):
+        p = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, f"{cmd[0]} failed:\n{p.stdout}\n{p.stderr}"
+
+    pg(os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "kdjax", "--no-sync")
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg(pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(root, "log"), "-w", "start")
+    try:
+        pg(os.path.join(bindir, "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "kdjax", "kdjax_nas")
+        yield f"postgresql+psycopg2://kdjax@127.0.0.1:{port}/kdjax_nas"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _scenario(url: str, log_path: str) -> dict:
+    """Worker A is killed inside its first trial; B and C then share the study to the end."""
+    a = _worker(url, log_path, delay=600.0)
+    deadline = time.monotonic() + 120
+    while not any(e["event"] == "start" for e in _events(log_path)):
+        assert a.poll() is None, a.stdout.read()
+        assert time.monotonic() < deadline, "worker A never started a trial"
+        time.sleep(0.1)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    killed_trial = _events(log_path)[0]["trial"]
+    t0 = time.monotonic()
+    b, c = _worker(url, log_path, delay=0.3), _worker(url, log_path, delay=0.3)
+    out = {}
+    for name, p in (("b", b), ("c", c)):
+        out[name] = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, f"worker {name}:\n{out[name][-3000:]}"
+    import optuna
+
+    study = optuna.load_study(study_name="kdjax-nas", storage=url)
+    return {"study": study, "killed_trial": killed_trial, "events": _events(log_path), "wall_s": time.monotonic() - t0}
+
+
+def _check(result: dict) -> None:
+    import optuna
+    from optuna.storages import RetryFailedTrialCallback
+
+    study, killed = result["study"], result["killed_trial"]
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(complete) == NUM_TRIALS, [(t.number, t.state.name) for t in trials]
+    assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
+    # The only failures: the killed worker's trial, and racing trials that stopped before training.
+    assert {t.number for t in failed if not t.user_attrs.get("surplus")} == {killed}
+    retried = [t for t in complete if RetryFailedTrialCallback.retried_trial_number(t) == killed]
+    assert len(retried) == 1, "the killed worker's trial is retried exactly once"
+    assert retried[0].params == next(t for t in trials if t.number == killed).params
+    # No trial trained twice; every COMPLETE trial trained exactly once; the killed one started but never finished.
+    done = [e["trial"] for e in result["events"] if e["event"] == "done"]
+    assert sorted(done) == sorted(t.number for t in complete)
+    started = [e["trial"] for e in result["events"] if e["event"] == "start"]
+    assert sorted(started) == sorted([*done, killed])
+    workers = {e["pid"] for e in result["events"] if e["event"] == "done"}
+    assert len(workers) == 2, "both surviving workers ran trials"
+
+
+@pytest.mark.slow
+def test_workers_share_a_postgresql_study(postgres_url, tmp_path):
+    result = _scenario(postgres_url, str(tmp_path / "events.jsonl"))
+    _check(result)
+
+
+@pytest.mark.slow
+def test_workers_share_the_default_sqlite_file(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    result = _scenario(url, str(tmp_path / "events.jsonl"))
+    _check(result)
