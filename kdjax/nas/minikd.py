@@ -25,6 +25,7 @@ from kdjax.latency import LatencyCache
 from kdjax.nas.history import History
 from kdjax.reward import RewardConfig, reward, select_loss
 from kdjax.spec import ArchSpec
+from kdjax.student_init import initial_params
 from kdjax.train import NonFiniteLossError, OptimConfig, distill
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class CandidateEvaluator:
                 mesh=ctx.mesh,
                 writer=reporter,
                 log_every=self.batches.steps_per_epoch,
+                student_params=initial_params(str(ctx.config.kd.init), ctx.teacher.params, ctx.teacher.spec, spec),
                 progress=self.progress,
                 desc=f"mini-kd {spec.arch_id}",
             )
