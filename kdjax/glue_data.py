@@ -1,0 +1,263 @@
+"""GLUE tasks: their layouts, loading (local TSV folders or `nyu-mll/glue` from the hub), tokenisation, batching.
+
+Local folders use the standard GLUE download layout (`<glue_dir>/<Folder>/{train,dev}.tsv`, MNLI with
+`dev_matched.tsv`/`dev_mismatched.tsv`, CoLA without a header) and are read with tab delimiters and QUOTE_NONE, as
+GLUE's own scripts do. Labels are mapped to the class indices of `nyu-mll/glue`, so both sources train the same head.
+Batches are padded to the longest example rounded up to a multiple of `bucket` (capped at max_seq_len), so a task
+compiles a handful of shapes instead of padding everything to 128.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from kdjax.errors import KdjaxError
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+class GlueDataError(KdjaxError, ValueError):
+    """A GLUE file that cannot be read (missing, wrong columns, unknown label); the message names file and line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's TSVs live, which columns hold text and label, and its label set (None = regression)."""
+
+    name: str
+    folder: str
+    # Header names of the text and label columns; for header-less files (CoLA) their 0-based indices.
+    text_columns: tuple
+    label_column: str | int
+    labels: tuple[str, ...] | None
+    # Dev splits: short name -> (TSV file name, hub split name).
+    dev_splits: tuple[tuple[str, str, str], ...] = (("dev", "dev.tsv", "validation"),)
+    header: bool = True
+    # Columns of the hub dataset, in the order of `text_columns`.
+    hub_text: tuple[str, ...] = ("sentence",)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+
+# Explicit registry: task name -> layout. Label order = `nyu-mll/glue` class indices.
+TASKS: dict[str, TaskSpec] = {
+    "cola": TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), header=False),
+    "sst2": TaskSpec("sst2", "SST-2", ("sentence",), "label", ("0", "1")),
+    "mrpc": TaskSpec(
+        "mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), hub_text=("sentence1", "sentence2")
+    ),
+    "stsb": TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), "score", None, hub_text=("sentence1", "sentence2")),
+    "qqp": TaskSpec(
+        "qqp", "QQP", ("question1", "question2"), "is_duplicate", ("0", "1"), hub_text=("question1", "question2")
+    ),
+    "mnli": TaskSpec(
+        "mnli",
+        "MNLI",
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("entailment", "neutral", "contradiction"),
+        dev_splits=(
+            ("matched", "dev_matched.tsv", "validation_matched"),
+            ("mismatched", "dev_mismatched.tsv", "validation_mismatched"),
+        ),
+        hub_text=("premise", "hypothesis"),
+    ),
+    "qnli": TaskSpec(
+        "qnli",
+        "QNLI",
+        ("question", "sentence"),
+        "label",
+        ("entailment", "not_entailment"),
+        hub_text=("question", "sentence"),
+    ),
+    "rte": TaskSpec(
+        "rte",
+        "RTE",
+        ("sentence1", "sentence2"),
+        "label",
+        ("entailment", "not_entailment"),
+        hub_text=("sentence1", "sentence2"),
+    ),
+    "wnli": TaskSpec(
+        "wnli", "WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), hub_text=("sentence1", "sentence2")
+    ),
+}
+
+
+@dataclasses.dataclass
+class Split:
+    """Raw examples of one split: one list of strings per text column, and labels (int classes or float scores)."""
+
+    texts: tuple[list[str], ...]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> Split:
+        return Split(tuple(t[:n] for t in self.texts), self.labels[:n])
+
+
+@dataclasses.dataclass
+class TaskData:
+    task: TaskSpec
+    train: Split
+    dev: dict[str, Split]  # split name -> examples (MNLI: matched, mismatched)
+    source: str
+
+
+def read_tsv(path: str, task: TaskSpec) -> Split:
+    """Read one GLUE TSV of `task`; any malformed row raises GlueDataError naming `path:line`."""
+    if not os.path.exists(path):
+        raise GlueDataError(f"{path}: file not found (expected the GLUE {task.folder} layout)")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    start, ncols = 0, None
+    if task.header:
+        if not rows:
+            raise GlueDataError(f"{path}:1: empty file, expected a header row")
+        header = rows[0]
+        missing = [c for c in (*task.text_columns, task.label_column) if c not in header]
+        if missing:
+            raise GlueDataError(f"{path}:1: header has no column {missing[0]!r} (found: {', '.join(header)})")
+        text_idx = [header.index(c) for c in task.text_columns]
+        label_idx = header.index(task.label_column)
+        start, ncols = 1, len(header)
+    else:
+        text_idx, label_idx = list(task.text_columns), int(task.label_column)
+        needed = max(*text_idx, label_idx) + 1
+    texts: tuple[list[str], ...] = tuple([] for _ in text_idx)
+    labels: list = []
+    for lineno, row in enumerate(rows[start:], start=start + 1):
+        if not row or row == [""]:
+            continue
+        if ncols is not None and len(row) != ncols:
+            raise GlueDataError(f"{path}:{lineno}: expected {ncols} tab-separated columns, found {len(row)}")
+        if ncols is None and len(row) < needed:
+            raise GlueDataError(f"{path}:{lineno}: expected at least {needed} tab-separated columns, found {len(row)}")
+        raw = row[label_idx].strip()
+        if task.is_regression:
+            try:
+                labels.append(float(raw))
+            except ValueError:
+                raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not a number") from None
+        else:
+            if raw not in task.labels:
+                raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not one of {', '.join(task.labels)}")
+            labels.append(task.labels.index(raw))
+        for out, i in zip(texts, text_idx):
+            out.append(row[i])
+    if not labels:
+        raise GlueDataError(f"{path}: no examples")
+    dtype = np.float32 if task.is_regression else np.int32
+    return Split(texts, np.asarray(labels, dtype))
+
+
+def _hub_split(ds, task: TaskSpec) -> Split:
+    labels = np.asarray(ds["label"], np.float32 if task.is_regression else np.int32)
+    return Split(tuple(list(ds[c]) for c in task.hub_text), labels)
+
+
+def load_task(name: str, glue_dir: str = "") -> TaskData:
+    """All splits of task `name` from a local GLUE folder, or from `nyu-mll/glue` when `glue_dir` is empty."""
+    task = TASKS[name]
+    if glue_dir:
+        folder = os.path.join(os.path.expanduser(glue_dir), task.folder)
+        if not os.path.isdir(folder):
+            raise GlueDataError(f"{folder}: no such folder (data.glue_dir needs a {task.folder}/ sub-folder)")
+        train = read_tsv(os.path.join(folder, "train.tsv"), task)
+        dev = {s: read_tsv(os.path.join(folder, f), task) for s, f, _ in task.dev_splits}
+        return TaskData(task, train, dev, folder)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset("nyu-mll/glue", name)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GlueDataError(
+            f"cannot load GLUE task {name!r} from the hub (nyu-mll/glue): {first}; "
+            "set --config.data.glue_dir to a local GLUE folder"
+        ) from e
+    dev = {s: _hub_split(ds[h], task) for s, _, h in task.dev_splits}
+    return TaskData(task, _hub_split(ds["train"], task), dev, "hub:nyu-mll/glue")
+
+
+@dataclasses.dataclass
+class Encoded:
+    """Tokenised examples: ragged token ids and segment ids, and the labels."""
+
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.asarray([len(x) for x in self.input_ids])
+
+
+def encode(tokenizer, split: Split, max_seq_len: int) -> Encoded:
+    """Tokenise single sentences or pairs with [CLS] a [SEP] (b [SEP]), truncated longest-first to max_seq_len."""
+    a = split.texts[0]
+    b = split.texts[1] if len(split.texts) > 1 else None
+    enc = tokenizer(a, b, truncation=True, max_length=max_seq_len, return_token_type_ids=True)
+    ids = [np.asarray(x, np.int32) for x in enc["input_ids"]]
+    types = [np.asarray(x, np.int32) for x in enc.get("token_type_ids", [np.zeros(len(i)) for i in ids])]
+    return Encoded(ids, types, split.labels)
+
+
+def bucket_length(n: int, bucket: int, max_seq_len: int) -> int:
+    """Round `n` up to a multiple of `bucket`, capped at `max_seq_len`."""
+    return min(max_seq_len, -(-n // bucket) * bucket)
+
+
+def make_batch(data: Encoded, idx: np.ndarray, batch_size: int, pad_id: int, bucket: int, max_seq_len: int) -> dict:
+    """Examples `idx` padded to a [batch_size, bucketed length] batch; filler rows get weight 0."""
+    n = len(idx)
+    length = bucket_length(max(int(data.lengths[idx].max()), 1), bucket, max_seq_len)
+    ids = np.full((batch_size, length), pad_id, np.int32)
+    types = np.zeros((batch_size, length), np.int32)
+    mask = np.zeros((batch_size, length), np.int32)
+    for r, i in enumerate(idx):
+        k = len(data.input_ids[i])
+        ids[r, :k], types[r, :k], mask[r, :k] = data.input_ids[i], data.token_type_ids[i], 1
+    labels = np.zeros((batch_size,), data.labels.dtype)
+    labels[:n] = data.labels[idx]
+    weights = np.zeros((batch_size,), np.float32)
+    weights[:n] = 1.0
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels, "weights": weights}
+
+
+def train_batches(
+    data: Encoded, batch_size: int, epoch: int, seed: int, pad_id: int, bucket: int, max_seq_len: int
+) -> Iterator[dict]:
+    """One epoch in a shuffled order drawn from (seed, epoch); the last short batch is padded with weight-0 rows."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(data))
+    for s in range(0, len(order), batch_size):
+        yield make_batch(data, order[s : s + batch_size], batch_size, pad_id, bucket, max_seq_len)
+
+
+def eval_batches(data: Encoded, batch_size: int, pad_id: int, bucket: int, max_seq_len: int) -> Iterator[tuple]:
+    """(example indices, batch) over the whole split, sorted by length so short examples share short batches."""
+    order = np.argsort(data.lengths, kind="stable")
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        yield idx, make_batch(data, idx, batch_size, pad_id, bucket, max_seq_len)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return -(-num_examples // batch_size)

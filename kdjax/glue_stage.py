@@ -1,0 +1,258 @@
+"""The `glue` stage: fine-tune and score the chosen models on the chosen GLUE tasks, resumably.
+
+`glue.models` is a comma list of:
+  teacher                      the run's teacher;
+  best                         the search's best architecture: `nas-<arch>` (mini-KD winner, W/nas/candidates/<arch>/hf,
+                               "without PDT"), `kd-<arch>` (full KD, W/kd/<arch>/hf) and `pdt-<arch>`
+                               (W/kd/<arch>-pdt/hf), whichever exist;
+  top_k                        the same for every architecture in W/nas/top_k.json;
+  random                       glue.num_random_baselines random architectures of the search space, distilled with
+                               the kd.* budget into W/kd/random-<i>-<arch>/ (once) and scored;
+  <arch id>                    e.g. 6L-768H-12A-3072F-gelu (DistilBERT shape): its KD export, distilled if missing;
+  <folder> or <hub id>         any BERT/RoBERTa/ALBERT checkpoint.
+Each (model, task) score goes to W/glue/<model>/<task>.json with its recipe; a file with the same recipe and source
+is not recomputed, so an interrupted stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from kdjax import glue_data
+from kdjax.config import split_list
+from kdjax.context import RunContext
+from kdjax.errors import KdjaxError
+from kdjax.finetune import Recipe, finetune
+from kdjax.spec import _ID_RE, ArchSpec
+from kdjax.train import compute_dtype
+from kdjax.workdir import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+
+class GlueStageError(KdjaxError, ValueError):
+    """A model named in glue.models cannot be found or loaded."""
+
+
+@dataclasses.dataclass
+class ModelRef:
+    """One row of the GLUE tables."""
+
+    name: str  # folder under W/glue
+    kind: str  # teacher | nas | kd | pdt | random | folder | hub
+    source: str  # checkpoint folder or hub id ('teacher' for the run's teacher)
+    arch_id: str | None = None
+    # Builds the checkpoint when it does not exist yet (random baselines, hand-picked arch ids).
+    prepare: Callable[[], None] | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": self.name, "kind": self.kind, "source": self.source, "arch_id": self.arch_id}
+
+
+def variants(ctx: RunContext, arch_id: str) -> list[ModelRef]:
+    """The exports of one architecture that exist: mini-KD winner, full KD, and PDT."""
+    w = ctx.workdir
+    found = [
+        ("nas", w.path("nas", "candidates", arch_id, "hf")),
+        ("kd", w.path("kd", arch_id, "hf")),
+        ("pdt", w.path("kd", f"{arch_id}-pdt", "hf")),
+    ]
+    return [ModelRef(f"{k}-{arch_id}", k, p, arch_id) for k, p in found if os.path.isdir(p)]
+
+
+def _distilled(ctx: RunContext, name: str, kind: str, arch_id: str, out_dir: str) -> ModelRef:
+    """A ref to out_dir/hf that distills `arch_id` with the kd.* budget first if the export is missing."""
+    from kdjax.kd_stage import distill_arch
+
+    def prepare() -> None:
+        if not os.path.exists(os.path.join(out_dir, "hf", "config.json")):
+            print(f"glue: distilling {name} with the kd.* budget into {out_dir}")
+            distill_arch(ctx, ctx.student_spec(arch_id), out_dir=out_dir, desc=name)
+
+    return ModelRef(name, kind, os.path.join(out_dir, "hf"), arch_id, prepare)
+
+
+def random_specs(ctx: RunContext, n: int) -> list[ArchSpec]:
+    """`n` distinct architectures drawn reproducibly (from the seed) from the teacher-derived search space."""
+    teacher = ctx.teacher.spec
+    try:
+        from kdjax.search_space import SearchSpace
+
+        pool = SearchSpace.from_teacher(teacher, ctx.config.nas.space).all_specs()
+    except ImportError:  # the search space module is optional here: fall back to a few teacher-derived shapes
+        pool = [
+            teacher.student(
+                num_layers=max(1, teacher.num_layers // d), hidden_size=h, num_heads=max(1, h // 64), ffn_size=4 * h
+            )
+            for d in (1, 2, 3, 4)
+            for h in {teacher.hidden_size, max(64, teacher.hidden_size // 2)}
+            if h % max(1, h // 64) == 0
+        ]
+    pool = sorted(set(pool), key=lambda s: s.arch_id)
+    pick = np.random.default_rng([int(ctx.config.seed), 104729]).permutation(len(pool))[:n]
+    return [pool[i] for i in pick]
+
+
+def _best(ctx: RunContext) -> list[ModelRef]:
+    from kdjax.kd_stage import chosen_arch
+
+    arch_id = ctx.student_spec(chosen_arch(ctx)[0]).arch_id
+    refs = variants(ctx, arch_id)
+    if not refs:
+        print(f"glue: 'best' ({arch_id}) has no export yet (run the nas/kd stages); skipping it")
+    return refs
+
+
+def _top_k(ctx: RunContext) -> list[ModelRef]:
+    path = ctx.workdir.path("nas", "top_k.json")
+    if not os.path.exists(path):
+        print("glue: 'top_k' needs nas/top_k.json (run the nas stage); skipping it")
+        return []
+    refs = []
+    for entry in read_json(path).get("top_k", []):
+        refs += variants(ctx, entry["arch_id"])
+    return refs
+
+
+def _random(ctx: RunContext) -> list[ModelRef]:
+    refs = []
+    for i, spec in enumerate(random_specs(ctx, int(ctx.config.glue.num_random_baselines))):
+        name = f"random-{i}-{spec.arch_id}"
+        refs.append(_distilled(ctx, name, "random", spec.arch_id, ctx.workdir.path("kd", name)))
+    return refs
+
+
+def _teacher(ctx: RunContext) -> list[ModelRef]:
+    return [ModelRef("teacher", "teacher", str(ctx.config.teacher.name), ctx.teacher.spec.arch_id)]
+
+
+# Explicit registry: keyword of glue.models -> the refs it stands for.
+KEYWORDS: dict[str, Callable[[RunContext], list[ModelRef]]] = {
+    "teacher": _teacher,
+    "best": _best,
+    "top_k": _top_k,
+    "random": _random,
+}
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", text.strip("/")) or "model"
+
+
+def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
+    """Expand glue.models into distinct refs, in order."""
+    refs: list[ModelRef] = []
+    for item in models:
+        if item in KEYWORDS:
+            refs += KEYWORDS[item](ctx)
+        elif _ID_RE.match(item):
+            arch_id = ctx.student_spec(item).arch_id
+            refs += variants(ctx, arch_id) or [
+                _distilled(ctx, f"kd-{arch_id}", "kd", arch_id, ctx.workdir.path("kd", arch_id))
+            ]
+        elif os.path.isdir(os.path.expanduser(item)):
+            folder = os.path.abspath(os.path.expanduser(item))
+            base = os.path.basename(folder)
+            if base == "hf":
+                base = os.path.basename(os.path.dirname(folder))
+            refs.append(ModelRef(safe_name(base), "folder", folder))
+        elif item.startswith((".", "/", "~")):
+            raise GlueStageError(f"glue.models: folder {item} does not exist")
+        else:
+            refs.append(ModelRef(safe_name(item), "hub", item))
+    unique: dict[str, ModelRef] = {}
+    for r in refs:
+        unique.setdefault(r.name, r)
+    return list(unique.values())
+
+
+def load_model(ctx: RunContext, ref: ModelRef):
+    """(spec, params, tokenizer) of a ref; failures end in one GlueStageError line."""
+    if ref.kind == "teacher":
+        t = ctx.teacher
+        return t.spec, t.params, t.tokenizer
+    from kdjax.teacher import load_teacher
+
+    if ref.prepare is not None:
+        ref.prepare()
+    try:
+        m = load_teacher(ref.source, allow_pickle=bool(ctx.config.teacher.allow_pickle))
+    except KdjaxError as e:
+        raise GlueStageError(f"glue.models: cannot load {ref.name} ({ref.source}): {e}") from e
+    return m.spec, m.params, m.tokenizer
+
+
+def recipe_of(ctx: RunContext) -> Recipe:
+    c = ctx.config
+    dtype = jnp.dtype(compute_dtype(str(c.glue.get("compute_dtype", "float32")))).name
+    return Recipe.from_config(c.glue, int(c.seed), dtype)
+
+
+def result_path(ctx: RunContext, model: str, task: str) -> str:
+    return ctx.workdir.path("glue", model, f"{task}.json")
+
+
+def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str) -> bool:
+    """True when `path` holds a score of the same model source, recipe and data."""
+    if not os.path.exists(path):
+        return False
+    try:
+        old = read_json(path)
+    except ValueError:
+        return False
+    return old.get("recipe") == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
+
+
+def data_source(ctx: RunContext, task: str) -> str:
+    glue_dir = str(ctx.config.data.glue_dir)
+    if not glue_dir:
+        return "hub:nyu-mll/glue"
+    return os.path.join(os.path.abspath(os.path.expanduser(glue_dir)), glue_data.TASKS[task].folder)
+
+
+def run(ctx: RunContext) -> dict:
+    tasks = split_list(ctx.config.glue.tasks)
+    refs = resolve_models(ctx, split_list(ctx.config.glue.models))
+    recipe = recipe_of(ctx)
+    task_cache: dict[str, glue_data.TaskData] = {}
+    done, skipped = [], 0
+    for ref in refs:
+        pending = [t for t in tasks if not is_current(result_path(ctx, ref.name, t), ref, recipe, data_source(ctx, t))]
+        skipped += len(tasks) - len(pending)
+        if not pending:
+            print(f"glue: {ref.name}: all {len(tasks)} task(s) already scored with this recipe")
+            continue
+        spec, params, tokenizer = load_model(ctx, ref)
+        for task in pending:
+            if task not in task_cache:
+                task_cache[task] = glue_data.load_task(task, str(ctx.config.data.glue_dir))
+            out = finetune(
+                spec=spec,
+                pretrained=params,
+                tokenizer=tokenizer,
+                task_data=task_cache[task],
+                recipe=recipe,
+                mesh=ctx.mesh,
+                desc=f"glue {ref.name} {task}",
+            )
+            record = {
+                **ref.to_dict(),
+                "task": task,
+                **out,
+                "params": spec.num_params,
+                "spec": spec.to_dict(),
+                "recipe": recipe.to_dict(),
+                "data": data_source(ctx, task),
+            }
+            write_json(result_path(ctx, ref.name, task), record)
+            shown = ", ".join(f"{k}={100 * v:.2f}" for k, v in out["scores"].items())
+            print(f"glue: {ref.name} {task}: {shown} ({out['wall_s']:.1f} s, {out['num_train_examples']} train)")
+            done.append(f"{ref.name}/{task}")
+    return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(done), "skipped": skipped}

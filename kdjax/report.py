@@ -1,0 +1,449 @@
+"""The `report` stage: GLUE tables (JSON, CSV, Markdown) and figures (PNG) from whatever the earlier stages left.
+
+Inputs, all optional: W/glue/<model>/<task>.json (scores), W/teacher/latency.json, W/nas/history.jsonl (one row per
+candidate: strategy, arch_id, loss, latency_ms, speedup, reward), W/kd/<name>/result.json (KD losses), and the
+histories of sibling workdirs named in report.extra_workdirs. Outputs in W/report/: glue.json, glue.csv, glue.md,
+README.md (tables + figures), fig_speedup_vs_glue.png, fig_best_reward.png, fig_minikd_loss.png,
+fig_loss_vs_latency.png. A figure without data is left out and README.md says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from kdjax.glue_data import TASKS
+from kdjax.latency import LatencyConfig
+from kdjax.metrics import task_score
+from kdjax.spec import ArchSpec
+from kdjax.workdir import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+# Order of rows: teacher, search results (mini-KD, full KD, PDT), random baselines, everything else.
+KIND_ORDER = {"teacher": 0, "nas": 1, "kd": 2, "pdt": 3, "random": 4, "folder": 5, "hub": 6}
+VARIANT_LABEL = {"nas": "without PDT (mini-KD)", "kd": "full KD", "pdt": "with PDT"}
+# Short metric names for table headers.
+SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "P", "spearman": "S"}
+FIGURES = {
+    "speedup": "fig_speedup_vs_glue.png",
+    "reward": "fig_best_reward.png",
+    "loss": "fig_minikd_loss.png",
+    "loss_latency": "fig_loss_vs_latency.png",
+}
+
+
+def load_glue(root: str) -> dict[str, dict[str, dict]]:
+    """model -> task -> result record, from W/glue/<model>/<task>.json."""
+    out: dict[str, dict[str, dict]] = {}
+    glue = os.path.join(root, "glue")
+    if not os.path.isdir(glue):
+        return out
+    for model in sorted(os.listdir(glue)):
+        for task in TASKS:
+            path = os.path.join(glue, model, f"{task}.json")
+            if os.path.exists(path):
+                out.setdefault(model, {})[task] = read_json(path)
+    return out
+
+
+def read_history(path: str, label: str | None = None) -> list[dict]:
+    """Rows of a nas/history.jsonl; malformed lines are skipped with a warning. `label` prefixes the strategy."""
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                log.warning("%s:%d: not JSON, skipped", path, i)
+                continue
+            strategy = str(row.get("strategy", "unknown"))
+            row["series"] = f"{label}:{strategy}" if label else strategy
+            rows.append(row)
+    return rows
+
+
+def load_histories(root: str, extra_workdirs: list[str]) -> list[dict]:
+    """This workdir's nas/history.jsonl (and nas/*/history.jsonl), plus those of the extra workdirs."""
+    rows = []
+    for wd, label in [(root, None)] + [(w, os.path.basename(os.path.abspath(w))) for w in extra_workdirs]:
+        nas = os.path.join(wd, "nas")
+        paths = [os.path.join(nas, "history.jsonl")]
+        if os.path.isdir(nas):
+            paths += sorted(os.path.join(nas, d, "history.jsonl") for d in os.listdir(nas))
+        for p in paths:
+            if os.path.isfile(p):
+                rows += read_history(p, label)
+    return rows
+
+
+def teacher_latency_ms(root: str, key: str | None) -> float | None:
+    path = os.path.join(root, "teacher", "latency.json")
+    if not os.path.exists(path):
+        return None
+    cache = read_json(path)
+    entry = cache.get(key) if key else None
+    if entry is None and cache:
+        entry = next(iter(cache.values()))
+    return float(entry["latency_ms"]) if entry else None
+
+
+def _finite(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def kd_loss(root: str, model: str, kind: str, arch_id: str | None, history: dict) -> float | None:
+    """Final KD loss of a distilled model (mini-KD loss from the history for search winners)."""
+    if kind == "nas":
+        return _finite(history.get(arch_id, {}).get("loss"))
+    folder = {"kd": arch_id, "pdt": f"{arch_id}-pdt", "random": model}.get(kind)
+    path = os.path.join(root, "kd", folder or "", "result.json")
+    if folder and os.path.exists(path):
+        return _finite(read_json(path).get("final_loss"))
+    return _finite(history.get(arch_id, {}).get("loss")) if arch_id else None
+
+
+def build_rows(
+    root: str,
+    latency_key: str | None = None,
+    history_rows: list[dict] | None = None,
+    measure_latency: Callable[[ArchSpec], float] | None = None,
+) -> tuple[list[dict], list[str]]:
+    """One row per model: scores per task, GLUE average, % of teacher, params, latency, speed-up, KD loss, reward."""
+    glue = load_glue(root)
+    tasks = [t for t in TASKS if any(t in r for r in glue.values())]
+    by_arch: dict[str, dict] = {}
+    for row in history_rows or []:
+        arch = row.get("arch_id")
+        best = by_arch.get(arch)
+        if arch and (best is None or (_finite(row.get("reward")) or -1e9) > (_finite(best.get("reward")) or -1e9)):
+            by_arch[arch] = row
+    t_lat = teacher_latency_ms(root, latency_key)
+    rows = []
+    for model, results in glue.items():
+        first = next(iter(results.values()))
+        kind, arch_id = first.get("kind", "folder"), first.get("arch_id")
+        row = {
+            "model": model,
+            "kind": kind,
+            "arch_id": arch_id,
+            "source": first.get("source"),
+            "params": first.get("params"),
+        }
+        for t in tasks:
+            if t in results:
+                row[t] = task_score(results[t]["scores"])
+                row[f"{t}_metrics"] = results[t]["scores"]
+        present = [row[t] for t in tasks if t in row]
+        row["glue_avg"] = float(np.mean(present)) if present else None
+        row["num_tasks"] = len(present)
+        lat = None
+        if kind == "teacher":
+            lat = t_lat
+        elif arch_id in by_arch and _finite(by_arch[arch_id].get("latency_ms")):
+            lat = float(by_arch[arch_id]["latency_ms"])
+        elif measure_latency is not None and first.get("spec"):
+            lat = measure_latency(ArchSpec.from_dict(first["spec"]))
+        row["latency_ms"] = lat
+        row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
+        row["kd_loss"] = kd_loss(root, model, kind, arch_id, by_arch) if kind != "teacher" else None
+        row["reward"] = _finite(by_arch.get(arch_id, {}).get("reward")) if kind != "teacher" else None
+        row["recipe"] = first.get("recipe")
+        rows.append(row)
+    rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r.get("arch_id") or "", r["model"]))
+    teacher = next((r for r in rows if r["kind"] == "teacher"), None)
+    for r in rows:
+        r["pct_teacher"] = None
+        if teacher is None:
+            continue
+        common = [t for t in tasks if t in r and t in teacher]
+        for t in common:
+            r[f"{t}_pct"] = 100 * r[t] / teacher[t] if teacher[t] > 0 else None
+        if common:
+            mine, theirs = np.mean([r[t] for t in common]), np.mean([teacher[t] for t in common])
+            r["pct_teacher"] = float(100 * mine / theirs) if theirs > 0 else None
+    return rows, tasks
+
+
+def _fmt(x, digits: int = 2, scale: float = 1.0, suffix: str = "") -> str:
+    return "-" if x is None else f"{x * scale:.{digits}f}{suffix}"
+
+
+def _task_header(task: str, rows: list[dict]) -> str:
+    for r in rows:
+        if f"{task}_metrics" in r:
+            names = [SHORT.get(k.split("_")[-1], k) for k in r[f"{task}_metrics"]]
+            if task == "mnli":
+                return "mnli (m/mm)"
+            return f"{task} ({'/'.join(names)})" if len(names) > 1 else f"{task} ({names[0]})"
+    return task
+
+
+def _task_cell(r: dict, task: str) -> str:
+    m = r.get(f"{task}_metrics")
+    return "-" if m is None else "/".join(f"{100 * v:.2f}" for v in m.values())
+
+
+def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
+    """The scores table, the % of teacher table, and the with/without-PDT comparison."""
+    if not rows:
+        return "No GLUE results yet (run the glue stage).\n"
+    head = [
+        "model",
+        "params",
+        "latency ms",
+        "speed-up",
+        *[_task_header(t, rows) for t in tasks],
+        "GLUE avg",
+        "% of teacher",
+        "KD loss",
+        "reward",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        avg = _fmt(r["glue_avg"], scale=100) + ("" if r["num_tasks"] == len(tasks) else "*")
+        cells = [
+            r["model"],
+            _fmt(r["params"], 1, 1e-6, "M"),
+            _fmt(r["latency_ms"]),
+            _fmt(r["speedup"], 1, 1, "x"),
+            *[_task_cell(r, t) for t in tasks],
+            avg,
+            _fmt(r["pct_teacher"], 1, 1, "%"),
+            _fmt(r["kd_loss"], 4),
+            _fmt(r["reward"], 4),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    out = ["### GLUE dev scores", "", *lines, ""]
+    out.append(
+        "Scores x100 on the full dev sets; a task with two metrics shows both and counts their mean in the "
+        "average (* = average over fewer tasks). Speed-up = teacher latency / model latency."
+    )
+    if any(r["kind"] == "teacher" for r in rows):
+        out += [
+            "",
+            "### % of teacher (per task score / teacher's)",
+            "",
+            "| model | " + " | ".join(tasks) + " | GLUE avg |",
+            "|" + "---|" * (len(tasks) + 2),
+        ]
+        for r in rows:
+            cells = [_fmt(r.get(f"{t}_pct"), 1, 1, "%") for t in tasks]
+            out.append(f"| {r['model']} | " + " | ".join(cells) + f" | {_fmt(r['pct_teacher'], 1, 1, '%')} |")
+    groups: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if r["kind"] in VARIANT_LABEL and r.get("arch_id"):
+            groups.setdefault(r["arch_id"], {})[r["kind"]] = r
+    pairs = {a: g for a, g in groups.items() if len(g) > 1}
+    if pairs:
+        kinds = [k for k in VARIANT_LABEL if any(k in g for g in pairs.values())]
+        out += [
+            "",
+            "### Without vs with post-distillation training (PDT)",
+            "",
+            "Cells: " + " / ".join(VARIANT_LABEL[k] for k in kinds) + ".",
+            "",
+            "| architecture | " + " | ".join(tasks) + " | GLUE avg |",
+            "|" + "---|" * (len(tasks) + 2),
+        ]
+        for arch, g in pairs.items():
+            cells = [" / ".join(_fmt(g[k].get(t) if k in g else None, scale=100) for k in kinds) for t in tasks]
+            avg = " / ".join(_fmt(g[k]["glue_avg"] if k in g else None, scale=100) for k in kinds)
+            out.append(f"| {arch} | " + " | ".join(cells) + f" | {avg} |")
+    return "\n".join(out) + "\n"
+
+
+def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
+    cols = [
+        "model",
+        "kind",
+        "arch_id",
+        "params",
+        "latency_ms",
+        "speedup",
+        "kd_loss",
+        "reward",
+        "glue_avg",
+        "pct_teacher",
+    ]
+    metric_cols = []
+    for t in tasks:
+        names = next((list(r[f"{t}_metrics"]) for r in rows if f"{t}_metrics" in r), [])
+        metric_cols += [(t, n) for n in names]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols + [f"{t}_{n}" for t, n in metric_cols] + [f"{t}_pct" for t in tasks])
+        for r in rows:
+            w.writerow(
+                [r.get(c) for c in cols]
+                + [r.get(f"{t}_metrics", {}).get(n) for t, n in metric_cols]
+                + [r.get(f"{t}_pct") for t in tasks]
+            )
+
+
+def _series(history: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in history:
+        out.setdefault(row["series"], []).append(row)
+    return out
+
+
+def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms: float | None) -> dict[str, str]:
+    """Write the four figures that have data; returns figure key -> file name, or -> reason it is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, str] = {}
+
+    def save(fig, key: str) -> None:
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, FIGURES[key]), dpi=120)
+        plt.close(fig)
+        made[key] = FIGURES[key]
+
+    pts = [r for r in rows if r.get("speedup") and r.get("glue_avg") is not None]
+    if pts:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        sizes = np.asarray([r.get("params") or 1e6 for r in pts], np.float64)
+        sizes = 60 + 1500 * sizes / sizes.max()
+        for r, s in zip(pts, sizes):
+            ax.scatter(r["speedup"], 100 * r["glue_avg"], s=s, alpha=0.5, label=r["kind"])
+            ax.annotate(r["model"], (r["speedup"], 100 * r["glue_avg"]), fontsize=7, ha="center", va="bottom")
+        ax.set_xlabel("CPU speed-up over the teacher (x)")
+        ax.set_ylabel("average GLUE dev score")
+        ax.set_title("Speed-up vs GLUE (bubble area ~ parameters)")
+        ax.grid(alpha=0.3)
+        save(fig, "speedup")
+    else:
+        made["speedup"] = "no model has both GLUE scores and a latency"
+    series = _series([h for h in history if _finite(h.get("reward")) is not None])
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, rs in series.items():
+            best = np.maximum.accumulate([float(r["reward"]) for r in rs])
+            ax.plot(np.arange(1, len(best) + 1), best, marker=".", label=name)
+        ax.set_xlabel("candidates evaluated")
+        ax.set_ylabel("best reward so far")
+        ax.set_title("Search progress by strategy")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "reward")
+    else:
+        made["reward"] = "no NAS history (run the nas stage)"
+    series = _series([h for h in history if _finite(h.get("loss")) is not None])
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, rs in series.items():
+            ax.plot(np.arange(1, len(rs) + 1), [float(r["loss"]) for r in rs], marker="o", ms=3, lw=0.8, label=name)
+        ax.set_xlabel("candidate index")
+        ax.set_ylabel("mini-KD loss")
+        ax.set_title("Mini-KD loss of each candidate")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "loss")
+    else:
+        made["loss"] = "no NAS history (run the nas stage)"
+    series = _series([h for h in history if _finite(h.get("loss")) is not None and _finite(h.get("latency_ms"))])
+    if series:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, rs in series.items():
+            ax.scatter(
+                [float(r["latency_ms"]) for r in rs], [float(r["loss"]) for r in rs], s=18, alpha=0.7, label=name
+            )
+        if teacher_ms:
+            ax.axvline(teacher_ms, color="gray", ls="--", lw=1, label="teacher latency")
+        ax.set_xlabel("CPU latency (ms)")
+        ax.set_ylabel("mini-KD loss")
+        ax.set_title("Loss vs latency of every candidate")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "loss_latency")
+    else:
+        made["loss_latency"] = "no NAS history with latencies (run the nas stage)"
+    return made
+
+
+def readme(rows: list[dict], tasks: list[str], figures: dict[str, str], history: list[dict]) -> str:
+    captions = {
+        "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
+        "reward": "Fig. 2: best reward so far vs candidates evaluated, per strategy",
+        "loss": "Fig. 3: mini-KD loss of each candidate, in evaluation order",
+        "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
+    }
+    out = ["# kdjax report", "", markdown_tables(rows, tasks)]
+    recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
+    if recipes:
+        note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
+        out += [f"Fine-tuning recipe ({note}): `{sorted(recipes)[0]}`", ""]
+    if history:
+        counts = {k: len(v) for k, v in _series(history).items()}
+        out += ["NAS candidates: " + ", ".join(f"{k}: {n}" for k, n in counts.items()), ""]
+    out.append("## Figures\n")
+    for key, cap in captions.items():
+        f = figures.get(key, "")
+        out += [f"![{cap}]({f})", "", f"*{cap}*", ""] if f.endswith(".png") else [f"*{cap}: not drawn, {f}.*", ""]
+    return "\n".join(out)
+
+
+def build_report(
+    root: str,
+    *,
+    latency_cfg: LatencyConfig | None = None,
+    extra_workdirs: list[str] = (),
+    measure_missing: bool = True,
+) -> dict:
+    """Write every report file for workdir `root`; works with any subset of the inputs."""
+    from kdjax.latency import measure
+
+    out_dir = os.path.join(root, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = latency_cfg or LatencyConfig()
+    cache_path = os.path.join(out_dir, "latency.json")
+    cache = read_json(cache_path) if os.path.exists(cache_path) else {}
+
+    def measure_latency(spec: ArchSpec) -> float:
+        key = f"{cfg.key}/{spec.family}/{spec.arch_id}/v{spec.vocab_size}"
+        if key not in cache:
+            cache[key] = measure(spec, cfg)["latency_ms"]
+            write_json(cache_path, cache)
+        return float(cache[key])
+
+    history = load_histories(root, list(extra_workdirs))
+    rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
+    t_ms = teacher_latency_ms(root, cfg.key)
+    write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
+    write_csv(os.path.join(out_dir, "glue.csv"), rows, tasks)
+    with open(os.path.join(out_dir, "glue.md"), "w") as f:
+        f.write(markdown_tables(rows, tasks))
+    figures = make_figures(out_dir, rows, history, t_ms)
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(readme(rows, tasks, figures, history))
+    drawn = sorted(v for v in figures.values() if v.endswith(".png"))
+    return {"rows": len(rows), "tasks": tasks, "figures": drawn, "candidates": len(history)}
+
+
+def run(ctx) -> dict:
+    """Stage entry point."""
+    from kdjax.config import split_list
+
+    extra = split_list(ctx.config.report.extra_workdirs) if "report" in ctx.config else []
+    info = build_report(ctx.workdir.root, latency_cfg=ctx.latency_cfg, extra_workdirs=extra)
+    print(
+        f"report: {info['rows']} model(s) x {len(info['tasks'])} task(s), {len(info['figures'])} figure(s) in "
+        f"{ctx.workdir.path('report')}"
+    )
+    return info

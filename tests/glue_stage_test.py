@@ -1,0 +1,87 @@
+"""The glue stage on the tiny config: scores per (model, task) with their recipe, resumable, model keywords."""
+
+import os
+
+import pytest
+from glue_data_test import write_glue_dir
+
+from kdjax import glue_stage, pipeline
+from kdjax.config import base_config
+from kdjax.context import RunContext
+from kdjax.workdir import Workdir, read_json, write_json
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    return write_glue_dir(str(tmp_path_factory.mktemp("glue")), n_train=16, n_dev=10)
+
+
+def _config(glue_dir, **glue):
+    c = base_config("bert-base-uncased", "tiny")
+    c.data.glue_dir = glue_dir
+    c.glue.tasks = "rte,stsb"
+    c.glue.models = "teacher"
+    c.glue.per_device_batch_size = 2
+    for k, v in glue.items():
+        c.glue[k] = v
+    return c
+
+
+def test_teacher_glue_report_then_resume(tmp_path, glue_dir, capsys):
+    wd = str(tmp_path / "w")
+    pipeline.run(_with_stages(glue_dir), wd)
+    for task, n_dev in (("rte", 10), ("stsb", 10)):
+        r = read_json(os.path.join(wd, "glue", "teacher", f"{task}.json"))
+        assert r["num_dev_examples"] == {"dev": n_dev} and r["recipe"]["max_train_examples"] == 16
+        assert r["kind"] == "teacher" and r["params"] > 0 and r["wall_s"] > 0
+    assert set(read_json(os.path.join(wd, "glue", "teacher", "stsb.json"))["scores"]) == {"pearson", "spearman"}
+    assert os.path.exists(os.path.join(wd, "report", "glue.md"))
+    # Same recipe again: nothing is recomputed, even when the stage itself is forced.
+    ctx = RunContext(_with_stages(glue_dir), Workdir(wd))
+    info = glue_stage.run(ctx)
+    assert info["scored"] == 0 and info["skipped"] == 2
+    # Another recipe: recomputed.
+    ctx.config.glue.num_epochs = 2
+    ctx.config.glue.tasks = "rte"
+    assert glue_stage.run(ctx)["scored"] == 1
+
+
+def _with_stages(glue_dir):
+    c = _config(glue_dir)
+    c.stages = "teacher,glue,report"
+    return c
+
+
+def test_model_keywords_resolve(tmp_path, glue_dir):
+    ctx = RunContext(_config(glue_dir), Workdir(str(tmp_path)))
+    arch = "2L-32H-2A-64F-gelu"
+    for parts in (("nas", "candidates", arch, "hf"), ("kd", arch, "hf"), ("kd", f"{arch}-pdt", "hf")):
+        os.makedirs(ctx.workdir.path(*parts))
+    write_json(ctx.workdir.path("nas", "top_k.json"), {"top_k": [{"arch_id": arch}]})
+    names = [r.name for r in glue_stage.resolve_models(ctx, ["teacher", "best", "top_k", "org/some-model"])]
+    assert names == ["teacher", f"nas-{arch}", f"kd-{arch}", f"pdt-{arch}", "org--some-model"]
+    folder = glue_stage.resolve_models(ctx, [ctx.workdir.path("kd", arch, "hf")])[0]
+    assert folder.kind == "folder" and folder.name == arch
+    with pytest.raises(glue_stage.GlueStageError, match="does not exist"):
+        glue_stage.resolve_models(ctx, ["./no/such/folder"])
+    # A hand-picked arch without an export is distilled on demand (lazily, at scoring time).
+    ref = glue_stage.resolve_models(ctx, ["1L-32H-2A-64F-gelu"])[0]
+    assert ref.name == "kd-1L-32H-2A-64F-gelu" and ref.prepare is not None
+
+
+def test_random_baselines_are_reproducible_and_distinct(tmp_path, glue_dir):
+    ctx = RunContext(_config(glue_dir), Workdir(str(tmp_path)))
+    a = glue_stage.random_specs(ctx, 3)
+    b = glue_stage.random_specs(ctx, 3)
+    assert a == b and len({s.arch_id for s in a}) == 3
+    assert all(s.num_params <= ctx.teacher.spec.num_params for s in a)
+    refs = glue_stage.resolve_models(ctx, ["random"])
+    assert [r.name for r in refs] == [f"random-0-{a[0].arch_id}"]
+    assert refs[0].source == ctx.workdir.path("kd", refs[0].name, "hf")
+
+
+def test_unreachable_hub_model_is_one_line(tmp_path, glue_dir):
+    ctx = RunContext(_config(glue_dir, models="nobody-xyz/missing-model"), Workdir(str(tmp_path)))
+    with pytest.raises(glue_stage.GlueStageError) as e:
+        glue_stage.run(ctx)
+    assert "\n" not in str(e.value) and "missing-model" in str(e.value)
