@@ -72,7 +72,8 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.data.max_lines = 0
     # Number of lines of the generated corpus when data.corpus == 'synthetic'.
     c.data.synthetic_lines = 2000
-    # Local folder with GLUE task sub-folders (SST-2/, CoLA/, ...); empty = `nyu-mll/glue` from the hub.
+    # Local folder with GLUE task sub-folders (SST-2/, CoLA/, ...); empty = `nyu-mll/glue` from the hub;
+    # 'synthetic' = generated TSVs in every task's layout (smoke runs).
     c.data.glue_dir = ""
 
     c.kd = ml_collections.ConfigDict()
@@ -220,7 +221,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.data.corpus = "synthetic"
     c.data.synthetic_lines = 400
     c.data.max_seq_len = 32
-    c.data.glue_dir = ""
+    c.data.glue_dir = "synthetic"
     c.kd.arch = "2L-32H-2A-64F-gelu"
     c.kd.num_train_steps = 6
     c.kd.per_device_batch_size = 2

@@ -210,8 +210,21 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str) -> bo
     return old.get("recipe") == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
 
 
-def data_source(ctx: RunContext, task: str) -> str:
+def glue_root(ctx: RunContext) -> str:
+    """`data.glue_dir` as a folder; 'synthetic' is generated once into W/cache/glue-synthetic; '' means the hub."""
     glue_dir = str(ctx.config.data.glue_dir)
+    if glue_dir != "synthetic":
+        return glue_dir
+    root = ctx.workdir.path("cache", "glue-synthetic")
+    if not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
+        from kdjax.data.synthetic_glue import write_glue_dir
+
+        write_glue_dir(root, n_train=64, n_dev=32, seed=int(ctx.config.seed))
+    return root
+
+
+def data_source(ctx: RunContext, task: str) -> str:
+    glue_dir = glue_root(ctx)
     if not glue_dir:
         return "hub:nyu-mll/glue"
     return os.path.join(os.path.abspath(os.path.expanduser(glue_dir)), glue_data.TASKS[task].folder)
@@ -232,7 +245,7 @@ def run(ctx: RunContext) -> dict:
         spec, params, tokenizer = load_model(ctx, ref)
         for task in pending:
             if task not in task_cache:
-                task_cache[task] = glue_data.load_task(task, str(ctx.config.data.glue_dir))
+                task_cache[task] = glue_data.load_task(task, glue_root(ctx))
             out = finetune(
                 spec=spec,
                 pretrained=params,

@@ -3,9 +3,9 @@
 import jax
 import numpy as np
 import pytest
-from glue_data_test import write_glue_dir
 
 from kdjax import glue_data
+from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.finetune import Head, Recipe, finetune, init_params, weighted_loss
 from kdjax.train import make_mesh
 

@@ -3,11 +3,11 @@
 import os
 
 import pytest
-from glue_data_test import write_glue_dir
 
 from kdjax import glue_stage, pipeline
 from kdjax.config import base_config
 from kdjax.context import RunContext
+from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.workdir import Workdir, read_json, write_json
 
 

@@ -75,9 +75,8 @@ def test_kd_step_on_four_devices_matches_one(kd_setup):
 
 
 def test_glue_step_on_four_devices_matches_one(tiny_teacher, tmp_path):
-    from glue_data_test import write_glue_dir
-
     from kdjax import glue_data
+    from kdjax.data.synthetic_glue import write_glue_dir
     from kdjax.finetune import Recipe, finetune
 
     data = glue_data.load_task("sst2", write_glue_dir(str(tmp_path), n_train=48, n_dev=16))
