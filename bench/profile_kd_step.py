@@ -32,6 +32,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parts", default="host,teacher,student,opt,step")
     p.add_argument("--attention", choices=("fused", "manual"), default="fused")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument(
+        "--step-impl",
+        choices=("split", "fused"),
+        default="split",
+        help="whole step as kdjax.train.distill runs it (split: teacher and student programs) or as one program",
+    )
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--compilation-cache", default="", help="jax persistent compilation cache folder (default off)")
     p.add_argument("--seed", type=int, default=0)
@@ -88,7 +94,15 @@ def main(argv=None) -> None:
     from kdjax.losses import LossConfig, distillation_loss
     from kdjax.models import Encoder
     from kdjax.spec import parse_arch_id
-    from kdjax.train import OptimConfig, _jitted_step, _merge_head, init_state, make_mesh, teacher_inputs
+    from kdjax.train import (
+        OptimConfig,
+        _jitted_step,
+        compiled_train_step,
+        init_state,
+        make_mesh,
+        teacher_forward,
+        teacher_inputs,
+    )
 
     teacher = common.load_teacher(args.teacher)
     tok = teacher.tokenizer
@@ -109,7 +123,12 @@ def main(argv=None) -> None:
     state = init_state(jax.random.PRNGKey(0), student, teacher.spec, opt, loss_cfg)
     parts = set(args.parts.split(","))
     out: dict = {"corpus": source, "student": student.arch_id, "teacher": teacher.spec.arch_id}
-    out |= {"attention": args.attention, "dtype": args.dtype, "non_pad_fraction": float((rows != 0).mean())}
+    out |= {
+        "attention": args.attention,
+        "dtype": args.dtype,
+        "step_impl": args.step_impl,
+        "non_pad_fraction": float((rows != 0).mean()),
+    }
     masking = MaskingSpec.from_tokenizer(tok)
     b0 = sizes[0]
     batches = Batches(rows, b0, masking, args.seed)
@@ -120,12 +139,11 @@ def main(argv=None) -> None:
         _, med, _ = _time(lambda: batches.num_tokens(batches.get(1)), args.reps * 4, "host")
         out["host_prep_ms"] = med * 1e3
 
-    t_model = Encoder(teacher.spec, dtype=dtype)
     s_model = Encoder(student, dtype=dtype)
 
     @jax.jit
     def teacher_fwd(tp, b):
-        return t_model.apply({"params": _merge_head(tp)}, b["input_ids"], b["attention_mask"])
+        return teacher_forward(tp, b, teacher=teacher.spec, loss_cfg=loss_cfg, dtype=dtype)
 
     t_out = teacher_fwd(t_params, batch)
     if "teacher" in parts:
@@ -171,11 +189,16 @@ def main(argv=None) -> None:
         for b in sizes:
             bb = Batches(rows, b, masking, args.seed)
             hb = bb.get(0)
-            fn = _jitted_step(student, t_spec, loss_cfg, opt, jnp.dtype(dtype).name, mesh)
             dev_batch = {k: jnp.asarray(v) for k, v in hb.items()}
             rng = jax.random.PRNGKey(1)
             t0 = time.perf_counter()
-            compiled = fn.lower(state, t_params, dev_batch, rng).compile()
+            if args.step_impl == "split":  # what distill runs: teacher program + student program
+                compiled, _ = compiled_train_step(
+                    student, t_spec, loss_cfg, opt, dtype, mesh, state, t_params, dev_batch, rng
+                )
+            else:
+                fn = _jitted_step(student, t_spec, loss_cfg, opt, jnp.dtype(dtype).name, mesh)
+                compiled = fn.lower(state, t_params, dev_batch, rng).compile()
             compile_s = time.perf_counter() - t0
             st = jax.tree.map(jnp.copy, state)
 
