@@ -39,10 +39,11 @@ def log(event, trial, arch):
     with open(log_path, "a") as f:
         f.write(json.dumps({"event": event, "trial": trial, "arch": arch, "pid": os.getpid()}) + "\n")
 
-def evaluate(spec, on_epoch=None, trial=None, **where):
-    log("start", trial, spec.arch_id)
+def evaluate(spec, on_epoch=None, optuna_trial=None, **where):
+    # `optuna_trial` is the storage's trial number (`trial` is the worker's position in the search).
+    log("start", optuna_trial, spec.arch_id)
     time.sleep(delay)
-    log("done", trial, spec.arch_id)
+    log("done", optuna_trial, spec.arch_id)
     r = 1.0 / (1.0 + spec.num_params / 1e8)
     return {"reward": r, "loss": 1.0 - r, "latency_ms": spec.num_params / 1e6}
 

@@ -8,14 +8,19 @@ Resuming and several workers: only COMPLETE and PRUNED trials count towards `num
 time until that many exist, with `MaxTrialsCallback` stopping workers that share one study. Before each trial the
 sampler is re-created with a seed derived from (seed, number of finished trials), so a resumed single-process study
 samples exactly what an unstopped one would have. With an RDB URL the storage gets heartbeats, and a trial whose
-worker died is retried by `RetryFailedTrialCallback`. Workers that share a study finish exactly `num_trials`: a
-trial whose number makes it one too many (two workers raced for the last slot) stops before training and is recorded
-as FAIL with user attribute `surplus`; a worker with no open slot waits for the running trials or their heartbeats.
+worker died is retried by `RetryFailedTrialCallback`; when that worker was a process on this host that is gone (say a
+SIGKILLed single process, now resumed), its trial is failed and retried at once instead of after the heartbeat grace
+period. Workers that share a study finish exactly `num_trials`: a trial whose number makes it one too many (two
+workers raced for the last slot) stops before training and is recorded as FAIL with user attribute `surplus`; a worker
+with no open slot waits for the running trials or their heartbeats.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -50,6 +55,42 @@ def make_storage(url: str | None, heartbeat_interval: int = 60):
             failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
         )
     return url
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def fail_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker (user attributes `host`, `pid`) was a process on this host that is gone.
+
+    The heartbeat would fail them only after its grace period, and meanwhile a resumed single process would fill the
+    orphan's slot with the next sample and then wait; failed here, the storage's failed-trial callback re-queues the
+    orphan's parameters at once, exactly as after a stale heartbeat. Returns the failed trials' numbers.
+    """
+    storage = study._storage  # what optuna.storages.fail_stale_trials uses too
+    host, failed = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+    callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    for t in failed:
+        log.warning("optuna trial %d: its worker (pid %s) is gone; retrying it", t.number, t.user_attrs["pid"])
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    return [t.number for t in failed]
 
 
 def make_sampler(seed: int, finished: int, multi_objective: bool, n_startup_trials: int, population_size: int):
@@ -98,6 +139,9 @@ def search(
     population = max(4, min(50, num_trials // 4))
 
     def objective(trial: optuna.Trial):
+        # The owner, so that a resumed process can tell this trial's worker is gone (fail_orphaned_trials).
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         # Trial numbers are handed out atomically by the storage: the first `num_trials` live (not failed) numbers
         # are the study's slots, so a trial that two racing workers made one too many stops before any training.
         before = study.get_trials(deepcopy=False, states=(*FINISHED, *ACTIVE))
@@ -128,6 +172,7 @@ def search(
     position = [0]
     heartbeat = isinstance(store, optuna.storages.RDBStorage) and store.get_heartbeat_interval() is not None
     while True:
+        fail_orphaned_trials(study)
         trials = study.get_trials(deepcopy=False)
         finished = sum(t.state in FINISHED for t in trials)
         running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
