@@ -17,7 +17,10 @@ import time
 
 import numpy as np
 
-DEFAULT_CORPUS_GLOB = "/work/shared/data/corpus/*.txt"
+# The shared data sits beside the repository (../shared/data), as on the project's machines and in CI.
+DEFAULT_CORPUS_GLOB = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data", "corpus", "*.txt"
+)
 # Only these /proc/cpuinfo flags decide the FP32 vector width of the FMA units.
 _FMA_LANES = (("avx512f", 16), ("avx2", 8), ("avx", 8))
 
@@ -140,6 +143,19 @@ def versions() -> dict:
 
 def stamp() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_part(script: str, part: str, argv: list[str]) -> dict:
+    """Run `script --part PART` in a child process (separate peak RSS) and return its last JSON line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, os.path.abspath(script), *argv, "--part", part]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"{part} part failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def print_json(obj: dict) -> None:

@@ -13,9 +13,7 @@ The last output line is one JSON object with keys kdjax, reference, ratio, devic
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -203,15 +201,6 @@ def run_reference(args) -> dict:
     }
 
 
-def _child(part: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--part", part]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"{part} part failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -219,7 +208,7 @@ def main(argv=None) -> None:
         common.print_json(run_kdjax(args) if args.part == "kdjax" else run_reference(args))
         return
     load0 = common.load_avg()
-    kd = _child("kdjax", argv)
+    kd = common.run_part(__file__, "kdjax", argv)
     print(
         f"kdjax: {kd['corpus_tokens_per_s']:,.0f} corpus tok/s, {kd['step_ms']:.0f} ms/step, "
         f"compile {kd['compile_s']:.1f} s, host prep {kd['host_batch_prep_ms']:.1f} ms/step",
@@ -227,7 +216,7 @@ def main(argv=None) -> None:
     )
     ref = None
     if not args.skip_reference:
-        ref = _child("reference", argv)
+        ref = common.run_part(__file__, "reference", argv)
         print(f"reference: {ref['corpus_tokens_per_s']:,.0f} corpus tok/s, {ref['step_ms']:.0f} ms/step", flush=True)
     info = common.cpu_info()
     out = {

@@ -14,9 +14,6 @@ The last output line is one JSON object (kdjax, reference, ratio, device, versio
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 
@@ -170,15 +167,6 @@ def run_reference(args) -> dict:
     }
 
 
-def _child(part: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--part", part]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"{part} part failed (exit {proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -186,7 +174,7 @@ def main(argv=None) -> None:
         common.print_json(run_kdjax(args) if args.part == "kdjax" else run_reference(args))
         return
     load0 = common.load_avg()
-    kd = _child("kdjax", argv)
+    kd = common.run_part(__file__, "kdjax", argv)
     print(
         f"kdjax: {kd['evals_per_hour']:,.0f} candidates/h, wall {kd['wall_s']:.1f} s, "
         f"compile {kd['compile_s']:.1f} s ({100 * kd['compile_share']:.0f}%)",
@@ -194,7 +182,7 @@ def main(argv=None) -> None:
     )
     ref = None
     if not args.skip_reference:
-        ref = _child("reference", argv)
+        ref = common.run_part(__file__, "reference", argv)
         print(f"reference: {ref['evals_per_hour']:,.0f} candidates/h, wall {ref['wall_s']:.1f} s", flush=True)
     info = common.cpu_info()
     common.print_json(

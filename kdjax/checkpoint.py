@@ -67,31 +67,35 @@ class Checkpointer:
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:
             return None
-        errors = []
+        failures: list[tuple[int, Exception]] = []
+        result = None
         logging.getLogger("asyncio").addFilter(_quiet_abandoned_futures)
-        for s in candidates:
-            try:
-                with _stderr_muted():
-                    try:
-                        restored = self._manager.restore(
-                            s,
-                            args=ocp.args.Composite(
-                                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                            ),
-                        )
-                    except Exception:
-                        time.sleep(0.5)  # let the abandoned sibling reads finish while stderr is muted
-                        _drop_orphaned_read_errors()
-                        raise
-                return s, restored["state"], dict(restored["meta"] or {})
-            except Exception as e:
-                # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                log.warning(
-                    "checkpoint step %d in %s is unreadable (%s); trying an older one", s, self.directory, reason
-                )
-                errors.append(f"step {s}: {type(e).__name__}")
-        raise CheckpointError(f"no readable checkpoint in {self.directory} ({'; '.join(errors)})")
+        # stderr stays muted across every attempt and until the reads a failed attempt abandoned have settled;
+        # the warnings are logged afterwards, so nothing the user should see is swallowed.
+        with _stderr_muted():
+            for s in candidates:
+                try:
+                    restored = self._manager.restore(
+                        s,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                        ),
+                    )
+                    result = (s, restored["state"], dict(restored["meta"] or {}))
+                    break
+                except Exception as e:
+                    failures.append((s, e))
+            if failures:
+                time.sleep(1.0)
+                _drop_orphaned_read_errors()
+        for s, e in failures:
+            # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one", s, self.directory, reason)
+        if result is None:
+            detail = "; ".join(f"step {s}: {type(e).__name__}" for s, e in failures)
+            raise CheckpointError(f"no readable checkpoint in {self.directory} ({detail})")
+        return result
 
     def close(self) -> None:
         self._manager.wait_until_finished()

@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kdjax.config import RANDOM_TEACHERS
 from kdjax.errors import KdjaxError
@@ -250,19 +249,19 @@ def load_teacher(name: str, *, allow_pickle: bool = False, random_dir: str | Non
     # Without a head the base class keeps the pooler; with one, the pooler is read from the file above.
     model_cls = FlaxAutoModelForMaskedLM if has_head else FlaxAutoModel
     try:
-        model = model_cls.from_pretrained(source, **kwargs)
+        if kwargs.get("from_pt") is False:
+            # Flax weights: skip transformers' random init before loading (seconds per load; from_pt needs it).
+            _, hf_params = model_cls.from_pretrained(source, _do_init=False)
+        else:
+            hf_params = model_cls.from_pretrained(source, **kwargs).params
     except Exception as e:
         if os.path.isdir(source):
             raise TeacherError(f"cannot load teacher weights from {source}: {e}") from e
         try:  # hub checkpoints without Flax weights
-            model = model_cls.from_pretrained(source, from_pt=True)
+            hf_params = model_cls.from_pretrained(source, from_pt=True).params
         except Exception as e2:
             raise TeacherError(f"cannot load teacher {source!r}: {e2}") from e2
-    params = convert_hf_params(spec.family, model.params)
+    params = convert_hf_params(spec.family, hf_params)
     if pooler is not None:
         params["pooler"] = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), pooler)
     return Teacher(spec=spec, params=params, tokenizer=load_tokenizer(source), hf_config=cfg, source=source)
-
-
-def as_numpy_tree(params: dict) -> dict:
-    return jax.tree.map(np.asarray, params)
