@@ -407,20 +407,16 @@ def build_report(
     measure_missing: bool = True,
 ) -> dict:
     """Write every report file for workdir `root`; works with any subset of the inputs."""
-    from kdjax.latency import measure
+    from kdjax.latency import LatencyCache
 
     out_dir = os.path.join(root, "report")
     os.makedirs(out_dir, exist_ok=True)
     cfg = latency_cfg or LatencyConfig()
-    cache_path = os.path.join(out_dir, "latency.json")
-    cache = read_json(cache_path) if os.path.exists(cache_path) else {}
+    # Models the search never timed (teacher-relative baselines, hub checkpoints) are measured once and cached here.
+    cache = LatencyCache(os.path.join(out_dir, "latency.json"), cfg)
 
     def measure_latency(spec: ArchSpec) -> float:
-        key = f"{cfg.key}/{spec.family}/{spec.arch_id}/v{spec.vocab_size}"
-        if key not in cache:
-            cache[key] = measure(spec, cfg)["latency_ms"]
-            write_json(cache_path, cache)
-        return float(cache[key])
+        return float(cache.measure(spec)[0]["latency_ms"])
 
     history = load_histories(root, list(extra_workdirs))
     rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
