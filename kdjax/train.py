@@ -269,17 +269,18 @@ def compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, tea
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
     t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
-    t_out = jax.eval_shape(t_jit, teacher_params, batch)
-    data = NamedSharding(mesh, PartitionSpec("data"))
-    t_out = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data), t_out)
-    s_fn, s_s = _compile(
-        ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes),
-        _jitted_student(student, teacher, loss_cfg, opt, dname, mesh),
-        state,
-        t_out,
-        batch,
-        rng,
-    )
+    s_key = ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes)
+    if s_key in _COMPILED:
+        s_fn, s_s = _COMPILED[s_key], 0.0
+    else:
+        # The teacher's output shapes (traced, not run) are the student program's input layout.
+        data = NamedSharding(mesh, PartitionSpec("data"))
+        t_out = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),
+            jax.eval_shape(t_jit, teacher_params, batch),
+        )
+        s_jit = _jitted_student(student, teacher, loss_cfg, opt, dname, mesh)
+        s_fn, s_s = _compile(s_key, s_jit, state, t_out, batch, rng)
 
     def step(state, teacher_params, batch, rng):
         return s_fn(state, t_fn(teacher_params, batch), batch, rng)
