@@ -7,6 +7,10 @@ its own child process, one after the other.
 
     python bench/search_throughput.py
     python bench/search_throughput.py --compilation-cache /tmp/jaxcache   # run twice: the 2nd run hits the cache
+    python bench/search_throughput.py --skip-reference --ablate-teacher-cache   # kdjax with vs without reuse
+
+kdjax reuses the teacher's outputs across candidates as the `nas` stage does (`--teacher-cache-mb`, 0 = off);
+`--ablate-teacher-cache` also runs kdjax without it, in a third child process, and reports the ratio.
 
 The last output line is one JSON object (kdjax, reference, ratio, device, versions).
 """
@@ -36,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kdjax-batch-rows", type=int, default=0, help="rows per kdjax step (0: same tokens as reference)")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--compilation-cache", default="", help="jax persistent compilation cache folder (default off)")
+    p.add_argument("--teacher-cache-mb", type=int, default=2048, help="teacher outputs reused by candidates (0 = off)")
+    p.add_argument("--ablate-teacher-cache", action="store_true", help="also run kdjax with --teacher-cache-mb 0")
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--part", choices=("kdjax", "reference"), help=argparse.SUPPRESS)
@@ -65,7 +71,7 @@ def run_kdjax(args) -> dict:
     from kdjax.data.corpus import pack_rows
     from kdjax.losses import LossConfig
     from kdjax.spec import parse_arch_id
-    from kdjax.train import OptimConfig, distill
+    from kdjax.train import OptimConfig, TeacherOutputCache, distill
 
     teacher = _teacher(args)
     tok = teacher.tokenizer
@@ -78,6 +84,7 @@ def run_kdjax(args) -> dict:
     batches = Batches(rows, batch_rows, MaskingSpec.from_tokenizer(tok), args.seed)
     steps = args.epochs * batches.steps_per_epoch
     per_cand = []
+    cache = TeacherOutputCache(args.teacher_cache_mb * 2**20) if args.teacher_cache_mb > 0 else None
     c_all, t_all = time.process_time(), time.perf_counter()
     for arch in args.candidates.split(","):
         student = parse_arch_id(arch, teacher.spec)
@@ -93,6 +100,7 @@ def run_kdjax(args) -> dict:
             seed=args.seed,
             log_every=batches.steps_per_epoch,
             progress=False,
+            teacher_cache=cache,
         )
         per_cand.append(
             {
@@ -122,6 +130,7 @@ def run_kdjax(args) -> dict:
         "evals_per_hour_excl_compile": len(per_cand) / max(wall - compile_s, 1e-9) * 3600,
         "peak_rss_mb": common.peak_rss_mb(),
         "compilation_cache": args.compilation_cache or None,
+        "teacher_cache": cache.stats() if cache else None,
         "device": str(jax.devices()[0].device_kind),
     }
 
@@ -180,6 +189,10 @@ def main(argv=None) -> None:
         f"compile {kd['compile_s']:.1f} s ({100 * kd['compile_share']:.0f}%)",
         flush=True,
     )
+    plain = None
+    if args.ablate_teacher_cache:
+        plain = common.run_part(__file__, "kdjax", [*argv, "--teacher-cache-mb", "0"])
+        print(f"kdjax without teacher-output reuse: {plain['evals_per_hour']:,.0f} candidates/h", flush=True)
     ref = None
     if not args.skip_reference:
         ref = common.run_part(__file__, "reference", argv)
@@ -191,6 +204,11 @@ def main(argv=None) -> None:
             "reference": ref,
             "ratio": kd["evals_per_hour"] / ref["evals_per_hour"] if ref else None,
             "ratio_per_cpu_s": kd["evals_per_cpu_hour"] / ref["evals_per_cpu_hour"] if ref else None,
+            "kdjax_without_teacher_cache": plain,
+            "teacher_cache_speedup": kd["evals_per_hour"] / plain["evals_per_hour"] if plain else None,
+            "teacher_cache_speedup_per_cpu_s": (
+                kd["evals_per_cpu_hour"] / plain["evals_per_cpu_hour"] if plain else None
+            ),
             "device": {"kind": kd["device"], "nproc": info["nproc"], "cpu_model": info["model"]},
             "versions": common.versions(),
             "date": common.stamp(),

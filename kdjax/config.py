@@ -141,6 +141,8 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.mini_kd_epochs = 4
     # Cap on mini-KD steps per epoch (0 = whole proxy set each epoch).
     c.nas.mini_kd_steps_per_epoch = 0
+    # Device memory (MiB) for teacher outputs reused by every candidate (they share the proxy batches; 0 = off).
+    c.nas.teacher_cache_mb = 2048
     # Which mini-KD loss feeds the reward: 'last' epoch (report §2.6.1), 'mean' over epochs, or 'min'.
     c.nas.loss_source = "last"
     # Architectures reported in nas/top_k.json (distinct latency budgets).
@@ -323,6 +325,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("num_episodes", "candidates_per_episode", "num_trials", "mini_kd_epochs", "top_k"):
         _positive(c, f"nas.{f}")
     _positive(c, "nas.mini_kd_steps_per_epoch", allow_zero=True)
+    _positive(c, "nas.teacher_cache_mb", allow_zero=True)
     _positive(c, "nas.heartbeat_interval_s")
     _positive(c, "nas.stop_after_evaluations", allow_zero=True)
     if c.nas.top_k_latency_gap < 1.0:

@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -285,7 +286,48 @@ def compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, tea
     def step(state, teacher_params, batch, rng):
         return s_fn(state, t_fn(teacher_params, batch), batch, rng)
 
+    step.teacher, step.student = t_fn, s_fn  # the halves, for callers that reuse teacher outputs
     return step, t_s + s_s
+
+
+class TeacherOutputCache:
+    """Teacher outputs by step, for students trained one after another on the same batches.
+
+    A search's candidates all see the same proxy batches (they depend only on the seed and the step), so the frozen
+    teacher's forward pass -- about a quarter of a mini-KD step for a 3-layer student -- is computed for the first
+    candidate and reused by the others. Outputs are kept on the device until `max_bytes` is reached; later steps
+    are recomputed. `key` = (teacher params, batches, *hashables such as specs, loss, dtype, mesh) names what the
+    outputs depend on besides the step; the first two are compared by identity, and a different key empties the
+    cache. Reuse is exact: the same compiled program on the same inputs.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.key = None
+        self.outputs: dict[int, Any] = {}
+        self.nbytes = self.hits = self.misses = 0
+
+    def get(self, key, step: int, compute: Callable[[], Any]) -> Any:
+        if not self._same(key):
+            self.key, self.outputs, self.nbytes = key, {}, 0
+        out = self.outputs.get(step)
+        if out is not None:
+            self.hits += 1
+            return out
+        self.misses += 1
+        out = compute()
+        size = sum(x.nbytes for x in jax.tree.leaves(out))
+        if self.nbytes + size <= self.max_bytes:
+            self.outputs[step] = out
+            self.nbytes += size
+        return out
+
+    def _same(self, key) -> bool:
+        old = self.key
+        return old is not None and old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]
+
+    def stats(self) -> dict:
+        return {"cached_steps": len(self.outputs), "mb": self.nbytes / 2**20, "hits": self.hits, "misses": self.misses}
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -371,8 +413,12 @@ def distill(
     student_params: dict | None = None,
     progress: bool = True,
     desc: str = "kd",
+    teacher_cache: TeacherOutputCache | None = None,
 ) -> DistillResult:
-    """Train `student` for `num_steps` steps; resume from `checkpointer` when it holds a checkpoint."""
+    """Train `student` for `num_steps` steps; resume from `checkpointer` when it holds a checkpoint.
+
+    With `teacher_cache`, teacher outputs are looked up by step (students distilled on the same `batches`).
+    """
     from tqdm.auto import tqdm
 
     mesh = mesh or make_mesh()
@@ -399,6 +445,7 @@ def distill(
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     last_loss = last_loss_restored
     fn = None
+    cache_key = (teacher_params, batches, teacher_spec, loss_cfg, jnp.dtype(dtype).name, mesh)
 
     def flush(step: int) -> None:
         nonlocal pending, last_loss
@@ -431,7 +478,11 @@ def distill(
                 fn, compile_s = compiled_train_step(
                     student, teacher_spec, loss_cfg, opt, dtype, mesh, state, t_params, batch, rng
                 )
-            state, metrics = fn(state, t_params, batch, rng)
+            if teacher_cache is None:
+                state, metrics = fn(state, t_params, batch, rng)
+            else:
+                t_out = teacher_cache.get(cache_key, step, functools.partial(fn.teacher, t_params, batch))
+                state, metrics = fn.student(state, t_out, batch, rng)
             pending.append((step, metrics))
             if len(pending) >= 2:
                 # At most two steps in flight: the device stays busy, and the bar counts finished steps.

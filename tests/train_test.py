@@ -8,7 +8,7 @@ from kdjax.checkpoint import Checkpointer
 from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.synthetic import lines
 from kdjax.losses import LossConfig
-from kdjax.train import NonFiniteLossError, OptimConfig, distill, make_mesh
+from kdjax.train import NonFiniteLossError, OptimConfig, TeacherOutputCache, distill, make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,47 @@ def test_non_finite_loss_stops_with_clear_error(setup):
             seed=0,
             progress=False,
         )
+
+
+def test_teacher_output_cache_is_exact_and_shared_across_students(setup):
+    """Two students on the same batches: the second reuses every teacher output and trains bit for bit the same."""
+    teacher, rows, masking, student = setup
+    other = teacher.spec.student(num_layers=1, hidden_size=32, num_heads=4, ffn_size=32)
+    batches = Batches(rows, 8, masking, seed=0)
+
+    def run(spec, cache):
+        return distill(
+            teacher_spec=teacher.spec,
+            teacher_params=teacher.params,
+            student=spec,
+            batches=batches,
+            loss_cfg=LossConfig(attention_relation_weight=1.0),
+            opt=OptimConfig(learning_rate=3e-3, total_steps=5, warmup_steps=2),
+            num_steps=5,
+            seed=0,
+            progress=False,
+            teacher_cache=cache,
+        )
+
+    cache = TeacherOutputCache(max_bytes=2**30)
+    first = run(other, cache)
+    assert cache.stats()["cached_steps"] == 5 and cache.hits == 0 and cache.misses == 5
+    cached = run(student, cache)
+    assert cache.hits == 5 and cache.misses == 5
+    plain = run(student, None)
+    np.testing.assert_array_equal(cached.epoch_losses, plain.epoch_losses)
+    for a, b in zip(jax.tree.leaves(cached.params), jax.tree.leaves(plain.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first.epoch_losses != plain.epoch_losses  # a different student, so the comparison above can fail
+
+    # A budget of two steps' outputs keeps the first two steps and recomputes the rest.
+    step_bytes = cache.nbytes // 5
+    small = TeacherOutputCache(max_bytes=2 * step_bytes)
+    run(student, small)
+    run(student, small)
+    assert small.stats()["cached_steps"] == 2 and small.hits == 2 and small.misses == 8
+
+    # Another key (here other teacher params) empties the cache instead of serving outputs of other inputs.
+    calls = []
+    cache.get(("x",) + cache.key[1:], 0, lambda: calls.append(1) or {"h": jax.numpy.zeros(2)})
+    assert calls == [1] and cache.stats()["cached_steps"] == 1

@@ -26,7 +26,7 @@ from kdjax.nas.history import History
 from kdjax.reward import RewardConfig, reward, select_loss
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params
-from kdjax.train import NonFiniteLossError, OptimConfig, distill
+from kdjax.train import NonFiniteLossError, OptimConfig, TeacherOutputCache, distill
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class CandidateEvaluator:
         self.num_steps = self.epochs * self.batches.steps_per_epoch
         # One optimizer (hence one schedule length) for every candidate: compiled steps are shared by equal shapes.
         self.opt = OptimConfig.from_config(ctx.config.kd, self.num_steps)
+        # Every candidate sees the same batches: the teacher runs once per step for the whole search.
+        mb = int(nas.teacher_cache_mb)
+        self.teacher_cache = TeacherOutputCache(mb * 2**20) if mb > 0 else None
 
     def _reward(self, loss: float, latency_ms: float) -> float:
         return reward(loss, latency_ms, self.teacher_latency_ms, self.reward_cfg)
@@ -131,6 +134,7 @@ class CandidateEvaluator:
                 student_params=initial_params(str(ctx.config.kd.init), ctx.teacher.params, ctx.teacher.spec, spec),
                 progress=self.progress,
                 desc=f"mini-kd {spec.arch_id}",
+                teacher_cache=self.teacher_cache,
             )
             epoch_losses, train_s, compile_s, params = (
                 result.epoch_losses,

@@ -112,4 +112,13 @@ def run(ctx: RunContext) -> dict:
     print(("Pareto front" if nas.multi_objective and strategy == "optuna" else "top-k") + ":")
     print(topk.table(chosen))
     log.info("nas: %d candidates evaluated in total, %d exports removed", len(history), len(removed))
+    if evaluator.teacher_cache is not None:
+        st = evaluator.teacher_cache.stats()
+        log.info(
+            "nas: teacher outputs of %d steps reused %d times (%.0f MiB; %d teacher forwards run)",
+            st["cached_steps"],
+            st["hits"],
+            st["mb"],
+            st["misses"],
+        )
     return {"strategy": strategy, "evaluated": len(history), "best": chosen[0]["arch_id"] if chosen else None}
