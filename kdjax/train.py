@@ -8,6 +8,7 @@ The loop (`distill`) checkpoints with Orbax, resumes from the newest good checkp
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -247,15 +248,21 @@ def _jitted_student(student, teacher, loss_cfg, opt, dtype_name, mesh):
     return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
-_COMPILED: dict = {}
+# Compiled programs by (program, shapes, ...), least recently used first; a long search with many distinct shapes
+# drops the oldest executables instead of holding every one (the persistent cache still has them on disk).
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+MAX_COMPILED = 64
 
 
 def _compile(key, jitted, *args) -> tuple[Any, float]:
     """AOT-compile once per key; returns (compiled, seconds spent compiling now)."""
     if key in _COMPILED:
+        _COMPILED.move_to_end(key)
         return _COMPILED[key], 0.0
     t0 = time.perf_counter()
     _COMPILED[key] = jitted.lower(*args).compile()
+    while len(_COMPILED) > MAX_COMPILED:
+        _COMPILED.popitem(last=False)
     return _COMPILED[key], time.perf_counter() - t0
 
 
@@ -272,7 +279,7 @@ def compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, tea
     t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
     s_key = ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes)
     if s_key in _COMPILED:
-        s_fn, s_s = _COMPILED[s_key], 0.0
+        s_fn, s_s = _compile(s_key, None)
     else:
         # The teacher's output shapes (traced, not run) are the student program's input layout.
         data = NamedSharding(mesh, PartitionSpec("data"))

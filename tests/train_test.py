@@ -138,3 +138,24 @@ def test_teacher_output_cache_is_exact_and_shared_across_students(setup):
     calls = []
     cache.get(("x",) + cache.key[1:], 0, lambda: calls.append(1) or {"h": jax.numpy.zeros(2)})
     assert calls == [1] and cache.stats()["cached_steps"] == 1
+
+
+def test_compiled_programs_are_bounded_least_recently_used_first(monkeypatch):
+    import collections
+    import types
+
+    from kdjax import train
+
+    monkeypatch.setattr(train, "MAX_COMPILED", 2)
+    monkeypatch.setattr(train, "_COMPILED", collections.OrderedDict())
+    lowered = []
+
+    class Jitted:
+        def lower(self, *args):
+            lowered.append(args)
+            return types.SimpleNamespace(compile=object)
+
+    j = Jitted()
+    for key in ("a", "b", "a", "c", "a"):
+        train._compile(key, j)
+    assert list(train._COMPILED) == ["c", "a"] and len(lowered) == 3  # "b" was evicted, "a" never recompiled
