@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
 
 from kdjax import kd_stage
 from kdjax.config import validate
 from kdjax.context import RunContext
-from kdjax.workdir import Workdir, write_json
+from kdjax.workdir import Workdir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +70,26 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def record_config(workdir: Workdir, cfg: dict) -> None:
+    """W/config.json = this invocation's config; a different earlier one moves to W/configs/ instead of being lost."""
+    path = workdir.path("config.json")
+    if os.path.exists(path):
+        try:
+            same = read_json(path) == json.loads(json.dumps(cfg))
+        except ValueError:  # unreadable: keep it aside as well
+            same = False
+        if not same:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(os.path.getmtime(path)))
+            os.replace(path, os.path.join(workdir.subdir("configs"), f"config-{stamp}.json"))
+    write_json(path, cfg)
+
+
 def run(config, workdir: str) -> None:
     """Validate `config`, then run each selected stage in pipeline order."""
     validate(config)
     ctx = RunContext(config, Workdir(workdir))
     enable_compilation_cache(ctx.workdir.subdir("cache", "xla"))
-    write_json(ctx.workdir.path("config.json"), config.to_dict())
+    record_config(ctx.workdir, config.to_dict())
     for name in STAGES:
         if name not in ctx.stages:
             continue
