@@ -3,8 +3,9 @@
 Inputs, all optional: W/glue/<model>/<task>.json (scores), W/teacher/latency.json, W/nas/history.jsonl (one row per
 candidate: strategy, arch_id, loss, latency_ms, speedup, reward), W/kd/<name>/result.json (KD losses), and the
 histories of sibling workdirs named in report.extra_workdirs. Outputs in W/report/: glue.json, glue.csv, glue.md,
-README.md (tables + figures), fig_speedup_vs_glue.png, fig_best_reward.png, fig_minikd_loss.png,
-fig_loss_vs_latency.png. A figure without data is left out and README.md says why.
+search.json (Table 1: best candidate and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png,
+fig_best_reward.png, fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md
+says why.
 """
 
 from __future__ import annotations
@@ -265,6 +266,57 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def search_rows(history: list[dict]) -> list[dict]:
+    """Report Table 1: per search (strategy, workdir), its best candidate and the spread of its rewards."""
+    out = []
+    for series, cands in _series(history).items():
+        done = [c for c in cands if not c.get("pruned") and _finite(c.get("reward")) is not None]
+        if not done:
+            continue
+        best = max(done, key=lambda c: c["reward"])
+        rewards = sorted((c["reward"] for c in done), reverse=True)
+        out.append(
+            {
+                "search": series,
+                "candidates": len(cands),
+                "best_arch": best["arch_id"],
+                "best_params": best.get("params"),
+                "best_loss": _finite(best.get("loss")),
+                "best_speedup": _finite(best.get("speedup")),
+                "best_reward": best["reward"],
+                "top3_mean_reward": float(np.mean(rewards[:3])),
+                "mean_reward": float(np.mean(rewards)),
+            }
+        )
+    return sorted(out, key=lambda r: -r["best_reward"])
+
+
+def search_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "### Search strategies (report Table 1)",
+        "",
+        "| search | candidates | best architecture | params | mini-KD loss | CPU speed-up | reward | top-3 mean"
+        " | mean |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            r["search"],
+            str(r["candidates"]),
+            r["best_arch"],
+            _fmt(r["best_params"], 1, 1e-6, "M"),
+            _fmt(r["best_loss"], 4),
+            _fmt(r["best_speedup"], 2, 1, "x"),
+            _fmt(r["best_reward"], 4),
+            _fmt(r["top3_mean_reward"], 4),
+            _fmt(r["mean_reward"], 4),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
     cols = [
         "model",
@@ -385,6 +437,8 @@ def readme(rows: list[dict], tasks: list[str], figures: dict[str, str], history:
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
     }
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
+    if history:
+        out += [search_table(search_rows(history))]
     recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
@@ -422,6 +476,7 @@ def build_report(
     rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
     t_ms = teacher_latency_ms(root, cfg.key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
+    write_json(os.path.join(out_dir, "search.json"), {"searches": search_rows(history)})
     write_csv(os.path.join(out_dir, "glue.csv"), rows, tasks)
     with open(os.path.join(out_dir, "glue.md"), "w") as f:
         f.write(markdown_tables(rows, tasks))
