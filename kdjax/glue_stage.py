@@ -8,7 +8,9 @@
   top_k                        the same for every architecture in W/nas/top_k.json;
   random                       glue.num_random_baselines random architectures of the search space, distilled with
                                the kd.* budget into W/kd/random-<i>-<arch>/ (once) and scored;
-  <arch id>                    e.g. 6L-768H-12A-3072F-gelu (DistilBERT shape): its KD export, distilled if missing;
+  <arch id>                    e.g. 6L-768H-12A-3072F-gelu (DistilBERT shape): its full-KD export W/kd/<arch>/hf,
+                               distilled with the kd.* budget if missing (also when the search exported a mini-KD
+                               version of it: name `best`/`top_k` for those);
   <folder> or <hub id>         any BERT/RoBERTa/ALBERT checkpoint.
 Each (model, task) score goes to W/glue/<model>/<task>.json with its recipe; a file with the same recipe and source
 is not recomputed, so an interrupted stage resumes where it stopped.
@@ -153,10 +155,9 @@ def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
         if item in KEYWORDS:
             refs += KEYWORDS[item](ctx)
         elif _ID_RE.match(item):
+            # Its full-KD export, even when the search left a mini-KD one (that is what `best`/`top_k` add).
             arch_id = ctx.student_spec(item).arch_id
-            refs += variants(ctx, arch_id) or [
-                _distilled(ctx, f"kd-{arch_id}", "kd", arch_id, ctx.workdir.path("kd", arch_id))
-            ]
+            refs.append(_distilled(ctx, f"kd-{arch_id}", "kd", arch_id, ctx.workdir.path("kd", arch_id)))
         elif os.path.isdir(os.path.expanduser(item)):
             folder = os.path.abspath(os.path.expanduser(item))
             base = os.path.basename(folder)

@@ -67,6 +67,11 @@ def test_model_keywords_resolve(tmp_path, glue_dir):
     # A hand-picked arch without an export is distilled on demand (lazily, at scoring time).
     ref = glue_stage.resolve_models(ctx, ["1L-32H-2A-64F-gelu"])[0]
     assert ref.name == "kd-1L-32H-2A-64F-gelu" and ref.prepare is not None
+    # An arch id means its full-KD export even when the search left only a mini-KD one.
+    other = "1L-32H-4A-64F-gelu"
+    os.makedirs(ctx.workdir.path("nas", "candidates", other, "hf"))
+    refs = glue_stage.resolve_models(ctx, [other])
+    assert [r.name for r in refs] == [f"kd-{other}"] and refs[0].source == ctx.workdir.path("kd", other, "hf")
 
 
 def test_random_baselines_are_reproducible_and_distinct(tmp_path, glue_dir):
