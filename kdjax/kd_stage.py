@@ -11,7 +11,7 @@ from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
 from kdjax.spec import ArchSpec
-from kdjax.student_init import initial_params
+from kdjax.student_init import initial_params, initial_projection
 from kdjax.train import OptimConfig, distill
 from kdjax.workdir import read_json, write_json
 from kdjax.writer import MetricWriter
@@ -40,6 +40,8 @@ def distill_arch(
     kd = ctx.config.kd
     if student_params is None:
         student_params = initial_params(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
+    # Also for PDT: a search winner cut from the teacher keeps the teacher's dimension order.
+    projection = initial_projection(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
     batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed)
     steps = steps or num_steps(kd, batches.steps_per_epoch)
     opt = OptimConfig.from_config(kd, steps)
@@ -62,6 +64,7 @@ def distill_arch(
             writer=writer,
             log_every=int(kd.log_every_steps),
             student_params=student_params,
+            projection_params=projection,
             desc=f"{desc} {spec.arch_id}",
         )
     finally:

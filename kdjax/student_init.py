@@ -86,6 +86,36 @@ def initial_params(init: str, teacher_params: dict, teacher: ArchSpec, student: 
         raise KdjaxError(str(e)) from e
 
 
+def _encoder(teacher_params: dict) -> dict:
+    if "encoder" in teacher_params and "embeddings" not in teacher_params:
+        return teacher_params["encoder"]
+    return teacher_params
+
+
+def kept_dims(teacher_params: dict, hidden_size: int) -> np.ndarray:
+    """The teacher residual dimensions a narrower student keeps: largest word-embedding column norms, in order."""
+    word = np.asarray(_encoder(teacher_params)["embeddings"]["word_embeddings"]["embedding"])
+    return _top(np.linalg.norm(word, axis=0), hidden_size)
+
+
+def initial_projection(init: str, teacher_params: dict, teacher: ArchSpec, student: ArchSpec) -> dict | None:
+    """The KD projection Linear(Hs, 2*Ht) for `config.kd.init`: None for 'random' (drawn at random), else the map
+    that puts student dimension j back on the teacher dimension it was cut from, in both halves of the target.
+
+    A random projection scrambles what a teacher-cut student already knows: its first steps then lower the loss
+    fastest by collapsing every token to the mean teacher state (measured: docs/results.md), which fine-tuning
+    cannot recover from. With this map the cut student starts close to the teacher states it is matched to.
+    """
+    if init == "random":
+        return None
+    hid = kept_dims(teacher_params, student.hidden_size)
+    kernel = np.zeros((student.hidden_size, 2 * teacher.hidden_size), np.float32)
+    rows = np.arange(student.hidden_size)
+    kernel[rows, hid] = 1.0
+    kernel[rows, teacher.hidden_size + hid] = 1.0
+    return {"kernel": kernel, "bias": np.zeros((2 * teacher.hidden_size,), np.float32)}
+
+
 def from_teacher(teacher_params: dict, teacher: ArchSpec, student: ArchSpec) -> dict:
     """Student Encoder params cut out of the teacher's `encoder` params (see module docstring)."""
     if teacher.embedding_size is not None or teacher.shared_layers:
@@ -94,14 +124,9 @@ def from_teacher(teacher_params: dict, teacher: ArchSpec, student: ArchSpec) -> 
         )
     if student.hidden_size > teacher.hidden_size or student.ffn_size > teacher.ffn_size:
         raise ValueError(f"kd.init='teacher' needs a student no wider than its teacher ({student.arch_id})")
-    enc = (
-        teacher_params["encoder"]
-        if "encoder" in teacher_params and "embeddings" not in teacher_params
-        else teacher_params
-    )
+    enc = _encoder(teacher_params)
     emb = enc["embeddings"]
-    word = np.asarray(emb["word_embeddings"]["embedding"])
-    hid = _top(np.linalg.norm(word, axis=0), student.hidden_size)
+    hid = kept_dims(teacher_params, student.hidden_size)
     embeddings = {
         name: {"embedding": np.asarray(emb[name]["embedding"])[:, hid]}
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")

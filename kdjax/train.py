@@ -117,25 +117,27 @@ def init_state(
     opt: OptimConfig,
     loss: LossConfig,
     student_params: dict | None = None,
+    projection_params: dict | None = None,
 ) -> KDState:
-    """Fresh state; `student_params` (e.g. teacher-initialised) replaces the random student init."""
+    """Fresh state; `student_params` / `projection_params` (e.g. teacher-initialised) replace the random inits."""
     k_student, k_proj = jax.random.split(rng)
     params = {
         "student": student_params
         if student_params is not None
         else init_student(k_student, student, with_mlm_head=loss.needs_logits),
-        "projection": init_projection(k_proj, student.hidden_size, teacher.hidden_size),
+        "projection": projection_params
+        if projection_params is not None
+        else init_projection(k_proj, student.hidden_size, teacher.hidden_size),
     }
     return KDState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.make().init(params))
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh, with_params: bool):
-    """`init_state` jitted once per shape and placed replicated on the mesh (eager Flax init is slow per op)."""
+def _jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh):
+    """`init_state(rng, student_params or None, projection_params or None)` jitted once per shape (and per which
+    of the two are given), placed replicated on the mesh (eager Flax init is slow per op)."""
     rep = NamedSharding(mesh, PartitionSpec())
-    if with_params:
-        return jax.jit(lambda rng, sp: init_state(rng, student, teacher, opt, loss_cfg, sp), out_shardings=rep)
-    return jax.jit(lambda rng: init_state(rng, student, teacher, opt, loss_cfg), out_shardings=rep)
+    return jax.jit(lambda rng, sp, pp: init_state(rng, student, teacher, opt, loss_cfg, sp, pp), out_shardings=rep)
 
 
 def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
@@ -418,6 +420,7 @@ def distill(
     writer=None,
     log_every: int = 20,
     student_params: dict | None = None,
+    projection_params: dict | None = None,
     progress: bool = True,
     desc: str = "kd",
     teacher_cache: TeacherOutputCache | None = None,
@@ -431,9 +434,8 @@ def distill(
     mesh = mesh or make_mesh()
     root = jax.random.PRNGKey(seed)
     t_params = replicate(teacher_inputs(teacher_params, loss_cfg), mesh)
-    init = _jitted_init(student, teacher_spec, opt, loss_cfg, mesh, student_params is not None)
-    init_key = jax.random.fold_in(root, 0)
-    state = init(init_key, student_params) if student_params is not None else init(init_key)
+    init = _jitted_init(student, teacher_spec, opt, loss_cfg, mesh)
+    state = init(jax.random.fold_in(root, 0), student_params, projection_params)
     start, resumed, last_loss_restored = 0, None, float("nan")
     epoch_sums: dict[int, list[float]] = {}
     if checkpointer is not None:

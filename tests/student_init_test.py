@@ -61,3 +61,30 @@ def test_whole_heads_are_kept_when_head_sizes_match(teacher_params):
 def test_wider_student_is_rejected(teacher_params):
     with pytest.raises(ValueError, match="no wider"):
         from_teacher(teacher_params, TEACHER, TEACHER.student(num_layers=2, hidden_size=64, num_heads=4, ffn_size=64))
+
+
+def test_teacher_projection_puts_kept_dimensions_back(teacher_params):
+    """A same-shape teacher-cut student with the teacher projection has zero hidden-state loss at step 0; a narrower
+    one starts well below the loss of a random projection (which the seed used and which led to collapse)."""
+    from kdjax.losses import hidden_mse, init_projection
+    from kdjax.student_init import initial_projection, kept_dims
+
+    ids = jnp.array([[2, 5, 9, 11, 3, 7, 8, 0]])
+    mask = (ids != 0).astype(jnp.int32)
+    t_hidden = Encoder(TEACHER).apply({"params": teacher_params["encoder"]}, ids, mask)["hidden_states"]
+    assert initial_projection("random", teacher_params, TEACHER, TEACHER) is None
+
+    def loss(student, proj):
+        s_params = from_teacher(teacher_params, TEACHER, student)
+        s_hidden = Encoder(student).apply({"params": s_params}, ids, mask)["hidden_states"]
+        return float(hidden_mse(s_hidden, t_hidden, proj, mask))
+
+    same = initial_projection("teacher", teacher_params, TEACHER, TEACHER)
+    assert loss(TEACHER, same) == pytest.approx(0.0, abs=1e-10)
+    narrow = TEACHER.student(num_layers=4, hidden_size=16, num_heads=2, ffn_size=32)
+    proj = initial_projection("teacher", teacher_params, TEACHER, narrow)
+    hid = kept_dims(teacher_params, 16)
+    assert proj["kernel"].shape == (16, 64) and proj["kernel"].sum() == 32
+    np.testing.assert_array_equal(np.nonzero(proj["kernel"][:, :32])[1], hid)
+    random_proj = init_projection(jax.random.PRNGKey(1), 16, 32)
+    assert loss(narrow, proj) < 0.5 * loss(narrow, random_proj)

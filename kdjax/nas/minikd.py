@@ -25,7 +25,7 @@ from kdjax.latency import LatencyCache
 from kdjax.nas.history import History
 from kdjax.reward import RewardConfig, reward, select_loss
 from kdjax.spec import ArchSpec
-from kdjax.student_init import initial_params
+from kdjax.student_init import initial_params, initial_projection
 from kdjax.train import NonFiniteLossError, OptimConfig, TeacherOutputCache, distill
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ class CandidateEvaluator:
                 writer=reporter,
                 log_every=self.batches.steps_per_epoch,
                 student_params=initial_params(str(ctx.config.kd.init), ctx.teacher.params, ctx.teacher.spec, spec),
+                projection_params=initial_projection(
+                    str(ctx.config.kd.init), ctx.teacher.params, ctx.teacher.spec, spec
+                ),
                 progress=self.progress,
                 desc=f"mini-kd {spec.arch_id}",
                 teacher_cache=self.teacher_cache,
