@@ -12,6 +12,8 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$ROOT/timeline.txt"; }
 # 16 rows x 128 tokens on the same proxy rows, then timed on the CPU (batch 1 x 128).
 COMMON=(--config="$C" --config.kd.init=teacher --config.kd.per_device_batch_size=16
   --config.nas.proxy_fraction=0.003 --config.nas.mini_kd_epochs=2 --config.nas.mini_kd_steps_per_epoch=10)
+KD=(--config.kd.num_train_steps=300 --config.kd.checkpoint_every_steps=100 --config.kd.log_every_steps=20)
+GLUE=(--config.glue.max_train_examples=1000 --config.glue.num_epochs=3 --config.glue.learning_rate=1e-4)
 
 seed_workdir() {  # share the packed corpus, XLA cache and latency measurements of the first workdir
   local from=$ROOT/search-lstm to=$1
@@ -32,8 +34,8 @@ for s in lstm optuna random; do
   log "search $s done"
 done
 
-# The strategy with the highest best reward provides the top-3; full KD + GLUE for them, two random
-# architectures with the same KD budget, and the teacher, all with one GLUE recipe. `best` adds the winner's
+# The strategy with the highest best reward provides the top-3: full KD + GLUE for them, for two random
+# architectures with the same KD budget, and for the teacher, all with one GLUE recipe. `best` adds the winner's
 # mini-KD export (the "without PDT" row); an arch id is its full-KD export.
 BEST=$(python - "$ROOT" <<'EOF'
 import json, sys
@@ -46,16 +48,14 @@ EOF
 W=$ROOT/search-$BEST
 TOP3=$(python -c "import json,sys; print(','.join(r['arch_id'] for r in json.load(open(sys.argv[1]))['top_k'][:3]))" \
   "$W/nas/top_k.json")
-log "best strategy $BEST, top-3 $TOP3"
-KD=(--config.kd.num_train_steps=300 --config.kd.checkpoint_every_steps=100 --config.kd.log_every_steps=20)
-GLUE=(--config.glue.tasks=sst2,cola,stsb,rte --config.glue.max_train_examples=1000 --config.glue.num_epochs=3
-  --config.glue.learning_rate=1e-4)
-log "kd+glue start"
-python main.py "${COMMON[@]}" --workdir="$W" --config.stages=kd,glue,report "${KD[@]}" "${GLUE[@]}" \
-  --config.glue.models="teacher,best,${TOP3#*,},random" --config.glue.num_random_baselines=2
+log "best strategy $BEST, top-3 $TOP3; kd+glue start"
+python main.py "${COMMON[@]}" --workdir="$W" --config.stages=kd,glue "${KD[@]}" "${GLUE[@]}" \
+  --config.glue.tasks=sst2,cola,stsb,rte --config.glue.models="teacher,best,${TOP3#*,},random" \
+  --config.glue.num_random_baselines=2
 log "kd+glue done"
 
 # Loss ablation on the best architecture: the seed's hidden-state MSE (above) vs attention relations vs both.
+# RTE and CoLA are left out: the teacher itself is at chance on them with this recipe (see results.md).
 ARCH=${TOP3%%,*}
 for v in relation both; do
   A=$ROOT/ablation-$v
@@ -63,12 +63,13 @@ for v in relation both; do
   [[ $v == relation ]] && LW=(--config.kd.loss.hidden_weight=0 --config.kd.loss.attention_relation_weight=1)
   [[ $v == both ]] && LW=(--config.kd.loss.hidden_weight=1 --config.kd.loss.attention_relation_weight=1)
   log "ablation $v start"
-  # RTE and CoLA are left out here: the teacher itself is at chance on them with this recipe (see results.md).
   python main.py "${COMMON[@]}" --workdir="$A" --config.stages=kd,glue "${KD[@]}" "${GLUE[@]}" "${LW[@]}" \
     --config.kd.arch="$ARCH" --config.glue.models="$ARCH" --config.glue.tasks=sst2,stsb
   log "ablation $v done"
 done
+
 # One report over the best strategy's workdir with the other searches' histories (Table 1, Figs. 2-4).
 OTHERS=$(for s in lstm optuna random; do [[ $s != "$BEST" ]] && printf '%s,' "$ROOT/search-$s"; done)
-python main.py "${COMMON[@]}" --workdir="$W" --config.stages=report --config.force=true --config.report.extra_workdirs="${OTHERS%,}"
+python main.py "${COMMON[@]}" --workdir="$W" --config.stages=report --config.force=true \
+  --config.report.extra_workdirs="${OTHERS%,}"
 log "study done"
