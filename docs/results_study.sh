@@ -49,7 +49,13 @@ W=$ROOT/search-$BEST
 TOP3=$(python -c "import json,sys; print(','.join(r['arch_id'] for r in json.load(open(sys.argv[1]))['top_k'][:3]))" \
   "$W/nas/top_k.json")
 log "best strategy $BEST, top-3 $TOP3; kd+glue start"
-python main.py "${COMMON[@]}" --workdir="$W" --config.stages=kd,glue "${KD[@]}" "${GLUE[@]}" \
+M=$ROOT/main  # KD + GLUE workdir, starting from the winning search's results
+if [[ ! -d $M ]]; then
+  seed_workdir "$M"
+  cp -r "$W/nas/." "$M/nas/"
+  cp "$W"/teacher/*.json "$M/teacher/"
+fi
+python main.py "${COMMON[@]}" --workdir="$M" --config.stages=kd,glue "${KD[@]}" "${GLUE[@]}" \
   --config.glue.tasks=sst2,cola,stsb,rte --config.glue.models="teacher,best,${TOP3#*,},random" \
   --config.glue.num_random_baselines=2
 log "kd+glue done"
@@ -68,8 +74,8 @@ for v in relation both; do
   log "ablation $v done"
 done
 
-# One report over the best strategy's workdir with the other searches' histories (Table 1, Figs. 2-4).
+# One report over the KD/GLUE workdir with the other searches' histories (Table 1, Figs. 2-4).
 OTHERS=$(for s in lstm optuna random; do [[ $s != "$BEST" ]] && printf '%s,' "$ROOT/search-$s"; done)
-python main.py "${COMMON[@]}" --workdir="$W" --config.stages=report --config.force=true \
+python main.py "${COMMON[@]}" --workdir="$M" --config.stages=report --config.force=true \
   --config.report.extra_workdirs="${OTHERS%,}"
 log "study done"

@@ -110,10 +110,12 @@ def kd_losses(rows: list[tuple[str, str, str]]) -> str:
 
 def main() -> None:
     root = sys.argv[1] if len(sys.argv) > 1 else "runs/study"
-    w_old, w = os.path.join(root, "search-random"), os.path.join(root, "fix-projection")
+    # main/: KD + GLUE after the projection fix; search-random/: the winning search, whose kd-/nas- GLUE rows in
+    # this session's study were made before the fix (random projection), shown as such when present.
+    w_old, w = os.path.join(root, "search-random"), os.path.join(root, "main")
     t_ms = next(iter(load(os.path.join(w_old, "teacher", "latency.json")).values()))["latency_ms"]
     roots = [w, w_old, *(os.path.join(root, f"search-{s}") for s in ("lstm", "optuna"))]
-    a1, a2, a3 = "3L-256H-4A-1152F-relu", "6L-384H-6A-1024F-relu", "3L-256H-8A-192F-relu"
+    a1, a2, a3 = [r["arch_id"] for r in load(os.path.join(w, "nas", "top_k.json"))["top_k"][:3]]
     randoms = sorted(os.path.basename(p) for p in glob.glob(os.path.join(w, "glue", "random-*")))
     print("## Table 2\n")
     rows = [("teacher all-MiniLM-L6-v2", w, "teacher")]
@@ -132,9 +134,8 @@ def main() -> None:
     rows = [
         ("teacher", w, "teacher"),
         ("hidden MSE (seed loss)", w, f"kd-{a1}"),
-        ("attention relations", os.path.join(root, "ablation2-relation"), f"kd-{a1}"),
-        ("both", os.path.join(root, "ablation2-both"), f"kd-{a1}"),
-        ("hidden MSE, 900 steps", os.path.join(root, "kd-long"), f"kd-{a1}"),
+        ("attention relations", os.path.join(root, "ablation-relation"), f"kd-{a1}"),
+        ("both", os.path.join(root, "ablation-both"), f"kd-{a1}"),
     ]
     print(glue_table(rows, roots, t_ms, tasks=("sst2", "stsb")))
     print()
@@ -143,9 +144,8 @@ def main() -> None:
             [
                 ("hidden MSE, random projection (seed)", w_old, a1),
                 ("hidden MSE, teacher projection", w, a1),
-                ("attention relations", os.path.join(root, "ablation2-relation"), a1),
-                ("both", os.path.join(root, "ablation2-both"), a1),
-                ("hidden MSE, 900 steps", os.path.join(root, "kd-long"), a1),
+                ("attention relations", os.path.join(root, "ablation-relation"), a1),
+                ("both", os.path.join(root, "ablation-both"), a1),
             ]
         )
     )
