@@ -74,6 +74,15 @@ for v in relation both; do
   log "ablation $v done"
 done
 
+# Three times the KD budget for the best architecture (does STS-B move with distillation length?).
+L=$ROOT/kd-long
+seed_workdir "$L"
+log "kd-long start"
+python main.py "${COMMON[@]}" --workdir="$L" --config.stages=kd,glue "${GLUE[@]}" \
+  --config.kd.num_train_steps=900 --config.kd.checkpoint_every_steps=150 --config.kd.log_every_steps=50 \
+  --config.kd.arch="$ARCH" --config.glue.models="$ARCH" --config.glue.tasks=sst2,stsb
+log "kd-long done"
+
 # One report over the KD/GLUE workdir with the other searches' histories (Table 1, Figs. 2-4).
 OTHERS=$(for s in lstm optuna random; do [[ $s != "$BEST" ]] && printf '%s,' "$ROOT/search-$s"; done)
 python main.py "${COMMON[@]}" --workdir="$M" --config.stages=report --config.force=true \

@@ -136,6 +136,7 @@ def main() -> None:
         ("hidden MSE (seed loss)", w, f"kd-{a1}"),
         ("attention relations", os.path.join(root, "ablation-relation"), f"kd-{a1}"),
         ("both", os.path.join(root, "ablation-both"), f"kd-{a1}"),
+        ("hidden MSE, 900 KD steps", os.path.join(root, "kd-long"), f"kd-{a1}"),
     ]
     print(glue_table(rows, roots, t_ms, tasks=("sst2", "stsb")))
     print()
@@ -146,6 +147,7 @@ def main() -> None:
                 ("hidden MSE, teacher projection", w, a1),
                 ("attention relations", os.path.join(root, "ablation-relation"), a1),
                 ("both", os.path.join(root, "ablation-both"), a1),
+                ("hidden MSE, teacher projection, 900 steps", os.path.join(root, "kd-long"), a1),
             ]
         )
     )
