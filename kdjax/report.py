@@ -361,7 +361,13 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
 
     made: dict[str, str] = {}
 
-    def save(fig, key: str) -> None:
+    def save(fig, ax, key: str, xlabel: str, ylabel: str, title: str, legend: bool = True) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if legend:
+            ax.legend()
+        ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(os.path.join(out_dir, FIGURES[key]), dpi=120)
         plt.close(fig)
@@ -375,11 +381,15 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
         for r, s in zip(pts, sizes):
             ax.scatter(r["speedup"], 100 * r["glue_avg"], s=s, alpha=0.5, label=r["kind"])
             ax.annotate(r["model"], (r["speedup"], 100 * r["glue_avg"]), fontsize=7, ha="center", va="bottom")
-        ax.set_xlabel("CPU speed-up over the teacher (x)")
-        ax.set_ylabel("average GLUE dev score")
-        ax.set_title("Speed-up vs GLUE (bubble area ~ parameters)")
-        ax.grid(alpha=0.3)
-        save(fig, "speedup")
+        save(
+            fig,
+            ax,
+            "speedup",
+            "CPU speed-up over the teacher (x)",
+            "average GLUE dev score",
+            "Speed-up vs GLUE (bubble area ~ parameters)",
+            legend=False,
+        )
     else:
         made["speedup"] = "no model has both GLUE scores and a latency"
     series = _series([h for h in history if _finite(h.get("reward")) is not None])
@@ -388,12 +398,7 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
         for name, rs in series.items():
             best = np.maximum.accumulate([float(r["reward"]) for r in rs])
             ax.plot(np.arange(1, len(best) + 1), best, marker=".", label=name)
-        ax.set_xlabel("candidates evaluated")
-        ax.set_ylabel("best reward so far")
-        ax.set_title("Search progress by strategy")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "reward")
+        save(fig, ax, "reward", "candidates evaluated", "best reward so far", "Search progress by strategy")
     else:
         made["reward"] = "no NAS history (run the nas stage)"
     series = _series([h for h in history if _finite(h.get("loss")) is not None])
@@ -401,12 +406,7 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, rs in series.items():
             ax.plot(np.arange(1, len(rs) + 1), [float(r["loss"]) for r in rs], marker="o", ms=3, lw=0.8, label=name)
-        ax.set_xlabel("candidate index")
-        ax.set_ylabel("mini-KD loss")
-        ax.set_title("Mini-KD loss of each candidate")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "loss")
+        save(fig, ax, "loss", "candidate index", "mini-KD loss", "Mini-KD loss of each candidate")
     else:
         made["loss"] = "no NAS history (run the nas stage)"
     series = _series([h for h in history if _finite(h.get("loss")) is not None and _finite(h.get("latency_ms"))])
@@ -418,18 +418,15 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
             )
         if teacher_ms:
             ax.axvline(teacher_ms, color="gray", ls="--", lw=1, label="teacher latency")
-        ax.set_xlabel("CPU latency (ms)")
-        ax.set_ylabel("mini-KD loss")
-        ax.set_title("Loss vs latency of every candidate")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "loss_latency")
+        save(fig, ax, "loss_latency", "CPU latency (ms)", "mini-KD loss", "Loss vs latency of every candidate")
     else:
         made["loss_latency"] = "no NAS history with latencies (run the nas stage)"
     return made
 
 
-def readme(rows: list[dict], tasks: list[str], figures: dict[str, str], history: list[dict]) -> str:
+def readme(
+    rows: list[dict], tasks: list[str], figures: dict[str, str], history: list[dict], searches: list[dict]
+) -> str:
     captions = {
         "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
         "reward": "Fig. 2: best reward so far vs candidates evaluated, per strategy",
@@ -437,8 +434,8 @@ def readme(rows: list[dict], tasks: list[str], figures: dict[str, str], history:
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
     }
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
-    if history:
-        out += [search_table(search_rows(history))]
+    if searches:
+        out += [search_table(searches)]
     recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
@@ -476,13 +473,14 @@ def build_report(
     rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
     t_ms = teacher_latency_ms(root, cfg.key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
-    write_json(os.path.join(out_dir, "search.json"), {"searches": search_rows(history)})
+    searches = search_rows(history)
+    write_json(os.path.join(out_dir, "search.json"), {"searches": searches})
     write_csv(os.path.join(out_dir, "glue.csv"), rows, tasks)
     with open(os.path.join(out_dir, "glue.md"), "w") as f:
         f.write(markdown_tables(rows, tasks))
     figures = make_figures(out_dir, rows, history, t_ms)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(readme(rows, tasks, figures, history))
+        f.write(readme(rows, tasks, figures, history, searches))
     drawn = sorted(v for v in figures.values() if v.endswith(".png"))
     return {"rows": len(rows), "tasks": tasks, "figures": drawn, "candidates": len(history)}
 
