@@ -244,6 +244,9 @@ def finetune(
                 tokens += int(batch["attention_mask"].sum())
                 state, metrics = step_fn(state, shard_batch(batch, mesh), key)
                 pending.append(metrics["loss"])
+                if len(pending) >= 2:
+                    # At most two steps in flight (as in kdjax.train.distill): bounded memory, an honest progress bar.
+                    pending[-2].block_until_ready()
                 bar.update(1)
                 if len(pending) % log_every == 0:
                     bar.set_postfix(loss=f"{float(pending[-1]):.4f}")
