@@ -186,10 +186,16 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.tasks = "sst2,cola,stsb,mrpc,rte"
     # Comma list of models to score: teacher, best, top_k, random, or hub ids / folders.
     c.glue.models = "teacher,best"
-    # Fine-tuning recipe (BERT paper defaults), the same for every row of a table.
-    c.glue.learning_rate = 2e-5
+    # Fine-tuning recipe, the same for every row of a table. Learning-rate grid (comma list, or one value): every
+    # (model, task) trains once per rate and keeps the best dev score (Turc et al. 2019's compact-BERT recipe).
+    c.glue.learning_rates = "3e-4,1e-4,5e-5,3e-5"
     c.glue.per_device_batch_size = 32
-    c.glue.num_epochs = 3
+    c.glue.num_epochs = 4
+    # Seeds per grid point for tasks with at most glue.small_task_examples training examples (mean and spread reported).
+    c.glue.seeds = 1
+    c.glue.small_task_examples = 10000
+    # Length-group each epoch's batches within windows of this many batches (0 = plain shuffle): less padding.
+    c.glue.length_window = 32
     c.glue.warmup_fraction = 0.1
     c.glue.weight_decay = 0.01
     c.glue.max_seq_len = 128
@@ -201,6 +207,25 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.dropout_rate = 0.1
     # Fine-tuning compute dtype: 'float32' (default, comparable everywhere), 'bfloat16' or 'auto'.
     c.glue.compute_dtype = "float32"
+    c.glue.distill = ml_collections.ConfigDict()
+    # Task distillation (TinyBERT's second stage): students (nas/kd/pdt/random rows) learn each task from the
+    # fine-tuned teacher instead of from the labels alone.
+    c.glue.distill.enabled = True
+    # Also score each student fine-tuned only, as the row '<model>-ft' (the baseline task distillation must beat).
+    c.glue.distill.baseline = True
+    # Softmax temperature of the logit KL (classification; STS-B matches the teacher's score by MSE).
+    c.glue.distill.temperature = 1.0
+    # Weight of the hard-label loss on original examples; 1 - alpha goes to the teacher's predictions.
+    c.glue.distill.alpha = 0.0
+    # Weights of the intermediate losses: hidden-state MSE (Uniform+Last) and last-layer attention relations.
+    c.glue.distill.hidden_weight = 0.0
+    c.glue.distill.attention_relation_weight = 0.0
+    # Augmented copies per training example (0 = off; TinyBERT uses 20): words replaced via the teacher's MLM head,
+    # or embedding neighbours when it has none.
+    c.glue.distill.augment_factor = 0
+    # Probability that an eligible word is replaced, and the number of candidates drawn from.
+    c.glue.distill.augment_prob = 0.4
+    c.glue.distill.augment_top_k = 15
 
     c.report = ml_collections.ConfigDict()
     # Comma list of sibling workdirs whose nas/history.jsonl is also plotted (e.g. one per strategy or alpha).
@@ -241,6 +266,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.glue.tasks = "sst2,stsb"
     c.glue.per_device_batch_size = 4
     c.glue.num_epochs = 1
+    c.glue.learning_rates = "1e-3,1e-4"
     c.glue.max_seq_len = 32
     c.glue.max_train_examples = 16
     c.glue.num_random_baselines = 1
@@ -345,8 +371,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
     for t in split_list(c.glue.tasks):
         _choice(t, "glue.tasks", GLUE_TASKS)
-    for f in ("learning_rate", "per_device_batch_size", "num_epochs", "max_seq_len"):
+    try:
+        rates = [float(t) for t in str(c.glue.learning_rates).split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"glue.learning_rates={c.glue.learning_rates!r} is not a comma list of numbers") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise ConfigError(f"glue.learning_rates={c.glue.learning_rates!r} must list positive learning rates")
+    for f in ("per_device_batch_size", "num_epochs", "max_seq_len", "seeds"):
         _positive(c, f"glue.{f}")
+    for f in ("small_task_examples", "length_window"):
+        _positive(c, f"glue.{f}", allow_zero=True)
+    d = c.glue.distill
+    _positive(c, "glue.distill.temperature")
+    if not 0.0 <= d.alpha <= 1.0:
+        raise ConfigError(f"glue.distill.alpha={d.alpha} must be in [0, 1]")
+    for f in ("hidden_weight", "attention_relation_weight", "augment_factor"):
+        _positive(c, f"glue.distill.{f}", allow_zero=True)
+    if not 0.0 < d.augment_prob <= 1.0:
+        raise ConfigError(f"glue.distill.augment_prob={d.augment_prob} must be in (0, 1]")
+    _positive(c, "glue.distill.augment_top_k")
     _positive(c, "glue.max_train_examples", allow_zero=True)
     _positive(c, "glue.num_random_baselines", allow_zero=True)
     if not 0.0 <= c.glue.dropout_rate < 1.0:
