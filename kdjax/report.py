@@ -142,11 +142,16 @@ def build_rows(
             "arch_id": arch_id,
             "source": first.get("source"),
             "params": first.get("params"),
+            "method": first.get("method", "finetune"),
+            "twin": first.get("twin"),
         }
         for t in tasks:
             if t in results:
                 row[t] = task_score(results[t]["scores"])
                 row[f"{t}_metrics"] = results[t]["scores"]
+                row[f"{t}_lr"] = results[t].get("picked_lr")
+                row[f"{t}_grid"] = [(p["learning_rate"], p.get("score")) for p in results[t].get("grid", [])]
+                row[f"{t}_std"] = results[t].get("score_std")
         present = [row[t] for t in tasks if t in row]
         row["glue_avg"] = float(np.mean(present)) if present else None
         row["num_tasks"] = len(present)
@@ -159,7 +164,8 @@ def build_rows(
             lat = measure_latency(ArchSpec.from_dict(first["spec"]))
         row["latency_ms"] = lat
         row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
-        row["kd_loss"] = kd_loss(root, model, kind, arch_id, by_arch) if kind != "teacher" else None
+        kd_name = first.get("twin") or model  # a fine-tune-only baseline shares its twin's distilled weights
+        row["kd_loss"] = kd_loss(root, kd_name, kind, arch_id, by_arch) if kind != "teacher" else None
         row["reward"] = _finite(by_arch.get(arch_id, {}).get("reward")) if kind != "teacher" else None
         row["recipe"] = first.get("recipe")
         rows.append(row)
@@ -245,7 +251,7 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             out.append(f"| {r['model']} | " + " | ".join(cells) + f" | {_fmt(r['pct_teacher'], 1, 1, '%')} |")
     groups: dict[str, dict[str, dict]] = {}
     for r in rows:
-        if r["kind"] in VARIANT_LABEL and r.get("arch_id"):
+        if r["kind"] in VARIANT_LABEL and r.get("arch_id") and not r.get("twin"):
             groups.setdefault(r["arch_id"], {})[r["kind"]] = r
     pairs = {a: g for a, g in groups.items() if len(g) > 1}
     if pairs:
@@ -263,7 +269,46 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             cells = [" / ".join(_fmt(g[k].get(t) if k in g else None, scale=100) for k in kinds) for t in tasks]
             avg = " / ".join(_fmt(g[k]["glue_avg"] if k in g else None, scale=100) for k in kinds)
             out.append(f"| {arch} | " + " | ".join(cells) + f" | {avg} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + distill_table(rows, tasks) + grid_table(rows, tasks)) + "\n"
+
+
+def distill_table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """Each task-distilled student beside its fine-tune-only twin (`<model>-ft`)."""
+    by_name = {r["model"]: r for r in rows}
+    pairs = [(by_name[r["twin"]], r) for r in rows if r.get("twin") in by_name]
+    if not pairs:
+        return []
+    out = ["", "### Fine-tuned only vs task-distilled", "", "Cells: fine-tuned only / task-distilled (x100).", ""]
+    out += ["| model | " + " | ".join(tasks) + " | GLUE avg |", "|" + "---|" * (len(tasks) + 2)]
+    for td, ft in pairs:
+        cells = [f"{_fmt(ft.get(t), scale=100)} / {_fmt(td.get(t), scale=100)}" for t in tasks]
+        out.append(
+            f"| {td['model']} | " + " | ".join(cells) + f" | {_fmt(ft['glue_avg'], scale=100)} / "
+            f"{_fmt(td['glue_avg'], scale=100)} |"
+        )
+    return out
+
+
+def grid_table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """The learning rate each (model, task) picked by dev score, and the dev score at every grid point."""
+    if not any(r.get(f"{t}_grid") for r in rows for t in tasks):
+        return []
+    out = ["", "### Learning-rate grid (picked by dev score)", ""]
+    out += ["Cells: picked lr (score ± spread over seeds, if several); the score at each lr of the grid.", ""]
+    out += ["| model | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for r in rows:
+        cells = []
+        for t in tasks:
+            grid = r.get(f"{t}_grid") or []
+            if not grid:
+                cells.append("-")
+                continue
+            std = r.get(f"{t}_std")
+            spread = f" ± {100 * std:.2f}" if std is not None else ""
+            points = ", ".join(f"{lr:g}: {_fmt(sc, scale=100)}" for lr, sc in grid)
+            cells.append(f"**{r[f'{t}_lr']:g}**{spread}; {points}")
+        out.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return out
 
 
 def search_rows(history: list[dict]) -> list[dict]:
@@ -321,6 +366,7 @@ def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
     cols = [
         "model",
         "kind",
+        "method",
         "arch_id",
         "params",
         "latency_ms",
@@ -336,12 +382,15 @@ def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
         metric_cols += [(t, n) for n in names]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols + [f"{t}_{n}" for t, n in metric_cols] + [f"{t}_pct" for t in tasks])
+        w.writerow(
+            cols + [f"{t}_{n}" for t, n in metric_cols] + [f"{t}_pct" for t in tasks] + [f"{t}_lr" for t in tasks]
+        )
         for r in rows:
             w.writerow(
                 [r.get(c) for c in cols]
                 + [r.get(f"{t}_metrics", {}).get(n) for t, n in metric_cols]
                 + [r.get(f"{t}_pct") for t in tasks]
+                + [r.get(f"{t}_lr") for t in tasks]
             )
 
 

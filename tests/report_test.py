@@ -120,3 +120,27 @@ def test_sibling_workdir_histories(tmp_path):
         "alpha_b:optuna",
         "alpha_b:random",
     }
+
+
+def test_report_shows_lr_grid_and_distilled_vs_fine_tuned(tmp_path):
+    root = str(tmp_path)
+    rates = [3e-4, 1e-4, 5e-5, 3e-5]
+    for model, factor, extra in (
+        ("teacher", 1.0, {}),
+        (f"kd-{ARCH}", 0.9, {"method": "distill"}),
+        (f"kd-{ARCH}-ft", 0.6, {"method": "finetune", "twin": f"kd-{ARCH}"}),
+    ):
+        grid = [{"learning_rate": lr, "score": factor * s} for lr, s in zip(rates, (0.5, 0.6, 0.55, 0.52))]
+        rec = {"model": model, "kind": "teacher" if model == "teacher" else "kd", "arch_id": ARCH, "params": 1}
+        rec |= {"scores": {"accuracy": factor * 0.6}, "picked_lr": 1e-4, "grid": grid, **extra}
+        write_json(os.path.join(root, "glue", model, "rte.json"), rec)
+    report.build_report(root, measure_missing=False)
+    md = _read(os.path.join(root, "report", "glue.md"))
+    assert "### Learning-rate grid (picked by dev score)" in md
+    assert "| teacher | **0.0001**; 0.0003: 50.00, 0.0001: 60.00, 5e-05: 55.00, 3e-05: 52.00 |" in md
+    assert "### Fine-tuned only vs task-distilled" in md and f"| kd-{ARCH} | 36.00 / 54.00 | 36.00 / 54.00 |" in md
+    # The baseline is not a PDT variant: with only kd rows, no with/without-PDT table.
+    assert "Without vs with post-distillation training" not in md
+    with open(os.path.join(root, "report", "glue.csv")) as f:
+        table = {r["model"]: r for r in csv.DictReader(f)}
+    assert table[f"kd-{ARCH}-ft"]["method"] == "finetune" and float(table["teacher"]["rte_lr"]) == 1e-4
