@@ -266,7 +266,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.glue.tasks = "sst2,stsb"
     c.glue.per_device_batch_size = 4
     c.glue.num_epochs = 1
-    c.glue.learning_rates = "1e-3,1e-4"
+    c.glue.learning_rates = "1e-3"
     c.glue.max_seq_len = 32
     c.glue.max_train_examples = 16
     c.glue.num_random_baselines = 1

@@ -12,8 +12,12 @@
                                distilled with the kd.* budget if missing (also when the search exported a mini-KD
                                version of it: name `best`/`top_k` for those);
   <folder> or <hub id>         any BERT/RoBERTa/ALBERT checkpoint.
-Each (model, task) score goes to W/glue/<model>/<task>.json with its recipe; a file with the same recipe and source
-is not recomputed, so an interrupted stage resumes where it stopped.
+Every (model, task) is trained once per learning rate of glue.learning_rates and keeps the best dev score
+(kdjax.finetune). Students of this run (nas/kd/pdt/random rows) are task-distilled from the fine-tuned teacher
+(kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The teacher's picked
+classifier is saved as W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
+its recipe and method; a file with the same recipe, method and source is not recomputed, so an interrupted stage
+resumes where it stopped.
 """
 
 from __future__ import annotations
