@@ -60,6 +60,11 @@ def test_every_field_has_a_comment():
         ("kd.per_device_batch_size", 0, "kd.per_device_batch_size"),
         ("glue.tasks", "sst2,imdb", "glue.tasks"),
         ("kd.init", "magic", "kd.init"),
+        ("glue.learning_rates", "1e-4,fast", "glue.learning_rates"),
+        ("glue.learning_rates", "1e-4,0", "glue.learning_rates"),
+        ("glue.seeds", 0, "glue.seeds"),
+        ("glue.distill.alpha", 1.5, "glue.distill.alpha"),
+        ("glue.distill.augment_prob", 0.0, "glue.distill.augment_prob"),
     ],
 )
 def test_bad_fields_are_named(field, value, match):

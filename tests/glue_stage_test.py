@@ -92,6 +92,7 @@ def test_unreachable_hub_model_is_one_line(tmp_path, glue_dir):
     assert "\n" not in str(e.value) and "missing-model" in str(e.value)
 
 
+@pytest.mark.slow
 def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):
     c = _config(glue_dir)
     c.glue.tasks = "stsb"

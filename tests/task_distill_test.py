@@ -89,6 +89,7 @@ def test_alpha_mixes_hard_labels_on_originals_only():
     assert float(mixed) == pytest.approx(0.5 * float(parts["hard"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_intermediate_losses_and_augmentation_run(tiny_teacher, glue_dir):
     recipe = Recipe(learning_rates=(1e-3,), per_device_batch_size=2, num_epochs=1, max_seq_len=32, bucket=16)
     mesh = make_mesh()
