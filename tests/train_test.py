@@ -34,12 +34,25 @@ def setup(tiny_teacher):
 DEFAULT_LOSS = LossConfig()
 
 
+class Rows:
+    """Metric sink for `LogMetrics`."""
+
+    def __init__(self):
+        self.rows: dict[int, dict] = {}
+
+    def write(self, step, scalars):
+        self.rows[int(step)] = dict(scalars)
+
+    def truncate_after(self, step):
+        self.rows = {s: r for s, r in self.rows.items() if s <= step}
+
+
 def _settings(steps, *, mesh=None, loss=DEFAULT_LOSS, lr=3e-3, total=None):
     opt = OptimConfig(learning_rate=lr, total_steps=total or steps, warmup_steps=2)
     return DistillSettings(loss=loss, opt=opt, num_steps=steps, seed=0, mesh=mesh)
 
 
-def _run(setup, steps, *, batch=8, ckpt=None, hooks=(), **settings):
+def _run(setup, steps, *, batch=8, ckpt=None, hooks=(), report_every=20, **settings):
     teacher, rows, masking, student = setup
     hooks = [*hooks, SaveCheckpoints(ckpt, every=4)] if ckpt is not None else list(hooks)
     return distill(
@@ -48,6 +61,7 @@ def _run(setup, steps, *, batch=8, ckpt=None, hooks=(), **settings):
         Batches(rows, batch, masking, seed=0),
         _settings(steps, **settings),
         hooks=hooks,
+        report_every=report_every,
         progress=False,
     )
 
@@ -73,16 +87,25 @@ def test_data_parallel_on_four_devices_matches_one(setup):
     assert abs(one.final_loss - four.final_loss) <= 1e-5 * abs(one.final_loss)
 
 
-def test_resume_continues_from_checkpoint(setup, tmp_path):
-    full = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "a")))
+def test_resume_continues_from_checkpoint_and_logs_as_an_unbroken_run(setup, tmp_path):
+    """Report steps are the union of report_every, each hook's `every` and the last step, so a checkpoint step
+    always closes a logging window: a resumed run logs exactly the rows of an unbroken one."""
+    full_rows, rows = Rows(), Rows()
+    full = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "a")), hooks=[LogMetrics(full_rows)], report_every=3)
+    assert sorted(full_rows.rows) == [3, 4, 6, 8]  # 3, 6: report_every; 4, 8: checkpoints; 8: the last step
     ck = Checkpointer(str(tmp_path / "b"))
-    _run(setup, 4, ckpt=ck, total=8)  # "stopped" after step 4 (same schedule as the 8-step run)
+    # "Stopped" after step 4 (same schedule as the 8-step run) ...
+    _run(setup, 4, ckpt=ck, total=8, hooks=[LogMetrics(rows)], report_every=3)
     assert ck.latest_step() == 4
-    resumed = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "b")))
+    rows.rows[6] = {"loss": -1.0}  # ... after logging step 6, as a run killed at step 7 would have
+    resumed = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "b")), hooks=[LogMetrics(rows)], report_every=3)
     assert resumed.resumed_from == 4
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert resumed.final_loss == pytest.approx(full.final_loss, rel=1e-6)
+    assert sorted(rows.rows) == sorted(full_rows.rows)
+    for step, row in full_rows.rows.items():
+        assert rows.rows[step]["loss"] == pytest.approx(row["loss"], rel=1e-6)
 
 
 def test_non_finite_loss_stops_with_clear_error(setup):
@@ -152,35 +175,6 @@ def test_compiled_programs_are_bounded_least_recently_used_first(monkeypatch):
     for key in ("a", "b", "a", "c", "a"):
         steps._compile(key, j)
     assert list(steps._COMPILED) == ["c", "a"] and len(lowered) == 3  # "b" was evicted, "a" never recompiled
-
-
-class Rows:
-    """Metric sink for `LogMetrics`."""
-
-    def __init__(self):
-        self.rows: dict[int, dict] = {}
-
-    def write(self, step, scalars):
-        self.rows[int(step)] = dict(scalars)
-
-    def truncate_after(self, step):
-        self.rows = {s: r for s, r in self.rows.items() if s <= step}
-
-
-def test_hooks_run_at_every_report_step_and_resume_drops_later_rows(setup, tmp_path):
-    """Report steps are the union of report_every, each hook's `every` and the last step, so a checkpoint step
-    always closes a logging window; a resumed run logs exactly the rows of an unbroken one."""
-    full = Rows()
-    _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "a")), hooks=[LogMetrics(full)], report_every=3)
-    assert sorted(full.rows) == [3, 4, 6, 8]  # 3, 6: report_every; 4, 8: checkpoints; 8: the last step
-
-    part = Rows()
-    _run(setup, 6, ckpt=Checkpointer(str(tmp_path / "b")), hooks=[LogMetrics(part)], report_every=3, total=8)
-    part.rows[7] = {"loss": -1.0}  # as if written after the last checkpoint (step 6) by a run then killed
-    _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "b")), hooks=[LogMetrics(part)], report_every=3)
-    assert sorted(part.rows) == sorted(full.rows)
-    for step in full.rows:
-        assert part.rows[step]["loss"] == pytest.approx(full.rows[step]["loss"], rel=1e-6)
 
 
 def test_prune_hook_stops_after_an_epoch_with_the_state_of_a_shorter_run(setup):
