@@ -6,7 +6,7 @@ kept dimension back onto its teacher dimension: `kdjax.student_init.initial_proj
 reports collapse: `token_std` is the student's last hidden state's std across tokens (mean over dimensions) on 8
 held-out rows, next to the teacher's (`teacher_token_std`); a collapsed student maps every token to one vector.
 
-python bench/init_comparison.py --corpus ../shared/data/corpus/nltk_brown.txt.gz --steps 60
+python bench/init_comparison.py --corpus $KDJAX_DATA/corpus/nltk_brown.txt.gz --steps 60
 """
 
 from __future__ import annotations

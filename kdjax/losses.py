@@ -1,4 +1,4 @@
-"""Distillation losses (pure jnp): hidden-state MSE (the seed's), MiniLMv2 attention relations, logit KL.
+"""Distillation losses (pure jnp): hidden-state MSE (the original pipeline's), MiniLMv2 attention relations, logit KL.
 
 All token averages skip padding (`attention_mask`); the logit KL averages over the masked-LM positions only.
 """
@@ -50,7 +50,7 @@ def uniform_last_mapping(student_layers: int, teacher_layers: int) -> list[tuple
 
 
 def init_projection(rng: jax.Array, student_hidden: int, teacher_hidden: int) -> dict:
-    """Linear(Hs, 2*Ht) shared by every student layer (the seed's projection), LeCun-normal kernel, zero bias."""
+    """Linear(Hs, 2*Ht) shared by every student layer (the original pipeline's), LeCun-normal kernel, zero bias."""
     kernel = jax.random.normal(rng, (student_hidden, 2 * teacher_hidden)) / math.sqrt(student_hidden)
     return {"kernel": kernel, "bias": jnp.zeros((2 * teacher_hidden,))}
 

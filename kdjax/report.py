@@ -267,7 +267,7 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
 
 
 def search_rows(history: list[dict]) -> list[dict]:
-    """Report Table 1: per search (strategy, workdir), its best candidate and the spread of its rewards."""
+    """The search-strategies table: per search (strategy, workdir), its best candidate and the spread of its rewards."""
     out = []
     for series, cands in _series(history).items():
         done = [c for c in cands if not c.get("pruned") and _finite(c.get("reward")) is not None]

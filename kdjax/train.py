@@ -100,7 +100,8 @@ def compute_dtype(name: str):
 
 
 def make_mesh(devices=None) -> Mesh:
-    """1-D data-parallel mesh over all devices (Auto axis types: see DESIGN.md pitfalls)."""
+    """1-D data-parallel mesh over all devices, with Auto axis types: under Explicit ones (`jax.make_mesh`'s default)
+    the embedding lookup of a data-sharded batch under jit fails with a ShardingTypeError."""
     devices = devices if devices is not None else jax.devices()
     return Mesh(np.asarray(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
