@@ -90,13 +90,13 @@ def attention_relation_kl(student_qkv, teacher_qkv, attention_mask: jax.Array, h
     `student_qkv` / `teacher_qkv` are the (q, k, v) of one layer each, shaped [B, T, heads, head_dim]; the
     relation head count `heads` must divide both hidden sizes, so teacher and student head counts may differ.
     """
-    total = 0.0
+    total: jax.Array | float = 0.0
     for s, t in zip(student_qkv, teacher_qkv, strict=True):
         log_ps = _relation_log_probs(s, heads, attention_mask)
         log_pt = _relation_log_probs(t, heads, attention_mask)
         kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)  # [B, R, T]
         total = total + _masked_mean(jnp.mean(kl, axis=1), attention_mask)
-    return total
+    return jnp.asarray(total)
 
 
 def logit_kl(student_logits, teacher_logits, mlm_mask: jax.Array, temperature: float) -> jax.Array:

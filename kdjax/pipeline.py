@@ -67,7 +67,7 @@ def enable_compilation_cache(directory: str) -> None:
     already chosen (JAX_COMPILATION_CACHE_DIR, as the tests set one for all their runs) is kept."""
     import jax
 
-    if not jax.config.jax_compilation_cache_dir:
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

@@ -95,7 +95,7 @@ class SearchSpace:
         """Derived from `teacher`; `space_cfg` (config.nas.space) may override any dimension with a comma list."""
         values = derived_values(teacher)
         fraction = 1.0
-        head_dims = HEAD_DIMS
+        head_dims: tuple[int, ...] = HEAD_DIMS
         if space_cfg is not None:
             for field in DIMENSIONS:
                 text = str(space_cfg.get(field, "") or "").strip()

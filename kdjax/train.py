@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import flax.struct
 import jax
@@ -144,11 +144,14 @@ def _jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cf
 def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
     """Frozen-teacher outputs the losses read (hidden states; q/k/v and logits only when a loss needs them)."""
     t_model = Encoder(teacher, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
-    out = t_model.apply(
-        {"params": _merge_head(teacher_params)},
-        batch["input_ids"],
-        batch["attention_mask"],
-        return_qkv=loss_cfg.needs_qkv,
+    out = cast(
+        dict,
+        t_model.apply(
+            {"params": _merge_head(teacher_params)},
+            batch["input_ids"],
+            batch["attention_mask"],
+            return_qkv=loss_cfg.needs_qkv,
+        ),
     )
     return jax.lax.stop_gradient(out)
 
@@ -175,8 +178,14 @@ def student_step(
     s_model = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
 
     def loss_fn(params):
-        s_out = s_model.apply(
-            {"params": params["student"]}, batch["input_ids"], batch["attention_mask"], return_qkv=loss_cfg.needs_qkv
+        s_out = cast(
+            dict,
+            s_model.apply(
+                {"params": params["student"]},
+                batch["input_ids"],
+                batch["attention_mask"],
+                return_qkv=loss_cfg.needs_qkv,
+            ),
         )
         return distillation_loss(s_out, t_out, params["projection"], batch, loss_cfg, heads)
 
@@ -296,7 +305,7 @@ def compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, tea
     def step(state, teacher_params, batch, rng):
         return s_fn(state, t_fn(teacher_params, batch), batch, rng)
 
-    step.teacher, step.student = t_fn, s_fn  # the halves, for callers that reuse teacher outputs
+    step.teacher, step.student = t_fn, s_fn  # type: ignore[attr-defined]  # the halves, for callers reusing teacher outputs
     return step, t_s + s_s
 
 
@@ -451,7 +460,8 @@ def distill(
             log.info("%s: resumed from step %d", desc, start)
 
     t_start = time.perf_counter()
-    compile_s, tokens, pending = 0.0, 0, []
+    compile_s, tokens = 0.0, 0
+    pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
     bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     last_loss = last_loss_restored
     fn = None
