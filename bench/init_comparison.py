@@ -1,6 +1,6 @@
 """Does a teacher-initialised student distill better than a random one? Same data, steps and seed; prints JSON.
 
-Three inits per student: `random` (student and projection random, the seed's setting), `teacher-randproj` (student
+Three inits per student: `random` (student and projection random, as the original pipeline), `teacher-randproj` (student
 cut from the teacher, projection random: kdjax before the fix) and `teacher` (cut student, projection mapping each
 kept dimension back onto its teacher dimension: `kdjax.student_init.initial_projection`). Besides the KD losses it
 reports collapse: `token_std` is the student's last hidden state's std across tokens (mean over dimensions) on 8

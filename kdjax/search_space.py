@@ -102,7 +102,7 @@ class SearchSpace:
                 if text:
                     values[field] = _parse_override(field, text)
                     if field in ("num_heads", "hidden_size"):
-                        head_dims = ()  # an explicit space (e.g. the seed's) keeps every dividing pair
+                        head_dims = ()  # an explicit space (e.g. the original 1,200 points) keeps every dividing pair
             fraction = float(space_cfg.get("max_params_fraction", 1.0))
         base = teacher.student()
         space = cls(
