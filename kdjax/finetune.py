@@ -24,16 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from kdjax import glue_data
 from kdjax.errors import KdjaxError
 from kdjax.losses import init_projection
 from kdjax.metrics import task_score, task_scores
 from kdjax.models import SequenceClassifier
+from kdjax.optim import OptimConfig
+from kdjax.sharding import make_mesh, replicate, shard_batch, shardings
 from kdjax.spec import ArchSpec
 from kdjax.task_distill import DistillConfig, DistillData, intermediate_loss, prediction_loss
-from kdjax.train import OptimConfig, make_mesh, replicate, shard_batch
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +205,14 @@ def logits_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
 
 @functools.lru_cache(maxsize=32)
 def jitted_train_step(head: Head, opt: OptimConfig, distill: DistillConfig | None, mesh: Mesh):
-    data, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    data, rep = shardings(mesh)
     fn = functools.partial(train_step, head=head, opt=opt, distill=distill)
     return jax.jit(fn, in_shardings=(rep, data, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=32)
 def jitted_logits_step(head: Head, mesh: Mesh):
-    data, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    data, rep = shardings(mesh)
     return jax.jit(functools.partial(logits_step, head=head), in_shardings=(rep, data), out_shardings=data)
 
 

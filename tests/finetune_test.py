@@ -9,7 +9,7 @@ import pytest
 from kdjax import glue_data
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.finetune import Head, Recipe, finetune, init_params, weighted_loss
-from kdjax.train import make_mesh
+from kdjax.sharding import make_mesh
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_learning_rate_grid_records_every_point_and_compiles_once(tiny_teacher, 
 
 def _unit_opt(data, recipe):
     """The optimiser config finetune builds for this run (peak 1: the rate is in the state)."""
-    from kdjax.train import OptimConfig
+    from kdjax.optim import OptimConfig
 
     total = glue_data.steps_per_epoch(len(data.train), 8) * recipe.num_epochs
     return OptimConfig(1.0, total, int(recipe.warmup_fraction * total), "linear", recipe.weight_decay, 1.0)
