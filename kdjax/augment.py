@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -76,7 +77,7 @@ def mlm_candidates(spec: ArchSpec, params: dict, mask_id: int, word: np.ndarray,
 
     @jax.jit
     def top(ids, mask, orig):
-        logits = model.apply(variables, ids, mask)["logits"] + bias
+        logits = cast(dict, model.apply(variables, ids, mask))["logits"] + bias
         logits = jnp.where(jax.nn.one_hot(orig, logits.shape[-1], dtype=bool), -jnp.inf, logits)
         return jax.lax.top_k(logits, top_k)[1]
 

@@ -17,7 +17,7 @@ import functools
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import flax.struct
 import jax
@@ -137,7 +137,8 @@ def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
     ids = jnp.zeros((1, 8), jnp.int32)
     params = dict(head.module().init(rng, ids, jnp.ones_like(ids))["params"])
     fresh = jax.tree.structure(params["bert"])
-    if jax.tree.structure(pretrained["encoder"]) != fresh:
+    # jaxlib's PyTreeDef type stub declares no comparison, though PyTreeDefs compare by structure.
+    if jax.tree.structure(pretrained["encoder"]) != fresh:  # type: ignore[operator]
         raise FinetuneError("pretrained encoder parameters do not match the architecture spec")
     # Copies: the train step donates its state, which must never free the caller's pretrained arrays.
     params["bert"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), pretrained["encoder"])
@@ -168,16 +169,17 @@ def train_step(
     """One AdamW step (schedule peaking at 1, scaled by `state.lr`) with dropout keyed by fold_in(key, step)."""
     rng = jax.random.fold_in(key, state.step)
     states = distill is not None and distill.needs_states
+    relations = distill is not None and distill.attention_relation_weight > 0
 
-    def loss_fn(params):
-        out = head.module().apply(
+    def loss_fn(params: dict) -> tuple[jax.Array, dict]:
+        out: Any = head.module().apply(
             {"params": params["model"]},
             batch["input_ids"],
             batch["attention_mask"],
             batch["token_type_ids"],
             deterministic=False,
             return_encoder=states,
-            return_qkv=states and distill.attention_relation_weight > 0,
+            return_qkv=states and relations,
             rngs={"dropout": rng},
         )
         logits, enc = out if states else (out, None)
@@ -185,6 +187,7 @@ def train_step(
             return weighted_loss(logits, batch["labels"], batch["weights"], head.regression), {}
         loss, parts = prediction_loss(logits, batch, distill, head.regression)
         if states:
+            assert enc is not None and teacher_encoder is not None
             extra, more = intermediate_loss(enc, teacher_encoder, params.get("projection"), batch, distill, head.spec)
             loss, parts = loss + extra, {**parts, **more}
         return loss, parts
@@ -200,7 +203,8 @@ def train_step(
 
 
 def logits_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
-    return head.module().apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    out = head.module().apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return cast(jax.Array, out)
 
 
 @functools.lru_cache(maxsize=32)
@@ -283,7 +287,8 @@ def _train_one(ctx: dict, lr: float, seed: int, bar) -> tuple[Any, list[float], 
     key = replicate(dropout_key, mesh)
     teacher = replicate(distill.teacher_encoder, mesh) if cfg is not None and cfg.needs_states else None
     step_fn = jitted_train_step(head, opt, cfg, mesh)
-    epoch_losses, tokens, lengths = [], 0, train.lengths
+    epoch_losses: list[float] = []
+    tokens, lengths = 0, train.lengths
     for epoch in range(recipe.num_epochs):
         pending = []
         for idx in epoch_order(lengths, batch_size, epoch, seed, recipe.length_window):
@@ -371,11 +376,14 @@ def finetune(
     )
     eval_batch = 4 * batch_size  # no gradients: larger batches, fewer dispatches
     labels = {s: d.labels for s, d in dev.items()}
-    grid, best, best_params, tokens = [], None, None, 0
+    grid: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_params, tokens = None, 0
     bar = tqdm(total=total * len(recipe.learning_rates) * len(seeds), desc=desc, disable=not progress, leave=False)
     try:
         for lr in recipe.learning_rates:
-            runs, losses = [], []
+            runs: list[dict[str, float]] = []
+            losses: list[list[float]] = []
             for seed in seeds:
                 params, epoch_losses, n_tok = _train_one(ctx, lr, seed, bar)
                 tokens += n_tok

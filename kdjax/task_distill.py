@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -110,16 +111,21 @@ def intermediate_loss(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Hidden-state MSE and last-layer attention relations against the fine-tuned teacher's encoder (no gradient)."""
     teacher = cfg.teacher
-    t_out = Encoder(teacher, jnp.dtype(cfg.teacher_dtype)).apply(
-        {"params": teacher_encoder},
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        return_qkv=cfg.attention_relation_weight > 0,
+    assert teacher is not None
+    t_out = cast(
+        dict,
+        Encoder(teacher, jnp.dtype(cfg.teacher_dtype)).apply(
+            {"params": teacher_encoder},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            return_qkv=cfg.attention_relation_weight > 0,
+        ),
     )
     t_out = jax.lax.stop_gradient(t_out)
-    mask, total, parts = batch["attention_mask"], 0.0, {}
+    mask, total, parts = batch["attention_mask"], jnp.zeros((), jnp.float32), {}
     if cfg.hidden_weight > 0:
+        assert projection is not None
         parts["hidden_mse"] = hidden_mse(student_out["hidden_states"], t_out["hidden_states"], projection, mask)
         total = total + cfg.hidden_weight * parts["hidden_mse"]
     if cfg.attention_relation_weight > 0:
