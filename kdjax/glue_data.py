@@ -187,6 +187,9 @@ def read_tsv(path: str, task: TaskSpec) -> Split:
 
 def _hub_split(ds, task: TaskSpec) -> Split:
     labels = np.asarray(ds["label"], np.float32 if task.is_regression else np.int32)
+    bad = np.flatnonzero(~np.isfinite(labels)) if task.is_regression else []
+    if len(bad):
+        raise GlueDataError(f"nyu-mll/glue {task.name} {ds.split}: row {bad[0]} has label {labels[bad[0]]}")
     return Split(tuple(list(ds[c]) for c in task.hub_text), labels)
 
 
