@@ -2,10 +2,10 @@
 
 Inputs, all optional: W/glue/<model>/<task>.json (scores), W/teacher/latency.json, W/nas/history.jsonl (one row per
 candidate: strategy, arch_id, loss, latency_ms, speedup, reward), W/kd/<name>/result.json (KD losses), and the
-histories of sibling workdirs named in report.extra_workdirs. Outputs in W/report/: glue.json, glue.csv, glue.md,
-search.json (Table 1: best candidate and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png,
-fig_best_reward.png, fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md
-says why.
+histories of sibling workdirs named in report.extra_workdirs (labelled and put on one reward scale by
+kdjax/report_searches.py). Outputs in W/report/: glue.json, glue.csv, glue.md, search.json (Table 1: best candidate
+and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png, fig_best_reward.png,
+fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md says why.
 """
 
 from __future__ import annotations

@@ -74,11 +74,14 @@ def load_histories(root: str, extra_workdirs: list[str]) -> list[dict]:
         paths = [os.path.join(nas, "history.jsonl")]
         if os.path.isdir(nas):
             paths += sorted(os.path.join(nas, d, "history.jsonl") for d in os.listdir(nas))
-        for p in paths:
-            if os.path.isfile(p):
-                for row in read_history(p, label):
-                    row["workdir"] = wd
-                    rows.append(row)
+        found = [p for p in paths if os.path.isfile(p)]
+        if not found and wd != os.path.abspath(root):
+            # Most likely a typo in report.extra_workdirs: say so rather than draw the figures without it.
+            log.warning("report.extra_workdirs: %s has no nas/history.jsonl; it is left out of the figures", wd)
+        for p in found:
+            for row in read_history(p, label):
+                row["workdir"] = wd
+                rows.append(row)
     return rows
 
 
