@@ -351,3 +351,17 @@ def test_help_says_how_to_list_and_set_config_fields():
 
     assert sorted(line.split("=", 1)[0] for line in lines) == sorted(names(get_config("tiny")))
     assert all("  # " in line for line in lines), [line for line in lines if "  # " not in line]
+
+
+def test_roberta_positions_start_after_the_padding_index():
+    from configs.bert_nas import get_config
+    from kdjax.config import ConfigError, check_positions
+    from kdjax.spec import ArchSpec
+
+    roberta = ArchSpec(2, 32, 2, 64, max_position_embeddings=514, family="roberta", pad_token_id=1)
+    c = get_config("tiny")
+    c.data.max_seq_len = 512
+    check_positions(c, roberta)
+    c.glue.max_seq_len = 513
+    with pytest.raises(ConfigError, match=r"glue.max_seq_len=513 .* 512 position embeddings"):
+        check_positions(c, roberta)

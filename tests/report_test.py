@@ -164,3 +164,30 @@ def test_rewards_that_cannot_be_recomputed_are_flagged(tmp_path):
     c = _sibling(str(tmp_path / "c"), -0.07, 2.0)
     report.build_report(a, extra_workdirs=[c], measure_missing=False)
     assert "recomputed" not in _read(os.path.join(a, "report", "README.md"))
+
+
+def test_docs_sweep_commands_parse_on_a_fresh_clone():
+    """Every `python main.py` line of the sweep in docs/pipeline.md names real fields and needs no local data."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    text = _read(os.path.join(ROOT, "docs", "pipeline.md"))
+    block = text.split("## Example: a sweep over the latency weight", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [c for c in re.sub(r"\\\n\s*", "", block).splitlines() if c.strip().startswith("python main.py")]
+    assert len(commands) == 2
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    for command in commands:
+        args = [a.replace("$alpha", "-0.3") for a in shlex.split(command)[2:] if not a.startswith("--workdir=")]
+        # Either the self-contained :tiny variant, or explicit corpus and GLUE folders.
+        assert any(a.endswith(":tiny") for a in args) or {"--config.data.corpus", "--config.data.glue_dir"} <= {
+            a.split("=", 1)[0] for a in args
+        }, command
+        proc = subprocess.run(
+            [sys.executable, "main.py", *args, "--print_config"], cwd=ROOT, capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
