@@ -329,7 +329,7 @@ def unknown_field(c: ml_collections.ConfigDict, path: str) -> str | None:
 
 
 def describe(c: ml_collections.ConfigDict) -> list[str]:
-    """`--config.<field>=<value>  # <comment from base_config>` for every field, in definition order."""
+    """`--config.<field>=<value>  # <comment from base_config>` for every field, sorted by name."""
     # A comment block describes every assignment right below it (e.g. the four latency_* fields share one).
     comments: dict[str, str] = {}
     block: list[str] = []
