@@ -412,6 +412,8 @@ def readme(
         "loss": "Fig. 3: mini-KD loss of each candidate, in evaluation order",
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
     }
+    if notes:
+        captions["reward"] += " (reward scales: see the note under the search table)"
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
     if searches:
         out += [search_table(searches)]

@@ -152,6 +152,7 @@ def test_sibling_workdirs_keep_their_own_numbers_on_one_reward_scale(tmp_path):
     assert "recomputed on one scale (alpha=-0.07, beta=0.6" in readme
     assert "alpha_b: alpha=-1, beta=0.6" in readme and "WARNING" not in readme
     assert "| alpha_b:random | 4 |" in readme
+    assert "per strategy (reward scales: see the note under the search table)*" in readme
 
 
 def test_rewards_that_cannot_be_recomputed_are_flagged(tmp_path):
