@@ -12,6 +12,7 @@ Add overrides to that command to see their effect. Variants: ':tiny' (seconds on
 """
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -32,7 +33,7 @@ flags.mark_flags_as_required(["config"])
 
 def _override_error(e: BaseException) -> str | None:
     """'unknown config field kd.learnin_rate ...; did you mean --config.kd.learning_rate?' for a mistyped override."""
-    from kdjax.config import unknown_field
+    from kdjax.config_help import unknown_field
 
     # The innermost KeyError holds the bare missing name (the outer ones paste a suggestion into a repr).
     key, seen = None, e
@@ -85,9 +86,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         print(f"kdjax: error: {_flag_error(e)}", file=sys.stderr)
         sys.exit(2)
     if FLAGS.print_config:
-        from kdjax.config import describe
+        from kdjax.config_help import describe
 
-        print("\n".join(describe(FLAGS.config)))
+        try:
+            print("\n".join(describe(FLAGS.config)))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # `--print_config | head` closed the pipe: point stdout at /dev/null so the exit flush does not fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     if not FLAGS.workdir:
         print("kdjax: error: --workdir is required (the folder this run writes to)", file=sys.stderr)
