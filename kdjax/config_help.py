@@ -15,7 +15,7 @@ from kdjax import config
 
 def unknown_field(c: ml_collections.ConfigDict, path: str) -> str | None:
     """For an override path with a missing field: 'unknown config field X', with the closest existing name."""
-    node, done = c, []
+    node, done = c, list[str]()
     for part in path.split("."):
         if isinstance(node, ml_collections.ConfigDict) and part in node:
             node, done = node[part], [*done, part]

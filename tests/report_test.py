@@ -174,7 +174,7 @@ def test_docs_sweep_commands_parse_on_a_fresh_clone():
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     text = _read(os.path.join(ROOT, "docs", "pipeline.md"))
     block = text.split("## Example: a sweep over the latency weight", 1)[1].split("```bash", 1)[1].split("```", 1)[0]

@@ -73,10 +73,10 @@ def _load_problem(files: list[str], error: BaseException) -> str:
     if hard:
         return hard[0]
     if all(problems):
-        return problems[0] if len(files) == 1 else f"corpus is empty: none of its {len(files)} files has text"
+        return str(problems[0]) if len(files) == 1 else f"corpus is empty: none of its {len(files)} files has text"
     root = error
-    while root.__cause__ or root.__context__:
-        root = root.__cause__ or root.__context__
+    while (inner := root.__cause__ or root.__context__) is not None:
+        root = inner
     return f"cannot read corpus files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): " + (
         f"{type(root).__name__}: {root}"
     )
@@ -194,7 +194,7 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
     if len(rows) == 0:
         raise DataError(f"corpus {corpus!r} produced no tokens")
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp.npy"
         np.save(tmp, rows)
         os.replace(tmp, path)
