@@ -1,7 +1,7 @@
 """The search histories a report reads: this workdir's and its siblings' (`report.extra_workdirs`), on one reward scale.
 
 Each row of a `nas/history.jsonl` gains `workdir` (absolute path of the workdir it came from) and `series` (the label of
-its line in the figures and its row in Table 1): the strategy alone for a report of one workdir, and
+its line in the figures and its row in the search table): the strategy alone for a report of one workdir, and
 `<workdir>:<strategy>` as soon as siblings are overlaid, so every series says where it came from.
 
 Each search computed its rewards with its own `nas.reward` settings (alpha, beta, hard budget); overlaying them as
@@ -140,6 +140,6 @@ def one_reward_scale(rows: list[dict], root: str, cfg: RewardConfig | None = Non
         which = "; ".join(f"{labels[wd]}: {_describe(searched[wd])}" for wd in mixed)
         notes.append(
             f"WARNING: rewards of {which} are as recorded, not recomputed (no latencies or settings to do it), so "
-            "Fig. 2 and Table 1 may compare different reward scales."
+            "Fig. 2 and the search table may compare different reward scales."
         )
     return notes

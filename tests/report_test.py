@@ -143,7 +143,7 @@ def test_sibling_workdirs_keep_their_own_numbers_on_one_reward_scale(tmp_path):
     kd = glue[f"kd-{ARCH}"]
     assert kd["latency_ms"] == pytest.approx(9.0) and kd["speedup"] == pytest.approx(60.0 / 9.0)
     assert kd["reward"] == pytest.approx(reward(0.42, 9.0, 60.0, RewardConfig(alpha=-0.07)))
-    # Table 1: b's rewards recomputed with a's alpha from b's own losses and latencies, and the README says so.
+    # The search table: b's rewards recomputed with a's alpha from b's own losses and latencies, and the README says so.
     searches = {r["search"]: r for r in read_json(os.path.join(out, "search.json"))["searches"]}
     best_b = searches["alpha_b:random"]
     assert best_b["best_arch"] == "3L-32H-2A-768F-gelu"
