@@ -17,7 +17,7 @@ STAGES = ("teacher", "nas", "kd", "glue", "report")
 STRATEGIES = ("lstm", "optuna", "random")
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 LOSS_SOURCES = ("last", "mean", "min")
-INITS = ("random", "teacher")
+INITS = ("auto", "random", "teacher")
 DTYPES = ("auto", "float32", "bfloat16")
 LATENCY_DEVICES = ("cpu", "accelerator")
 
@@ -101,12 +101,20 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.kd.keep_checkpoints = 3
     # Log metrics (JSONL, TensorBoard, progress bar) every this many steps.
     c.kd.log_every_steps = 20
-    # Student initialisation: 'random' or 'teacher' (layers / principal sub-blocks of the teacher).
-    c.kd.init = "random"
+    # Student (and mini-KD candidate) init: 'teacher' (layers / principal sub-blocks of the teacher), 'random', or
+    # 'auto' = 'teacher' whenever the student fits inside the teacher, else 'random' with a log line saying why.
+    c.kd.init = "auto"
     # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16'. Master weights stay fp32.
     c.kd.compute_dtype = "auto"
-    # Post-distillation training steps of the search winners before GLUE (0 = off; report §3.7 'PDT').
+    # PDT: continue KD of each top-k search winner from its mini-KD student and projection for this many steps,
+    # into kd/<arch>-pdt (0 = off; report §3.7 'PDT').
     c.kd.pdt_steps = 0
+    # Collapse guard at every checkpoint: 'warn' (loud), 'stop' (one error line, checkpoint kept) or 'off'.
+    c.kd.collapse_guard = "warn"
+    # Collapsed when the student's token std (last layer, fixed probe batch) is below this fraction of the teacher's,
+    c.kd.collapse_std_ratio = 0.2
+    # or when its mean pairwise [CLS] cosine is above this value while the teacher's is below it.
+    c.kd.collapse_cls_cosine = 0.98
     c.kd.loss = ml_collections.ConfigDict()
     # Weight of the seed's hidden-state MSE (Uniform+Last mapping, Linear(Hs, 2*Ht) projection).
     c.kd.loss.hidden_weight = 1.0
@@ -308,6 +316,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c, "kd.keep_checkpoints")
     _positive(c, "kd.log_every_steps")
     _positive(c, "kd.pdt_steps", allow_zero=True)
+    _choice(c.kd.collapse_guard, "kd.collapse_guard", ("warn", "stop", "off"))
+    if not 0.0 <= c.kd.collapse_std_ratio < 1.0:
+        raise ConfigError(f"kd.collapse_std_ratio={c.kd.collapse_std_ratio} must be in [0, 1)")
+    if not 0.0 < c.kd.collapse_cls_cosine <= 1.0:
+        raise ConfigError(f"kd.collapse_cls_cosine={c.kd.collapse_cls_cosine} must be in (0, 1]")
     if not 0.0 <= c.kd.warmup_fraction < 1.0:
         raise ConfigError(f"kd.warmup_fraction={c.kd.warmup_fraction} must be in [0, 1)")
     _choice(c.kd.schedule, "kd.schedule", ("linear", "cosine", "constant"))
