@@ -220,8 +220,10 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
         _tiny(c)
     elif arg == "minilm":
         _minilm(c)
+    elif arg == "cpu":
+        _cpu(c)
     else:
-        raise ConfigError(f"unknown config variant {arg!r}; expected one of: tiny, minilm")
+        raise ConfigError(f"unknown config variant {arg!r}; expected one of: tiny, minilm, cpu")
     return c
 
 
@@ -261,6 +263,30 @@ def _minilm(c: ml_collections.ConfigDict) -> None:
     c.data.glue_dir = "../shared/data/glue"
     c.kd.arch = "3L-384H-6A-1536F-gelu"
     c.glue.tasks = "sst2,cola,stsb,rte"
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+    """Every stage in about an hour on 2 CPU cores (an estimate from the plan/ETA, README): :minilm's real teacher,
+    corpus and GLUE folders (override with --config.data.corpus / --config.data.glue_dir), the study's small budget
+    (docs/results.md): 8 candidates x 20 mini-KD steps, 600 KD steps, PDT of 2 winners, 1,000 GLUE examples."""
+    _minilm(c)
+    c.kd.per_device_batch_size = 16
+    c.kd.num_train_steps = 600
+    c.kd.checkpoint_every_steps = 100
+    c.kd.pdt_steps = 200
+    c.nas.strategy = "random"
+    c.nas.num_trials = 8
+    c.nas.proxy_fraction = 0.003
+    c.nas.mini_kd_epochs = 2
+    c.nas.mini_kd_steps_per_epoch = 10
+    c.nas.top_k = 2
+    c.nas.space.max_params_fraction = 0.5  # students worth having: at most half the teacher
+    c.glue.tasks = "sst2,cola,stsb,rte"
+    c.glue.models = "teacher,best"
+    c.glue.max_train_examples = 1000
+    c.glue.learning_rate = 1e-4  # small models need more than BERT-base's 2e-5 (docs/results.md)
+    if "learning_rates" in c.glue:  # a learning-rate grid multiplies the GLUE cost: one value here
+        c.glue.learning_rates = "1e-4"
 
 
 def _choice(value: str, field: str, allowed: tuple[str, ...]) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import glue_data
+from kdjax import glue_data, plan
 from kdjax.config import split_list
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
@@ -285,4 +285,5 @@ def run(ctx: RunContext) -> dict:
             shown = ", ".join(f"{k}={100 * v:.2f}" for k, v in out["scores"].items())
             print(f"glue: {ref.name} {task}: {shown} ({out['wall_s']:.1f} s, {out['num_train_examples']} train)")
             done.append(f"{ref.name}/{task}")
+            plan.glue_scored(task, float(out.get("wall_s", 0.0)))
     return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(done), "skipped": skipped}

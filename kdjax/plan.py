@@ -34,6 +34,9 @@ class StagePlan:
     steps: int  # optimizer steps (all models of the stage)
     examples: int  # training examples (rows or sentences) seen
     flops: float  # estimated compute (FLOPs); 0 = negligible
+    # glue: relative cost of one (model, task) unit by task, and the number of models (progress by scored unit).
+    units: dict[str, float] = dataclasses.field(default_factory=dict)
+    models: int = 0
 
 
 def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = True) -> float:
@@ -42,19 +45,20 @@ def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = 
     return float(f) * batch * seq
 
 
-def build(ctx) -> list[StagePlan]:
-    """The plan of the configured stages (packs the corpus when nas or kd is selected: they need it anyway)."""
+def build(ctx, stages: list[str]) -> list[StagePlan]:
+    """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
+    from kdjax import pdt
     from kdjax.kd_stage import chosen_arch, num_steps
 
     c, teacher = ctx.config, ctx.teacher.spec
     seq, batch = int(c.data.max_seq_len), ctx.global_batch
     plans: list[StagePlan] = []
-    rows = len(ctx.rows) if {"nas", "kd"} & set(ctx.stages) else 0
+    rows = len(ctx.rows) if {"nas", "kd"} & set(stages) else 0
     kd_spec = ctx.student_spec(chosen_arch(ctx)[0])
     top_k = int(c.nas.top_k)
-    if "teacher" in ctx.stages:
+    if "teacher" in stages:
         plans.append(StagePlan("teacher", f"load {c.teacher.name}, time its latency", 0, 0, 0.0))
-    if "nas" in ctx.stages:
+    if "nas" in stages:
         nas = c.nas
         budget = (
             int(nas.num_episodes) * int(nas.candidates_per_episode) if nas.strategy == "lstm" else int(nas.num_trials)
@@ -71,25 +75,30 @@ def build(ctx) -> list[StagePlan]:
             flops += steps * float(teacher.flops_per_token(seq)) * batch * seq
         what = f"{nas.strategy}, {budget} candidates x mini-KD {steps} steps on {proxy} proxy rows"
         plans.append(StagePlan("nas", what, budget * steps, budget * steps * batch, flops))
-    if "kd" in ctx.stages:
+    if "kd" in stages:
         steps = num_steps(c.kd, max(1, rows // batch))
-        pdt = int(c.kd.pdt_steps)
-        winners = top_k if pdt else 0
-        total = steps + winners * pdt
+        pdt_steps = int(c.kd.pdt_steps)
+        # Before the search has run, every one of its top-k winners is expected to get PDT.
+        winners = (top_k if "nas" in stages else pdt.planned_steps(ctx) // max(1, pdt_steps)) if pdt_steps else 0
+        total = steps + winners * pdt_steps
         what = f"{kd_spec.arch_id} {steps} steps x batch {batch} ({rows} corpus rows of {seq} tokens)"
+        if "nas" in stages:
+            what = "the search's best (estimated as " + what + ")"
         if winners:
-            what += f"; PDT of {winners} winner(s) x {pdt} steps"
+            what += f"; PDT of {winners} winner(s) x {pdt_steps} steps"
         plans.append(StagePlan("kd", what, total, total * batch, _kd_step_flops(kd_spec, teacher, batch, seq) * total))
-    if "glue" in ctx.stages:
-        plans.append(_glue_plan(ctx, kd_spec, top_k))
-    if "report" in ctx.stages:
+    if "glue" in stages:
+        plans.append(_glue_plan(ctx, stages, kd_spec, top_k, rows))
+    if "report" in stages:
         plans.append(StagePlan("report", "tables and figures", 0, 0, 0.0))
     return plans
 
 
-def _glue_plan(ctx, kd_spec, top_k: int) -> StagePlan:
+def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StagePlan:
+    from kdjax.kd_stage import num_steps
+
     g, c = ctx.config.glue, ctx.config
-    variants = 1 + (1 if "kd" in ctx.stages or c.kd.num_train_steps else 0) + (1 if int(c.kd.pdt_steps) else 0)
+    variants = 1 + ("kd" in stages) + (int(c.kd.pdt_steps) > 0)  # mini-KD export, full KD, PDT
     counts = {"teacher": 1, "best": variants, "top_k": top_k * variants, "random": int(g.num_random_baselines)}
     models = split_list(g.models)
     n_student = sum(counts.get(m, 1) for m in models if m != "teacher")
@@ -98,21 +107,30 @@ def _glue_plan(ctx, kd_spec, top_k: int) -> StagePlan:
     grid = len(split_list(str(g.get("learning_rates", "")))) or 1
     cap = int(g.max_train_examples)
     seq = int(g.max_seq_len)
+    synthetic = str(c.data.glue_dir) == "synthetic"  # generated: 64 train / 32 dev examples per task
     examples = flops = 0.0
+    units = {}
     for t in tasks:
-        n_train = min(GLUE_TRAIN[t], cap) if cap else GLUE_TRAIN[t]
+        n_train = 64 if synthetic else GLUE_TRAIN[t]
+        n_train = min(n_train, cap) if cap else n_train
         tok = min(GLUE_TOKENS[t], seq)
         seen = n_train * int(g.num_epochs) * grid
         examples += seen * (n_student + has_teacher)
-        per_model = (3 * seen + GLUE_DEV[t] * grid) * tok
-        flops += per_model * (
+        units[t] = (3 * seen + (32 if synthetic else GLUE_DEV[t]) * grid) * tok
+        flops += units[t] * (
             n_student * kd_spec.flops_per_token(tok) + has_teacher * ctx.teacher.spec.flops_per_token(tok)
         )
     steps = int(examples // max(1, int(g.per_device_batch_size) * ctx.mesh.size))
     what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {int(g.num_epochs)} epochs"
     if grid > 1:
         what += f" x {grid} learning rates"
-    return StagePlan("glue", what, steps, int(examples), flops)
+    if "random" in models and rows:
+        # Random baselines are distilled with the kd.* budget first (once).
+        kd_steps = num_steps(c.kd, max(1, rows // ctx.global_batch))
+        n = int(g.num_random_baselines)
+        flops += n * kd_steps * _kd_step_flops(kd_spec, ctx.teacher.spec, ctx.global_batch, int(c.data.max_seq_len))
+        what += f"; first KD of {n} random baseline(s) x {kd_steps} steps"
+    return StagePlan("glue", what, steps, int(examples), flops, units, n_student + has_teacher)
 
 
 def format_plan(plans: list[StagePlan]) -> str:
@@ -144,6 +162,7 @@ class Eta:
         self.finished: set[str] = set()
         self.min_interval_s = min_interval_s
         self._last_print = -math.inf
+        self._units: dict[str, list[float]] = {}  # stage -> [fraction done, seconds spent]
 
     def timed(self, stage: str, done: float, work: float, elapsed_s: float) -> str | None:
         """`work` (a fraction of `stage`'s planned work) took `elapsed_s`; `done` of it is finished in all.
@@ -162,6 +181,17 @@ class Eta:
         line = self.line(stage)
         print(line, flush=True)
         return line
+
+    def unit_done(self, stage: str, unit: str, wall_s: float) -> str | None:
+        """Progress by finished units (glue: one model on one task), weighted by their planned cost."""
+        plan = self.plans.get(stage)
+        if plan is None or not plan.units or unit not in plan.units:
+            return None
+        total = plan.models * sum(plan.units.values())
+        got = self._units.setdefault(stage, [0.0, 0.0])
+        got[0] += plan.units[unit] / total
+        got[1] += wall_s
+        return self.timed(stage, got[0], got[0], got[1])
 
     def done(self, stage: str) -> None:
         self.finished.add(stage)
@@ -199,9 +229,13 @@ class Eta:
 current: Eta | None = None
 
 
-def start(ctx) -> Eta:
+def start(ctx, stages: list[str]) -> Eta | None:
+    """Print the plan of `stages` (the ones this run will not skip) and track their ETA."""
     global current
-    plans = build(ctx)
+    current = None
+    if not set(stages) - {"report"}:  # nothing to plan: no teacher needs loading for it
+        return None
+    plans = build(ctx, stages)
     print(format_plan(plans), flush=True)
     current = Eta(plans)
     return current
@@ -210,6 +244,12 @@ def start(ctx) -> Eta:
 def timed(stage: str, done: float, work: float, elapsed_s: float) -> None:
     if current is not None:
         current.timed(stage, done, work, elapsed_s)
+
+
+def glue_scored(task: str, wall_s: float) -> None:
+    """One (model, task) of the glue stage was scored in `wall_s` seconds."""
+    if current is not None:
+        current.unit_done("glue", task, wall_s)
 
 
 def stage_done(stage: str) -> None:
