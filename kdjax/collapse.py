@@ -54,7 +54,8 @@ def spread(last: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     n = m.sum()
     mean = (last * m).sum((0, 1)) / n
     std = jnp.sqrt(((last - mean) ** 2 * m).sum((0, 1)) / n).mean()
-    cls = last[:, 0] / jnp.linalg.norm(last[:, 0], axis=-1, keepdims=True)
+    # All-zero [CLS] vectors (a zeroed student) count as cosine 0, not NaN; the token std catches them.
+    cls = last[:, 0] / jnp.maximum(jnp.linalg.norm(last[:, 0], axis=-1, keepdims=True), 1e-12)
     b = cls.shape[0]
     cos = ((cls @ cls.T).sum() - jnp.trace(cls @ cls.T)) / (b * (b - 1))
     return std, cos

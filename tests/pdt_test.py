@@ -79,6 +79,9 @@ def test_pdt_writes_kd_arch_pdt_for_every_winner_and_is_scored(pdt_run):
         assert sorted(os.listdir(os.path.join(out, "checkpoints")))[-1] == "3"
         assert [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))][-1] == 3
     best = winners[0]
+    # The collapse guard measured every checkpoint of the healthy teacher-cut students, and none collapsed.
+    guard = [json.loads(line) for line in open(os.path.join(w, "kd", f"{best}-pdt", "collapse.jsonl"))]
+    assert [r["step"] for r in guard] == [3] and not any(r["collapsed"] for r in guard)
     assert read_json(os.path.join(w, "glue", f"pdt-{best}", "sst2.json"))["kind"] == "pdt"
     md = open(os.path.join(w, "report", "glue.md")).read()
     assert "Without vs with post-distillation training (PDT)" in md and f"| {best} |" in md
