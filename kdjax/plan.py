@@ -15,6 +15,7 @@ import math
 import time
 
 from kdjax.config import split_list
+from kdjax.errors import KdjaxError
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,14 @@ def start(ctx, stages: list[str]) -> Eta | None:
     current = None
     if not set(stages) - {"report"}:  # nothing to plan: no teacher needs loading for it
         return None
-    plans = build(ctx, stages)
+    try:
+        plans = build(ctx, stages)
+    except KdjaxError:
+        raise  # a user error (missing corpus, bad teacher) is reported now rather than after a stage
+    except (OSError, ValueError, KeyError) as e:
+        # A damaged intermediate file (e.g. nas/top_k.json) is for the stage that reads it to report.
+        log.warning("no plan: %s", e)
+        return None
     print(format_plan(plans), flush=True)
     current = Eta(plans)
     return current
