@@ -64,7 +64,9 @@ def build(ctx, stages: list[str]) -> list[StagePlan]:
         budget = (
             int(nas.num_episodes) * int(nas.candidates_per_episode) if nas.strategy == "lstm" else int(nas.num_trials)
         )
-        proxy = max(1, int(rows * float(nas.proxy_fraction)))
+        proxy = (
+            rows if float(nas.proxy_fraction) >= 1 else max(1, round(rows * float(nas.proxy_fraction)))
+        )  # proxy_subset
         per_epoch = max(1, proxy // batch)
         if int(nas.mini_kd_steps_per_epoch):
             per_epoch = min(per_epoch, int(nas.mini_kd_steps_per_epoch))
@@ -165,16 +167,19 @@ class Eta:
         self._last_print = -math.inf
         self._units: dict[str, list[float]] = {}  # stage -> [fraction done, seconds spent]
 
-    def timed(self, stage: str, done: float, work: float, elapsed_s: float) -> str | None:
+    def timed(
+        self, stage: str, done: float, work: float, elapsed_s: float, compute_s: float | None = None
+    ) -> str | None:
         """`work` (a fraction of `stage`'s planned work) took `elapsed_s`; `done` of it is finished in all.
-        Prints (and returns) the ETA line at most every `min_interval_s`, and always at the first timing."""
+        `compute_s` (default `elapsed_s`) is the part spent computing, not compiling: the FLOP rate other stages are
+        extrapolated with. Prints (and returns) the ETA line at most every `min_interval_s`, and at the first timing."""
         plan = self.plans.get(stage)
         if plan is None or elapsed_s <= 0 or work <= 0:
             return None
         first = stage not in self.left
         self.left[stage] = max(0.0, 1.0 - done) * elapsed_s / work
         if plan.flops > 0:
-            self.rates[stage] = plan.flops * work / elapsed_s
+            self.rates[stage] = plan.flops * work / max(compute_s or elapsed_s, 1e-9)
         now = time.monotonic()
         if not first and now - self._last_print < self.min_interval_s:
             return None
@@ -249,9 +254,9 @@ def start(ctx, stages: list[str]) -> Eta | None:
     return current
 
 
-def timed(stage: str, done: float, work: float, elapsed_s: float) -> None:
+def timed(stage: str, done: float, work: float, elapsed_s: float, compute_s: float | None = None) -> None:
     if current is not None:
-        current.timed(stage, done, work, elapsed_s)
+        current.timed(stage, done, work, elapsed_s, compute_s)
 
 
 def glue_scored(task: str, wall_s: float) -> None:
