@@ -4,7 +4,7 @@ A collapsed student maps every token to about one vector (the teacher's mean sta
 fine-tuning recovers it (docs/results.md, "projection collapse"). Two numbers on the last hidden state of a fixed
 five-sentence batch show it: the token spread (std across tokens, mean over dimensions) and the mean pairwise [CLS]
 cosine between sentences. The kd stage measures the student at every checkpoint against the teacher's values
-(`kd.collapse_guard`): warn loudly, stop with one `kdjax: error:` line, or off.
+(`kd.collapse_guard`, a `CollapseHook` of `distill`): warn loudly, stop with one `kdjax: error:` line, or off.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.errors import KdjaxError
+from kdjax.hooks import Hook, Report
 from kdjax.models import Encoder
 from kdjax.spec import ArchSpec
 
@@ -138,16 +139,14 @@ class CollapseGuard:
         return why
 
 
-class GuardedCheckpointer:
-    """A Checkpointer whose every save is followed by the collapse check (so `distill` needs no extra hook)."""
+@dataclasses.dataclass
+class CollapseHook(Hook):
+    """Runs the guard at every checkpoint step of `distill` (listed after `SaveCheckpoints`, so the checkpoint of a
+    collapsed student is written before a stop)."""
 
-    def __init__(self, inner, guard: CollapseGuard):
-        self.inner, self.guard = inner, guard
+    guard: CollapseGuard
+    every: int = 0
 
-    def save(self, step: int, state, meta: dict | None = None, *, force: bool = False) -> bool:
-        saved = self.inner.save(step, state, meta, force=force)
-        self.guard.check(step, state.params["student"])
-        return saved
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+    def __call__(self, report: Report) -> None:
+        if report.step == report.num_steps or (self.every and report.step % self.every == 0):
+            self.guard.check(report.step, report.state.params["student"])

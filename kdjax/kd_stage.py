@@ -8,13 +8,15 @@ import os
 
 from kdjax import pdt, plan
 from kdjax.checkpoint import Checkpointer
-from kdjax.collapse import CollapseGuard, GuardConfig, GuardedCheckpointer
+from kdjax.collapse import CollapseGuard, CollapseHook, GuardConfig
 from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
+from kdjax.hooks import LogMetrics, SaveCheckpoints
+from kdjax.optim import OptimConfig
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params, initial_projection
-from kdjax.train import OptimConfig, distill
+from kdjax.train import DistillSettings, Student, distill
 from kdjax.workdir import read_json, write_json
 from kdjax.writer import MetricWriter
 
@@ -61,30 +63,24 @@ def distill_arch(
     steps = steps or num_steps(kd, batches.steps_per_epoch)
     opt = OptimConfig.from_config(kd, steps)
     ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), keep=int(kd.keep_checkpoints))
-    guard = GuardConfig.from_config(kd)
-    if guard.mode != "off":  # measured after every checkpoint save
-        ckpt = GuardedCheckpointer(ckpt, CollapseGuard(guard, ctx.teacher, spec, out_dir, f"{desc} {spec.arch_id}"))
     writer = MetricWriter(out_dir)
+    every = int(kd.checkpoint_every_steps)
+    hooks = [LogMetrics(writer), SaveCheckpoints(ckpt, every=every)]
+    guard = GuardConfig.from_config(kd)
+    if guard.mode != "off":  # after SaveCheckpoints: a collapsed student's checkpoint is kept
+        hooks.append(CollapseHook(CollapseGuard(guard, ctx.teacher, spec, out_dir, f"{desc} {spec.arch_id}"), every))
     if eta is not None:
-        writer = plan.EtaWriter(writer, "kd", *eta)
+        hooks.append(plan.EtaHook("kd", *eta))
     try:
         result = distill(
-            teacher_spec=ctx.teacher.spec,
-            teacher_params=ctx.teacher.params,
-            student=spec,
-            batches=batches,
-            loss_cfg=ctx.loss_cfg,
-            opt=opt,
-            num_steps=steps,
-            seed=ctx.config.seed,
-            dtype=ctx.dtype,
-            mesh=ctx.mesh,
-            checkpointer=ckpt,
-            checkpoint_every=int(kd.checkpoint_every_steps),
-            writer=writer,
-            log_every=int(kd.log_every_steps),
-            student_params=student_params,
-            projection_params=projection_params,
+            ctx.teacher,
+            Student(spec, student_params, projection_params),
+            batches,
+            DistillSettings(
+                loss=ctx.loss_cfg, opt=opt, num_steps=steps, seed=ctx.config.seed, dtype=ctx.dtype, mesh=ctx.mesh
+            ),
+            hooks=hooks,
+            report_every=int(kd.log_every_steps),
             desc=f"{desc} {spec.arch_id}",
         )
     finally:

@@ -16,6 +16,7 @@ import time
 
 from kdjax.config import split_list
 from kdjax.errors import KdjaxError
+from kdjax.hooks import Hook, Report
 
 log = logging.getLogger(__name__)
 
@@ -270,33 +271,24 @@ def stage_done(stage: str) -> None:
         current.done(stage)
 
 
-class EtaWriter:
-    """A metric writer wrapper for `distill`: each flush reports the stage's progress to the tracker.
+@dataclasses.dataclass
+class EtaHook(Hook):
+    """Reports a `distill` run's progress to the tracker at each of its reports.
 
     The stage runs `stage_steps` steps in all (e.g. KD, then PDT of each winner); this run starts at `steps_before`.
-    Timing starts at the first flush, so compilation is not extrapolated.
+    Timing starts at the first report, so compilation is not extrapolated.
     """
 
-    def __init__(self, inner, stage: str, steps_before: int, stage_steps: int):
-        self.inner, self.stage = inner, stage
-        self.steps_before, self.stage_steps = steps_before, max(1, stage_steps)
-        self.t0: float | None = None
-        self.first = 0
+    stage: str
+    steps_before: int
+    stage_steps: int
+    t0: float | None = None
+    first: int = 0
 
-    def write(self, step: int, scalars: dict) -> None:
-        if self.inner is not None:
-            self.inner.write(step, scalars)
+    def __call__(self, report: Report) -> None:
         now = time.perf_counter()
         if self.t0 is None:
-            self.t0, self.first = now, step
+            self.t0, self.first = now, report.step
             return
-        work = (step - self.first) / self.stage_steps
-        timed(self.stage, (self.steps_before + step) / self.stage_steps, work, now - self.t0)
-
-    def truncate_after(self, step: int) -> None:
-        if self.inner is not None:
-            self.inner.truncate_after(step)
-
-    def close(self) -> None:
-        if self.inner is not None:
-            self.inner.close()
+        total = max(1, self.stage_steps)
+        timed(self.stage, (self.steps_before + report.step) / total, (report.step - self.first) / total, now - self.t0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 from kdjax.collapse import (
     CollapseError,
     CollapseGuard,
+    CollapseHook,
     GuardConfig,
-    GuardedCheckpointer,
     diagnose,
     measure,
     probe_batch,
@@ -59,24 +60,15 @@ def test_guard_on_a_healthy_and_a_zeroed_student(tiny_teacher, tmp_path, capsys,
     assert measure(spec, healthy, ids, mask)["token_std"] > 0.2 * guard.teacher["token_std"]
     assert guard.check(3, healthy) == []
 
-    class State:
-        params = {"student": _zeroed(healthy)}
-
-    saved = []
-
-    class Inner:
-        def save(self, step, state, meta=None, *, force=False):
-            saved.append(step)
-            return True
-
-    ckpt = GuardedCheckpointer(Inner(), guard)
+    hook = CollapseHook(guard, every=3)
+    collapsed = SimpleNamespace(step=6, num_steps=10, state=SimpleNamespace(params={"student": _zeroed(healthy)}))
+    hook(SimpleNamespace(step=5, num_steps=10, state=None))  # not a checkpoint step: nothing measured
     if mode == "stop":
         with pytest.raises(CollapseError, match="collapsed at step 6: token std"):
-            ckpt.save(6, State(), {}, force=True)
+            hook(collapsed)
     else:
-        assert ckpt.save(6, State(), {}, force=True)
+        hook(collapsed)
         assert "kdjax: WARNING: kd test collapsed at step 6" in capsys.readouterr().err
-    assert saved == [6]  # the checkpoint is written before the guard speaks
     rows = [json.loads(line) for line in open(os.path.join(tmp_path, "collapse.jsonl"))]
     assert [(r["step"], r["collapsed"]) for r in rows] == [(3, False), (6, True)]
 
@@ -96,5 +88,5 @@ def test_kd_stage_stops_on_a_collapsed_student(tmp_path, monkeypatch):
     with pytest.raises(CollapseError, match="collapsed at step 3"):
         pipeline.run(c, str(tmp_path))
     out = tmp_path / "kd" / "2L-32H-2A-64F-gelu"
-    assert os.listdir(out / "checkpoints") == ["3"]
+    assert os.listdir(out / "checkpoints") == ["3"]  # SaveCheckpoints runs before the guard: the state is kept
     assert not (tmp_path / ".stages" / "kd.json").exists()

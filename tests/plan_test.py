@@ -1,9 +1,12 @@
 """The run plan (steps, examples, FLOPs per stage) and the ETA extrapolated from the first timed steps."""
 
+from types import SimpleNamespace
+
 import pytest
+from helpers import run_main
 
 from kdjax import plan
-from kdjax.plan import Eta, EtaWriter, StagePlan
+from kdjax.plan import Eta, EtaHook, StagePlan
 
 
 def _eta():
@@ -47,29 +50,20 @@ def test_glue_progress_by_weighted_units():
     assert eta.unit_done("glue", "cola", 5.0) is None  # not planned: ignored
 
 
-def test_eta_writer_times_from_its_first_flush(monkeypatch):
+def test_eta_hook_times_from_its_first_report(monkeypatch):
     calls = []
     monkeypatch.setattr(plan, "timed", lambda *a: calls.append(a))
     clock = iter([10.0, 12.0, 16.0])
     monkeypatch.setattr(plan.time, "perf_counter", lambda: next(clock))
-    written = []
-
-    class Inner:
-        def write(self, step, scalars):
-            written.append(step)
-
-    w = EtaWriter(Inner(), "kd", steps_before=20, stage_steps=100)
+    hook = EtaHook("kd", steps_before=20, stage_steps=100)
     for step in (2, 4, 8):
-        w.write(step, {"loss": 1.0})
-    assert written == [2, 4, 8]
-    # The first flush (compilation) is not timed; then 2 steps in 2 s and 6 steps in 6 s.
+        hook(SimpleNamespace(step=step))
+    # The first report (after compilation) is not timed; then 2 steps in 2 s and 6 steps in 6 s.
     assert calls == [("kd", 0.24, 0.02, 2.0), ("kd", 0.28, 0.06, 6.0)]
 
 
 @pytest.mark.slow
 def test_tiny_run_prints_the_plan_and_an_eta(tmp_path):
-    from conftest import run_main
-
     proc = run_main(["--config=configs/bert_nas.py:tiny", "--config.stages=teacher,nas,kd", "--config.kd.pdt_steps=2"],
                     tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
