@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +68,8 @@ def _probe_fn(spec: ArchSpec):
     """One jitted forward + statistics per architecture (compiled once, reused at every checkpoint)."""
 
     def fn(params, ids, mask):
-        return spread(Encoder(spec).apply({"params": params}, ids, mask)["hidden_states"][-1], mask)
+        out = cast(dict, Encoder(spec).apply({"params": params}, ids, mask))
+        return spread(out["hidden_states"][-1], mask)
 
     return jax.jit(fn)
 

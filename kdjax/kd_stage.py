@@ -1,4 +1,5 @@
-"""The `kd` stage: full distillation of the chosen student, with checkpoints, metrics and an HF export."""
+"""The `kd` stage: full distillation of the chosen student, with checkpoints, metrics and an HF export; then PDT of
+the search winners when kd.pdt_steps > 0 (kdjax/pdt.py)."""
 
 from __future__ import annotations
 

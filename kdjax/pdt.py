@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -30,7 +31,8 @@ def save_minikd_state(path: str, params: dict) -> str:
     """Write {'student': ..., 'projection': ...} as one flat .npz, atomically (tmp + rename)."""
     flat = traverse_util.flatten_dict({k: params[k] for k in ("student", "projection")}, sep=_SEP)
     tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
-    np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in flat.items()}
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return path
 

@@ -113,7 +113,7 @@ def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StageP
     seq = int(g.max_seq_len)
     synthetic = str(c.data.glue_dir) == "synthetic"  # generated: 64 train / 32 dev examples per task
     examples = flops = 0.0
-    units = {}
+    units: dict[str, float] = {}
     for t in tasks:
         n_train = 64 if synthetic else GLUE_TRAIN[t]
         n_train = min(n_train, cap) if cap else n_train
