@@ -1,12 +1,12 @@
 """Does a teacher-initialised student distill better than a random one? Same data, steps and seed; prints JSON.
 
-Three inits per student: `random` (student and projection random, the seed's setting), `teacher-randproj` (student
+Three inits per student: `random` (student and projection random, as the original pipeline), `teacher-randproj` (student
 cut from the teacher, projection random: kdjax before the fix) and `teacher` (cut student, projection mapping each
 kept dimension back onto its teacher dimension: `kdjax.student_init.initial_projection`). Besides the KD losses it
 reports collapse: `token_std` is the student's last hidden state's std across tokens (mean over dimensions) on 8
 held-out rows, next to the teacher's (`teacher_token_std`); a collapsed student maps every token to one vector.
 
-python bench/init_comparison.py --corpus ../shared/data/corpus/nltk_brown.txt.gz --steps 60
+python bench/init_comparison.py --corpus $KDJAX_DATA/corpus/nltk_brown.txt.gz --steps 60
 """
 
 from __future__ import annotations

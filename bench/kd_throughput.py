@@ -4,7 +4,7 @@ Both parts run one after the other in this one invocation, each in its own child
 thread pools are per implementation. The reference pads each of `--batch-size` sentences to 128 tokens; kdjax packs
 the same sentences into rows of `--seq-len` tokens, so the two are compared by corpus (non-pad) tokens per second.
 
-    python bench/kd_throughput.py                       # MiniLM teacher, 3L-384H-6A-1536F student, shared corpus
+    python bench/kd_throughput.py                       # MiniLM teacher, 3L-384H-6A-1536F student, $KDJAX_DATA corpus
     python bench/kd_throughput.py --skip-reference --steps 2 --teacher random-tiny-bert --student 2L-32H-2A-64F
 
 The last output line is one JSON object with keys kdjax, reference, ratio, device, versions (and machine facts).
