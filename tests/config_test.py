@@ -32,7 +32,7 @@ def test_six_teacher_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-@pytest.mark.parametrize("arg", [None, "tiny", "minilm"])
+@pytest.mark.parametrize("arg", [None, "tiny", "minilm", "cpu"])
 def test_configs_validate(path, arg):
     validate(_load(path).get_config(arg))
 
@@ -65,6 +65,9 @@ def test_every_field_has_a_comment():
         ("glue.seeds", 0, "glue.seeds"),
         ("glue.distill.alpha", 1.5, "glue.distill.alpha"),
         ("glue.distill.augment_prob", 0.0, "glue.distill.augment_prob"),
+        ("kd.collapse_guard", "loud", "kd.collapse_guard"),
+        ("kd.collapse_std_ratio", 1.5, "kd.collapse_std_ratio"),
+        ("kd.collapse_cls_cosine", 0.0, "kd.collapse_cls_cosine"),
     ],
 )
 def test_bad_fields_are_named(field, value, match):
