@@ -1,0 +1,78 @@
+"""Batch-1 latency of an exported model under PyTorch (the runtime most users deploy with), when torch is installed.
+
+The model is `transformers.AutoModel.from_config(<folder>/config.json)` in eval mode under `torch.inference_mode()`:
+latency depends on shapes, not weights, so random weights time the same as the exported ones, and a teacher saved
+with Flax weights only is timed too. Same protocol as kdjax's XLA timing (warm-up, `timed_runs`, low percentile, on
+the CPU unless `nas.latency_device=accelerator` and CUDA is available); cached per machine under the torch version
+and the config's hash. A user reproduces it with `AutoModel.from_pretrained(folder)` and a timed forward call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+
+from kdjax import latency
+from kdjax.latency import LatencyConfig, MachineCache, digest, summarize
+
+log = logging.getLogger(__name__)
+
+
+def available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _config(folder: str) -> dict | None:
+    path = os.path.join(folder, "config.json") if folder and os.path.isdir(folder) else ""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def measure_folder(folder: str, cfg: LatencyConfig, cache: MachineCache | None = None) -> dict | None:
+    """Latency result (see `kdjax.latency.summarize`) of the HF model in `folder`; None without torch or config."""
+    conf = _config(folder)
+    if conf is None or not available():
+        return None
+    import torch
+
+    cache = cache or MachineCache(cfg)
+    key = f"torch:{torch.__version__}:{torch.get_num_threads()}t:{digest(conf)}"
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    try:
+        from transformers import AutoConfig, AutoModel
+
+        model = AutoModel.from_config(AutoConfig.from_pretrained(folder)).eval()
+    except Exception as e:  # an unusual config must not stop the report
+        log.warning("cannot build %s under PyTorch for timing: %s", folder, e)
+        return None
+    dev = "cuda" if cfg.device == "accelerator" and torch.cuda.is_available() else "cpu"
+    model = model.to(dev)
+    ids = torch.full((cfg.batch_size, cfg.seq_len), 5, dtype=torch.long, device=dev)
+    mask = torch.ones_like(ids)
+
+    def run() -> None:
+        model(input_ids=ids, attention_mask=mask)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    with torch.inference_mode():
+        for _ in range(cfg.warmup_runs):
+            run()
+        times = [latency._timed_run(run) for _ in range(cfg.timed_runs)]
+    result = {
+        **summarize(times, cfg.percentile),
+        "device": dev,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    cache.put({key: result})
+    return result
