@@ -20,28 +20,29 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 T0=$(date +%s)
 export TRANSFORMERS_NO_ADVISORY_WARNINGS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export KDJAX_CACHE_DIR="$OUT/cache"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 
 WHL="${GPU_CHECK_WHL:-.whl}"
 if [ -d "$WHL" ] && ls "$WHL"/*.whl >/dev/null 2>&1; then
-  if ! python -m pip install -q --upgrade --no-deps --no-compile --target /tmp/site "$WHL"/*.whl >"$OUT/pip.log" 2>&1; then
+  if ! "$PY" -m pip install -q --upgrade --no-deps --no-compile --target /tmp/site "$WHL"/*.whl >"$OUT/pip.log" 2>&1; then
     # No pip (or it refused): a wheel is a zip of importable files, which is all these wheels need.
     echo "pip install of .whl failed ($(tail -1 "$OUT/pip.log")); unzipping the wheels instead"
-    for whl in "$WHL"/*.whl; do python -m zipfile -e "$whl" /tmp/site; done
+    for whl in "$WHL"/*.whl; do "$PY" -m zipfile -e "$whl" /tmp/site; done
   fi
   export PYTHONPATH="/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 fi
-python -c 'import jax; print("devices:", jax.devices())' || { echo '{"error": "jax does not import"}'; exit 1; }
-python - <<'EOF' >"$OUT/imports.txt" 2>&1
-import importlib
-for m in ("transformers", "flax", "optax", "orbax.checkpoint", "ml_collections", "optuna", "absl", "tokenizers",
-          "safetensors", "datasets", "matplotlib", "torch", "tensorboardX"):
+"$PY" -c 'import jax; print("devices:", jax.devices())' || { echo '{"error": "jax does not import"}'; exit 1; }
+"$PY" - <<'EOF' >"$OUT/imports.txt" 2>&1
+# Versions as the interpreter resolves them (PYTHONPATH first), without importing anything heavy.
+import importlib.metadata as md
+for m in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "tokenizers", "huggingface_hub",
+          "ml_collections", "optuna", "absl-py", "safetensors", "datasets", "matplotlib", "torch", "tensorboardX"):
     try:
-        mod = importlib.import_module(m)
-        print(m, getattr(mod, "__version__", "?"))
-    except Exception as e:
-        print(m, "MISSING", type(e).__name__)
+        print(m, md.version(m))
+    except md.PackageNotFoundError:
+        print(m, "MISSING")
 EOF
 cat "$OUT/imports.txt"
 
@@ -51,13 +52,13 @@ TEACHER="${3:-}"
 [ -z "$CORPUS" ] && { [ -d .gpudata/corpus ] && CORPUS="$ROOT/.gpudata/corpus" || CORPUS=synthetic; }
 [ -z "$GLUE" ] && { [ -d .gpudata/glue ] && GLUE="$ROOT/.gpudata/glue" || GLUE=synthetic; }
 if [ -z "$TEACHER" ]; then
-  TEACHER=$(python -c 'from kdjax.config import _minilm_dir; print(_minilm_dir())' 2>/dev/null || true)
+  TEACHER=$("$PY" -c 'from kdjax.config import _minilm_dir; print(_minilm_dir())' 2>/dev/null || true)
   [ -z "$TEACHER" ] && TEACHER=minilm-random
 fi
 if [ "$TEACHER" = minilm-random ] && [ -f .gpudata/minilm/config.json ]; then
   # MiniLM's shapes and tokenizer with random weights, written once per check.
   TEACHER="$OUT/minilm-random"
-  python - "$ROOT/.gpudata/minilm" "$TEACHER" <<'EOF' || TEACHER=""
+  "$PY" - "$ROOT/.gpudata/minilm" "$TEACHER" <<'EOF' || TEACHER=""
 import os, shutil, sys
 from transformers import BertConfig, FlaxBertForMaskedLM
 src, dst = sys.argv[1], sys.argv[2]
@@ -83,28 +84,29 @@ case "$SIZE" in
     SMALL=(--config.nas.num_episodes=2 --config.nas.candidates_per_episode=2 --config.nas.mini_kd_epochs=2
       --config.nas.mini_kd_steps_per_epoch=20 --config.nas.latency_device=accelerator
       --config.kd.num_train_steps=300 --config.kd.per_device_batch_size=64 --config.kd.checkpoint_every_steps=150
-      --config.data.max_lines=40000 --config.glue.tasks=sst2,stsb --config.glue.max_train_examples=2000
+      --config.data.max_lines=40000 --config.glue.tasks=sst2 --config.glue.max_train_examples=2000
       --config.glue.num_epochs=1)
     MFU=(--compare-fp32 --steps 20)
-    PIPE_TIMEOUT=280 ;;
+    PIPE_TIMEOUT=240 ;;
 esac
 STAGES=teacher,nas,kd,glue
-python -c 'import matplotlib' 2>/dev/null && STAGES="$STAGES,report"
+"$PY" -c 'import matplotlib' 2>/dev/null && STAGES="$STAGES,report"
 echo "teacher=$TEACHER corpus=$CORPUS glue=$GLUE stages=$STAGES size=$SIZE"
 
+# The MFU benchmark first: its numbers (MFU, tokens/s, bf16 vs fp32) are the ones a partial run must still give.
 T1=$(date +%s)
-timeout "$PIPE_TIMEOUT" python main.py --config=configs/bert_nas.py:minilm --workdir="$OUT/w" \
+(cd bench && timeout 180 "$PY" gpu_mfu.py "${MFU[@]}") >"$OUT/mfu.log" 2>&1
+MFU_RC=$?
+T2=$(date +%s)
+tail -3 "$OUT/mfu.log"
+timeout "$PIPE_TIMEOUT" "$PY" main.py --config=configs/bert_nas.py:minilm --workdir="$OUT/w" \
   --config.stages="$STAGES" --config.teacher.name="$TEACHER" --config.data.corpus="$CORPUS" \
   --config.data.glue_dir="$GLUE" "${SMALL[@]}" >"$OUT/pipeline.log" 2>&1
 PIPE_RC=$?
-T2=$(date +%s)
-tail -15 "$OUT/pipeline.log"
-(cd bench && timeout 140 python gpu_mfu.py "${MFU[@]}") >"$OUT/mfu.log" 2>&1
-MFU_RC=$?
 T3=$(date +%s)
-tail -3 "$OUT/mfu.log"
+tail -15 "$OUT/pipeline.log"
 
-python - "$OUT" "$PIPE_RC" "$MFU_RC" "$((T2 - T1))" "$((T3 - T2))" "$((T3 - T0))" "$TEACHER" "$CORPUS" "$GLUE" <<'EOF'
+"$PY" - "$OUT" "$PIPE_RC" "$MFU_RC" "$((T3 - T2))" "$((T2 - T1))" "$((T3 - T0))" "$TEACHER" "$CORPUS" "$GLUE" <<'EOF'
 import glob, json, os, sys
 out, pipe_rc, mfu_rc, pipe_s, mfu_s, total_s, teacher, corpus, glue = sys.argv[1:]
 w = os.path.join(out, "w")
@@ -138,7 +140,14 @@ for p in glob.glob(os.path.join(w, "glue", "*", "*.json")):
     r = load(p) or {}
     glue_scores.setdefault(os.path.basename(os.path.dirname(p)), {})[os.path.basename(p)[:-5]] = r.get("scores")
 pin = load(os.path.join(w, "nas", "latency.json")) or {}
+packages = {}
+try:
+    with open(os.path.join(out, "imports.txt")) as f:
+        packages = dict(l.split(None, 1) for l in f.read().splitlines() if l.strip())
+except Exception:
+    pass
 print(json.dumps({
+    "packages": packages,
     "pipeline_rc": int(pipe_rc), "mfu_rc": int(mfu_rc), "pipeline_s": int(pipe_s), "mfu_s": int(mfu_s),
     "total_s": int(total_s), "teacher": teacher, "corpus": corpus, "glue_dir": glue,
     "mfu": (mfu or {}).get("mfu"), "tokens_per_s_bf16_mfu_bench": (mfu or {}).get("tokens_per_s"),

@@ -12,6 +12,7 @@ and machine, so a changed teacher is re-timed instead of feeding an old teacher'
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -88,7 +89,7 @@ class SearchLatency:
             self.teacher_ms = self.model.predict(teacher_spec)
         else:
             self.teacher_ms = float(pin["teacher_latency_ms"]) if same else float(measured_teacher_ms)
-        if not same or (self.model is not None and pin.get("model") != self.model.to_dict()):
+        if not same or (self.model is not None and pin.get("model") != json.loads(json.dumps(self.model.to_dict()))):
             write_json(
                 pin_path,
                 {

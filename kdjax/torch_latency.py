@@ -2,9 +2,10 @@
 
 The model is `transformers.AutoModel.from_config(<folder>/config.json)` in eval mode under `torch.inference_mode()`:
 latency depends on shapes, not weights, so random weights time the same as the exported ones, and a teacher saved
-with Flax weights only is timed too. Same protocol as kdjax's XLA timing (warm-up, `timed_runs`, low percentile, on
-the CPU unless `nas.latency_device=accelerator` and CUDA is available); cached per machine under the torch version
-and the config's hash. A user reproduces it with `AutoModel.from_pretrained(folder)` and a timed forward call.
+with Flax weights only is timed too. Same protocol as kdjax's XLA timing (warm-up, `timed_runs`, low percentile), on
+the CPU with one thread unless `nas.latency_device=accelerator` and CUDA is available; cached per machine under the
+torch version and the config's hash. A user reproduces it with `AutoModel.from_pretrained(folder)` and a timed
+forward call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from kdjax import latency
 from kdjax.latency import LatencyConfig, MachineCache, digest, summarize
 
 log = logging.getLogger(__name__)
+
+# One intra-op thread: OpenMP workers spin at every barrier, so on a shared CPU two threads timed MiniLM at p50
+# 1,492 ms against 71 ms for one (docs/performance.md); one thread is also how batch-1 serving is usually pinned.
+TORCH_THREADS = 1
 
 
 def available() -> bool:
@@ -43,7 +48,7 @@ def measure_folder(folder: str, cfg: LatencyConfig, cache: MachineCache | None =
     import torch
 
     cache = cache or MachineCache(cfg)
-    key = f"torch:{torch.__version__}:{torch.get_num_threads()}t:{digest(conf)}"
+    key = f"torch:{torch.__version__}:{TORCH_THREADS}t:{digest(conf)}"
     hit = cache.get(key)
     if hit is not None:
         return hit
@@ -64,15 +69,20 @@ def measure_folder(folder: str, cfg: LatencyConfig, cache: MachineCache | None =
         if dev == "cuda":
             torch.cuda.synchronize()
 
-    with torch.inference_mode():
-        for _ in range(cfg.warmup_runs):
-            run()
-        times = [latency._timed_run(run) for _ in range(cfg.timed_runs)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TORCH_THREADS)
+    try:
+        with torch.inference_mode():
+            for _ in range(cfg.warmup_runs):
+                run()
+            times = [latency._timed_run(run) for _ in range(cfg.timed_runs)]
+    finally:
+        torch.set_num_threads(threads)
     result = {
         **summarize(times, cfg.percentile),
         "device": dev,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": TORCH_THREADS,
     }
     cache.put({key: result})
     return result

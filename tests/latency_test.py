@@ -112,7 +112,17 @@ def test_fit_recovers_a_known_cost_model():
     assert LatencyModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
 
 
+def fake_timings(monkeypatch):
+    """Calibration without compiling: latency = a fixed cost per parameter (the pin logic is under test, not XLA)."""
+
+    def measure_many(specs, cfg, params=None, seed=0):
+        return {k: {"latency_ms": 0.1 + s.num_params * 1e-6, "spread": 1.0} for k, s in specs.items()}
+
+    monkeypatch.setattr(latency, "measure_many", measure_many)
+
+
 def test_pinned_model_survives_a_cleared_machine_cache(tmp_path, monkeypatch):
+    fake_timings(monkeypatch)
     c = cfg(tmp_path, timed_runs=3, cache_dir=str(tmp_path / "mc1"))
     pin = str(tmp_path / "nas" / "latency.json")
     first = SearchLatency(c, TEACHER, "t1", pin, measured_teacher_ms=1.0)
@@ -130,6 +140,7 @@ def test_pinned_model_survives_a_cleared_machine_cache(tmp_path, monkeypatch):
     with open(pin, "w") as f:
         f.write("{")
     monkeypatch.undo()
+    fake_timings(monkeypatch)
     healed = SearchLatency(c, TEACHER, "t1", pin, measured_teacher_ms=1.0)  # damaged pin: machine model, re-pinned
     assert healed.teacher_ms == first.teacher_ms and json.load(open(pin))["teacher"] == "t1"
 
