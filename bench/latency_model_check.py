@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import common
 
 common.setup_env()
+# This checkout's kdjax, not an installed one.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHAPES = ("12L-768H-12A-3072F-gelu", "6L-384H-12A-1536F-gelu", "4L-512H-8A-2048F-relu", "3L-256H-4A-1024F-gelu")
 
