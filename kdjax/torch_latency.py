@@ -23,6 +23,21 @@ log = logging.getLogger(__name__)
 # One intra-op thread: OpenMP workers spin at every barrier, so on a shared CPU two threads timed MiniLM at p50
 # 1,492 ms against 71 ms for one (docs/performance.md); one thread is also how batch-1 serving is usually pinned.
 TORCH_THREADS = 1
+# The config fields that decide the shapes: exports of one architecture that differ only in metadata share a timing.
+SHAPE_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "embedding_size",
+    "num_hidden_groups",
+    "position_embedding_type",
+)
 
 
 def available() -> bool:
@@ -48,7 +63,8 @@ def measure_folder(folder: str, cfg: LatencyConfig, cache: MachineCache | None =
     import torch
 
     cache = cache or MachineCache(cfg)
-    key = f"torch:{torch.__version__}:{TORCH_THREADS}t:{digest(conf)}"
+    shape = {k: conf.get(k) for k in SHAPE_KEYS}
+    key = f"torch:{torch.__version__}:{TORCH_THREADS}t:{digest(shape)}"
     hit = cache.get(key)
     if hit is not None:
         return hit
