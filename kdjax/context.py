@@ -13,9 +13,9 @@ from kdjax.data.batches import MaskingSpec
 from kdjax.data.corpus import packed_corpus
 from kdjax.latency import LatencyConfig
 from kdjax.losses import LossConfig
+from kdjax.sharding import compute_dtype, make_mesh
 from kdjax.spec import ArchSpec
 from kdjax.teacher import Teacher, load_teacher
-from kdjax.train import compute_dtype, make_mesh
 from kdjax.workdir import Workdir
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -147,7 +148,7 @@ def compile_forward(spec: ArchSpec, cfg: LatencyConfig, params: dict | None = No
             params = jax.jit(model.init)(jax.random.PRNGKey(seed), ids, mask)["params"]
         params = jax.device_put(params, device)
         ids, mask = jax.device_put(ids, device), jax.device_put(mask, device)
-        fwd = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m)["hidden_states"][-1])
+        fwd = jax.jit(lambda p, i, m: cast(dict, model.apply({"params": p}, i, m))["hidden_states"][-1])
         t0 = time.perf_counter()
         compiled = fwd.lower(params, ids, mask).compile()
         compile_s = time.perf_counter() - t0
@@ -253,8 +254,8 @@ class MachineCache:
     def measure_specs(self, specs: list[ArchSpec], params: dict[str, dict] | None = None) -> dict[str, dict]:
         """Results by `spec_key`, timing (side by side) only the specs this machine has not timed yet."""
         keys = {spec_key(s): s for s in specs}
-        out = {k: self.get(k) for k in keys}
-        missing = {k: s for k, s in keys.items() if out[k] is None}
+        out = {k: hit for k in keys if (hit := self.get(k)) is not None}
+        missing = {k: s for k, s in keys.items() if k not in out}
         if missing:
             fresh = measure_many(missing, self.cfg, params)
             self.put(fresh)
