@@ -170,13 +170,19 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.top_k_latency_gap = 1.25
     # Stop the search (resumably, exit status 2) after this many new candidate evaluations in one run (0 = off).
     c.nas.stop_after_evaluations = 0
-    # Latency: device ('cpu', as the original pipeline measured, or 'accelerator'), batch, sequence length, warm-up and
-    # timed runs.
+    # Latency: device ('cpu', as the original pipeline measured, or 'accelerator' for GPU targets), batch, sequence
+    # length, warm-up runs, and timed runs (round-robin across the programs timed together).
     c.nas.latency_device = "cpu"
     c.nas.latency_batch_size = 1
     c.nas.latency_seq_len = 128
     c.nas.latency_warmup_runs = 5
-    c.nas.latency_timed_runs = 5
+    c.nas.latency_timed_runs = 30
+    # Reported latency = this percentile of the timed runs (load only adds time, so a low one resists it).
+    c.nas.latency_percentile = 10.0
+    # What the reward reads: 'model' (latency model fitted once per machine; reproducible) or 'measured'.
+    c.nas.latency_source = "model"
+    # Machine-level latency cache shared by workdirs ('' = $KDJAX_CACHE_DIR/latency or ~/.cache/kdjax/latency).
+    c.nas.latency_cache_dir = ""
     c.nas.reward = ml_collections.ConfigDict()
     # R = max(0.01, 1 - loss) * (lat_s / (beta * lat_t)) ** alpha (MnasNet-style soft latency term).
     c.nas.reward.alpha = -0.07
@@ -284,7 +290,7 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.nas.mini_kd_steps_per_epoch = 2
     c.nas.latency_seq_len = 32
     c.nas.latency_warmup_runs = 1
-    c.nas.latency_timed_runs = 2
+    c.nas.latency_timed_runs = 5
     c.glue.tasks = "sst2,stsb"
     c.glue.per_device_batch_size = 4
     c.glue.num_epochs = 1
@@ -449,6 +455,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("latency_batch_size", "latency_seq_len", "latency_timed_runs"):
         _positive(c, f"nas.{f}")
     _positive(c, "nas.latency_warmup_runs", allow_zero=True)
+    _choice(c.nas.latency_source, "nas.latency_source", ("model", "measured"))
+    if not 0.0 <= c.nas.latency_percentile <= 100.0:
+        raise ConfigError(f"nas.latency_percentile={c.nas.latency_percentile} must be in [0, 100]")
     if c.nas.reward.alpha > 0:
         raise ConfigError(
             f"nas.reward.alpha={c.nas.reward.alpha} must be <= 0: a positive alpha rewards slower students "

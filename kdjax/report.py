@@ -57,14 +57,23 @@ def load_glue(root: str) -> dict[str, dict[str, dict]]:
     return out
 
 
-def teacher_latency_ms(root: str, key: str | None) -> float | None:
+def teacher_latency(root: str, key: str | None) -> dict | None:
+    """The teacher's measured latency entry: by its full key (teacher identity, protocol, machine) when known,
+    else the only entry; never another teacher's (a workdir whose teacher changed holds several)."""
     path = os.path.join(root, "teacher", "latency.json")
-    if not os.path.exists(path):
+    try:
+        cache = read_json(path) if os.path.exists(path) else {}
+    except ValueError:
+        log.warning("%s is damaged; the teacher's latency is left out", path)
         return None
-    cache = read_json(path)
     entry = cache.get(key) if key else None
-    if entry is None and cache:
+    if entry is None and not key and len(cache) == 1:
         entry = next(iter(cache.values()))
+    return entry if isinstance(entry, dict) and _finite(entry.get("latency_ms")) else None
+
+
+def teacher_latency_ms(root: str, key: str | None) -> float | None:
+    entry = teacher_latency(root, key)
     return float(entry["latency_ms"]) if entry else None
 
 
@@ -92,6 +101,7 @@ def build_rows(
     latency_key: str | None = None,
     history_rows: list[dict] | None = None,
     measure_latency: Callable[[ArchSpec], float] | None = None,
+    measure_torch: Callable[[str], float | None] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """One row per model: scores per task, GLUE average, % of teacher, params, latency, speed-up, KD loss, reward."""
     glue = load_glue(root)
@@ -130,15 +140,18 @@ def build_rows(
         present = [row[t] for t in tasks if t in row]
         row["glue_avg"] = float(np.mean(present)) if present else None
         row["num_tasks"] = len(present)
-        lat = None
+        lat, hist = None, by_arch.get(arch_id or "", {})
+        # Modelled latencies (what the reward read) stay in their own column; this one is always a measurement.
+        row["speedup_model"] = _finite(hist.get("speedup")) if hist.get("latency_source") == "model" else None
         if kind == "teacher":
             lat = t_lat
-        elif arch_id in by_arch and _finite(by_arch[arch_id].get("latency_ms")):
-            lat = float(by_arch[arch_id]["latency_ms"])
+        elif _finite(hist.get("latency_ms")) and hist.get("latency_source", "measured") == "measured":
+            lat = float(hist.get("measured_latency_ms") or hist["latency_ms"])
         elif measure_latency is not None and first.get("spec"):
             lat = measure_latency(ArchSpec.from_dict(first["spec"]))
         row["latency_ms"] = lat
         row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
+        row["torch_ms"] = measure_torch(first.get("source") or "") if measure_torch else None
         kd_name = first.get("twin") or model  # a fine-tune-only baseline shares its twin's distilled weights
         row["kd_loss"] = kd_loss(root, kd_name, kind, arch_id, by_arch) if kind != "teacher" else None
         row["reward"] = _finite(by_arch.get(arch_id or "", {}).get("reward")) if kind != "teacher" else None
@@ -146,7 +159,9 @@ def build_rows(
         rows.append(row)
     rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r.get("arch_id") or "", r["model"]))
     teacher = next((r for r in rows if r["kind"] == "teacher"), None)
+    t_torch = teacher.get("torch_ms") if teacher else None
     for r in rows:
+        r["torch_speedup"] = t_torch / r["torch_ms"] if t_torch and r.get("torch_ms") else None
         r["pct_teacher"] = None
         if teacher is None:
             continue
@@ -192,6 +207,9 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
         "params",
         "latency ms",
         "speed-up",
+        "modelled speed-up",
+        "torch ms",
+        "torch speed-up",
         *[_task_header(t, rows) for t in tasks],
         "GLUE avg",
         "% of teacher",
@@ -206,6 +224,9 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             _fmt(r["params"], 1, 1e-6, "M"),
             _fmt(r["latency_ms"]),
             _fmt(r["speedup"], 1, 1, "x"),
+            _fmt(r.get("speedup_model"), 1, 1, "x"),
+            _fmt(r.get("torch_ms")),
+            _fmt(r.get("torch_speedup"), 1, 1, "x"),
             *[_task_cell(r, t) for t in tasks],
             avg,
             _fmt(r["pct_teacher"], 1, 1, "%"),
@@ -216,7 +237,10 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
     out = ["### GLUE dev scores", "", *lines, ""]
     out.append(
         "Scores x100 on the full dev sets; a task with two metrics shows both and counts their mean in the "
-        "average (* = average over fewer tasks). Speed-up = teacher latency / model latency."
+        "average (* = average over fewer tasks). Speed-up = teacher latency / model latency, both measured under "
+        "XLA (batch and length as the search's protocol, low percentile of round-robin runs: see docs/performance.md); "
+        "modelled speed-up = what the search reward read (the fitted latency model); torch = the exported model "
+        "under PyTorch (`AutoModel`, batch 1), shown when torch is installed."
     )
     if any(r["kind"] == "teacher" for r in rows):
         out += [
@@ -495,6 +519,7 @@ def build_report(
     extra_workdirs: Sequence[str] = (),
     measure_missing: bool = True,
     reward_cfg: RewardConfig | None = None,
+    teacher_key: str | None = None,
 ) -> dict:
     """Write every report file for workdir `root`; works with any subset of the inputs.
 
@@ -506,15 +531,27 @@ def build_report(
     os.makedirs(out_dir, exist_ok=True)
     cfg = latency_cfg or LatencyConfig()
     # Models the search never timed (teacher-relative baselines, hub checkpoints) are measured once and cached here.
-    cache = LatencyCache(os.path.join(out_dir, "latency.json"), cfg)
+    cache = LatencyCache(cfg)
 
     def measure_latency(spec: ArchSpec) -> float:
         return float(cache.measure(spec)[0]["latency_ms"])
 
+    def measure_torch(folder: str) -> float | None:
+        from kdjax.torch_latency import measure_folder
+
+        res = measure_folder(folder, cfg, cache.machine)
+        return float(res["latency_ms"]) if res else None
+
     history = load_histories(root, list(extra_workdirs))
     notes = one_reward_scale(history, root, reward_cfg)
-    rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
-    t_ms = teacher_latency_ms(root, cfg.key)
+    rows, tasks = build_rows(
+        root,
+        teacher_key,
+        history,
+        measure_latency if measure_missing else None,
+        measure_torch if measure_missing else None,
+    )
+    t_ms = teacher_latency_ms(root, teacher_key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
     searches = search_rows(history)
     write_json(os.path.join(out_dir, "search.json"), {"searches": searches, "notes": notes})
@@ -533,11 +570,13 @@ def run(ctx) -> dict:
     from kdjax.config import split_list
 
     extra = split_list(ctx.config.report.extra_workdirs) if "report" in ctx.config else []
+    t_key = ctx.teacher_latency()["key"]  # measured now if this workdir's teacher (or protocol) is new
     info = build_report(
         ctx.workdir.root,
         latency_cfg=ctx.latency_cfg,
         extra_workdirs=extra,
         reward_cfg=RewardConfig.from_config(ctx.config.nas.reward),
+        teacher_key=t_key,
     )
     print(
         f"report: {info['rows']} model(s) x {len(info['tasks'])} task(s), {len(info['figures'])} figure(s) in "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import zlib
@@ -126,6 +127,24 @@ def load_text(
     return ds
 
 
+def _plain_lines(corpus: str, files: list[str], max_lines: int, synthetic_lines: int, seed: int) -> list[str]:
+    """The lines `load_text` would give for the synthetic or a local text corpus, read without `datasets`."""
+    if corpus == "synthetic":
+        texts = list(synthetic.lines(synthetic_lines, seed))
+    else:
+        texts = []
+        for path in files:
+            try:
+                with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+                    texts += [t for t in f.read().splitlines() if t.strip()]
+            except (OSError, EOFError, UnicodeDecodeError) as e:
+                raise DataError(f"cannot read corpus file {path}: {e}") from e
+    texts = texts[:max_lines] if max_lines else texts
+    if not texts:
+        raise DataError(f"corpus {corpus!r} is empty (no non-empty lines)")
+    return texts
+
+
 def pack_rows(token_lists, max_seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
     """Pack whole sentences as `[CLS] s1 [SEP] s2 [SEP] ...` into rows of `max_seq_len` tokens, best-fit decreasing.
 
@@ -172,20 +191,25 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
     path = os.path.join(cache_dir, f"packed-{key}.npy") if cache_dir else None
     if path and os.path.exists(path):
         return np.load(path)
-    ds = load_text(
-        corpus,
-        text_column=str(data_cfg.text_column),
-        max_lines=int(data_cfg.max_lines),
-        synthetic_lines=int(data_cfg.synthetic_lines),
-        seed=seed,
-    )
+    if importlib.util.find_spec("datasets") is None and (corpus == "synthetic" or files):
+        # Local text needs no `datasets` (nor its pyarrow): machines without them still run from local corpora.
+        texts = _plain_lines(corpus, files, int(data_cfg.max_lines), int(data_cfg.synthetic_lines), seed)
+        token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        ds = load_text(
+            corpus,
+            text_column=str(data_cfg.text_column),
+            max_lines=int(data_cfg.max_lines),
+            synthetic_lines=int(data_cfg.synthetic_lines),
+            seed=seed,
+        )
 
-    def tokenize(batch):
-        return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+        def tokenize(batch):
+            return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
 
-    ds = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"])
+        token_lists = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"])["input_ids"]
     rows = pack_rows(
-        ds["input_ids"],
+        token_lists,
         int(data_cfg.max_seq_len),
         tokenizer.cls_token_id,
         tokenizer.sep_token_id,
