@@ -85,6 +85,7 @@ case "$SIZE" in
       --config.nas.mini_kd_steps_per_epoch=20 --config.nas.latency_device=accelerator
       --config.kd.num_train_steps=300 --config.kd.per_device_batch_size=64 --config.kd.checkpoint_every_steps=150
       --config.data.max_lines=40000 --config.glue.tasks=sst2 --config.glue.max_train_examples=2000
+      --config.glue.learning_rates=1e-4
       --config.glue.num_epochs=1)
     MFU=(--compare-fp32 --steps 20)
     PIPE_TIMEOUT=240 ;;
