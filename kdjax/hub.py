@@ -106,7 +106,7 @@ def snapshot_folder(repo_id: str, allow_pickle: bool) -> str:
     except (requests.exceptions.RequestException, OSError) as e:
         cached = _cached_snapshot(repo_id)
         if cached is not None:
-            log.warning("the hub is unreachable (%s); using the cached snapshot of %s", _first_line(e), repo_id)
+            log.warning("the hub (%s) is unreachable; using the cached snapshot of %s", _endpoint(), repo_id)
             return cached
         raise TeacherError(
             f"cannot reach the hub ({_endpoint()}) to fetch teacher {repo_id!r}, and it is not in the hub cache: "
