@@ -89,8 +89,9 @@ def snapshot_folder(repo_id: str, allow_pickle: bool) -> str:
         cached = _cached_snapshot(repo_id)
         if cached is None:
             raise TeacherError(
-                f"teacher {repo_id!r} is a hub id that is not in the hub cache ({constants.HF_HUB_CACHE}) and "
-                f"HF_HUB_OFFLINE=1 keeps kdjax off the hub: download it once where the hub is reachable "
+                f"teacher {repo_id!r} is not a local folder, and as a hub id it is not in the hub cache "
+                f"({constants.HF_HUB_CACHE}) while HF_HUB_OFFLINE=1 keeps kdjax off the hub: download it once where "
+                f"the hub is reachable "
                 f"(huggingface-cli download {repo_id}), or {_OFFLINE_REMEDY}"
             )
         return cached

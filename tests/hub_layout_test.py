@@ -194,3 +194,39 @@ def test_pipeline_every_family(hub, tmp_path, hub_id, as_folder):
         name = str(tmp_path / "my-teacher")
         shutil.copytree(hub[hub_id][0], name)
     _pipeline(hub, name, str(tmp_path / "run"))
+
+
+def test_online_download_fetches_one_weight_file_and_never_unasked_pickle(monkeypatch):
+    """With the hub reachable, only config, tokenizer and the preferred weight file are fetched (no network here:
+    the two hub calls are replaced and record what they were asked)."""
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from kdjax import hub as kdhub
+
+    asked = {}
+
+    def fake_info(self, repo_id, timeout=None):
+        asked["timeout"] = timeout
+        names = asked["files"]
+        return types.SimpleNamespace(sha="abc", siblings=[types.SimpleNamespace(rfilename=n) for n in names])
+
+    def fake_snapshot(repo_id, revision=None, allow_patterns=(), etag_timeout=None):
+        asked["patterns"] = list(allow_patterns)
+        return "/snapshot"
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake_info)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    asked["files"] = ["config.json", "vocab.txt", "pytorch_model.bin", "model.safetensors", "tf_model.h5"]
+    assert kdhub.snapshot_folder("bert-base-uncased", allow_pickle=False) == "/snapshot"
+    assert "model.safetensors" in asked["patterns"] and "pytorch_model.bin" not in asked["patterns"]
+    assert "tf_model.h5" not in asked["patterns"] and asked["timeout"] <= 10
+    asked["files"], asked["patterns"] = ["config.json", "vocab.txt", "pytorch_model.bin"], None
+    with pytest.raises(TeacherError, match=r"--config\.teacher\.allow_pickle=true"):
+        kdhub.snapshot_folder("google/bert_uncased_L-4_H-512_A-8", allow_pickle=False)
+    assert asked["patterns"] is None, "nothing may be downloaded before the pickle check"
+    kdhub.snapshot_folder("google/bert_uncased_L-4_H-512_A-8", allow_pickle=True)
+    assert "pytorch_model.bin" in asked["patterns"]
