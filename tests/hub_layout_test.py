@@ -185,7 +185,7 @@ def test_pipeline_bert_base_uncased_hub_id(hub, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hub_id", FAMILY_IDS)
-@pytest.mark.parametrize("as_folder", [True, False])
+@pytest.mark.parametrize("as_folder", [True, False], ids=["folder", "hub_id"])
 def test_pipeline_every_family(hub, tmp_path, hub_id, as_folder):
     if hub_id == "bert-base-uncased" and not as_folder:
         pytest.skip("the default run covers it")
