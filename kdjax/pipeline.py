@@ -8,7 +8,7 @@ import os
 import time
 
 from kdjax import kd_stage
-from kdjax.config import validate
+from kdjax.config import check_data, validate
 from kdjax.context import RunContext
 from kdjax.workdir import Workdir, read_json, write_json
 
@@ -63,10 +63,12 @@ STAGES = {
 
 
 def enable_compilation_cache(directory: str) -> None:
-    """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing)."""
+    """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing); a cache folder
+    already chosen (JAX_COMPILATION_CACHE_DIR, as the tests set one for all their runs) is kept."""
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", directory)
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -87,6 +89,7 @@ def record_config(workdir: Workdir, cfg: dict) -> None:
 def run(config, workdir: str) -> None:
     """Validate `config`, then run each selected stage in pipeline order."""
     validate(config)
+    check_data(config)
     ctx = RunContext(config, Workdir(workdir))
     enable_compilation_cache(ctx.workdir.subdir("cache", "xla"))
     record_config(ctx.workdir, config.to_dict())

@@ -3,8 +3,8 @@
 This is the only module that imports transformers' model classes. A hub id is first resolved to its local snapshot
 folder (`kdjax.hub`), so hub ids and folders take one code path: the weight file is checked, the pretrained pooler read
 from it, and the body converted by transformers' Flax classes. The teacher then runs through `kdjax.models.Encoder`
-with its converted weights, so a distillation step computes no layer beyond the deepest one a loss reads, no
-vocabulary logits unless a logit loss is on, and uses fused attention.
+with its converted weights, so a distillation step computes no vocabulary logits unless a logit loss is on, and uses
+fused attention.
 """
 
 from __future__ import annotations
