@@ -13,7 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_main
+from helpers import run_main
 from hub_fixtures import HUB_TEACHERS, as_hub_cache, build
 
 from kdjax.models import Encoder
