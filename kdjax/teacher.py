@@ -38,8 +38,14 @@ _ACT_ALIASES = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "ge
 _ACT_ALIASES |= {"silu": "silu", "swish": "silu"}
 # Prefix of the base model inside the masked-LM class, and the MLM head's key.
 _PREFIX = {"bert": ("bert", "cls"), "roberta": ("roberta", "lm_head"), "albert": ("albert", "predictions")}
-_REQUIRED = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
-_REQUIRED += ("max_position_embeddings",)
+_REQUIRED = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+)
 
 
 @dataclasses.dataclass
@@ -176,6 +182,11 @@ def _torch_pooler(tensors: dict, base: str) -> dict | None:
 def _inspect_weights(path: str, fmt: str, family: str) -> tuple[set[str], dict | None]:
     """(parameter names, pretrained pooler or None) read straight from the weight file; damage is one error line."""
     base = _PREFIX[family][0]
+    if fmt == "pickle":
+        try:
+            import torch
+        except ImportError as e:
+            raise TeacherError(f"reading {path} needs PyTorch (pip install torch); or convert it to safetensors") from e
     try:
         if fmt == "msgpack":
             from flax.serialization import msgpack_restore
@@ -193,8 +204,6 @@ def _inspect_weights(path: str, fmt: str, family: str) -> tuple[set[str], dict |
                 keys = set(f.keys())
                 wanted = [k for k in keys if ".pooler" in f".{k}"]
                 return keys, _torch_pooler({k: f.get_tensor(k) for k in wanted}, base)
-        import torch
-
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ValueError("not a state dict")

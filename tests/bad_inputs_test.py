@@ -343,6 +343,10 @@ def teacher_case_results(teacher_inputs):
 
 @pytest.mark.parametrize("name", sorted(TEACHER_CASES))
 def test_teacher_fault_is_one_clear_line(name, teacher_case_results):
+    import importlib.util
+
+    if name == "corrupt_teacher_pickle_allowed" and importlib.util.find_spec("torch") is None:
+        pytest.skip("reading pytorch_model.bin needs torch")
     result = teacher_case_results[name].result()
     assert_one_error_line(result["proc"], TEACHER_CASES[name][1])
     assert result["after"] == result["before"]
