@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from kdjax import kd_stage
+from kdjax import kd_stage, plan
 from kdjax.config import check_data, validate
 from kdjax.context import RunContext
 from kdjax.workdir import Workdir, read_json, write_json
@@ -93,6 +93,8 @@ def run(config, workdir: str) -> None:
     ctx = RunContext(config, Workdir(workdir))
     enable_compilation_cache(ctx.workdir.subdir("cache", "xla"))
     record_config(ctx.workdir, config.to_dict())
+    # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
+    plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not ctx.workdir.is_done(s))])
     for name in STAGES:
         if name not in ctx.stages:
             continue
@@ -102,3 +104,4 @@ def run(config, workdir: str) -> None:
         log.info("stage %s", name)
         info = STAGES[name](ctx) or {}
         ctx.workdir.mark_done(name, info)
+        plan.stage_done(name)
