@@ -7,6 +7,7 @@ Each `configs/<teacher>_nas.py` calls `base_config(teacher_name, arg)`; variants
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -324,12 +325,46 @@ def _check_arch(arch_id: str, field: str) -> None:
         raise ConfigError(f"{field}={arch_id!r}: {e}") from e
 
 
+def _finite_numbers(c: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Reject NaN and infinity anywhere: every range check below compares, and a NaN passes every comparison."""
+    for key, value in c.items():
+        field = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            _finite_numbers(value, field + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field}={value} is not a finite number")
+
+
+def usable_positions(spec) -> int:
+    """Longest sequence the teacher's position embeddings cover (RoBERTa's start after padding_idx + 1)."""
+    offset = spec.pad_token_id + 1 if spec.family == "roberta" else 0
+    return int(spec.max_position_embeddings) - offset
+
+
+def check_positions(c: ml_collections.ConfigDict, spec) -> None:
+    """Sequence lengths the teacher (and every student, which inherits its embeddings) cannot encode.
+
+    Past the last position embedding the gather reads out of range and training reports a NaN loss instead.
+    """
+    limit = usable_positions(spec)
+    for field in ("data.max_seq_len", "glue.max_seq_len", "nas.latency_seq_len"):
+        section, name = field.split(".")
+        value = int(c[section][name])
+        if value > limit:
+            raise ConfigError(
+                f"{field}={value} is longer than the teacher's {limit} position embeddings; set it to at most {limit}"
+            )
+
+
 def split_list(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check every field once; raise ConfigError naming the first bad one."""
+    _finite_numbers(c)
+    if not 0 <= c.seed < 2**32:
+        raise ConfigError(f"seed={c.seed} must be in [0, 2**32) (it seeds 32-bit PRNGs)")
     stages = split_list(c.stages)
     if not stages:
         raise ConfigError("stages is empty; expected a comma list of: " + ", ".join(STAGES))
@@ -388,6 +423,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("latency_batch_size", "latency_seq_len", "latency_timed_runs"):
         _positive(c, f"nas.{f}")
     _positive(c, "nas.latency_warmup_runs", allow_zero=True)
+    if c.nas.reward.alpha > 0:
+        raise ConfigError(
+            f"nas.reward.alpha={c.nas.reward.alpha} must be <= 0: a positive alpha rewards slower students "
+            "(0 ignores latency, -0.07 is the soft default, -1 a hard trade-off)"
+        )
     if c.nas.reward.beta <= 0:
         raise ConfigError(f"nas.reward.beta={c.nas.reward.beta} must be positive")
     _positive(c, "nas.reward.latency_budget", allow_zero=True)

@@ -9,7 +9,7 @@ import os
 import jax
 import numpy as np
 
-from kdjax.config import split_list
+from kdjax.config import check_positions, split_list
 from kdjax.data.batches import MaskingSpec
 from kdjax.data.corpus import packed_corpus
 from kdjax.latency import LatencyConfig, measure
@@ -32,12 +32,14 @@ class RunContext:
     def teacher(self) -> Teacher:
         c = self.config.teacher
         log.info("loading teacher %s", c.name)
-        return load_teacher(
+        teacher = load_teacher(
             str(c.name),
             allow_pickle=bool(c.allow_pickle),
             random_dir=self.workdir.subdir("teacher"),
             seed=self.config.seed,
         )
+        check_positions(self.config, teacher.spec)
+        return teacher
 
     @functools.cached_property
     def rows(self) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 Inputs, all optional: W/glue/<model>/<task>.json (scores), W/teacher/latency.json, W/nas/history.jsonl (one row per
 candidate: strategy, arch_id, loss, latency_ms, speedup, reward), W/kd/<name>/result.json (KD losses), and the
-histories of sibling workdirs named in report.extra_workdirs. Outputs in W/report/: glue.json, glue.csv, glue.md,
-search.json (Table 1: best candidate and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png,
-fig_best_reward.png, fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md
-says why.
+histories of sibling workdirs named in report.extra_workdirs (labelled and put on one reward scale by
+kdjax/report_searches.py). Outputs in W/report/: glue.json, glue.csv, glue.md, search.json (Table 1: best candidate
+and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png, fig_best_reward.png,
+fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md says why.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 from kdjax.glue_data import TASKS
 from kdjax.latency import LatencyConfig
 from kdjax.metrics import task_score
+from kdjax.report_searches import load_histories, one_reward_scale
+from kdjax.reward import RewardConfig
 from kdjax.spec import ArchSpec
 from kdjax.workdir import read_json, write_json
 
@@ -53,38 +55,6 @@ def load_glue(root: str) -> dict[str, dict[str, dict]]:
             if os.path.exists(path):
                 out.setdefault(model, {})[task] = read_json(path)
     return out
-
-
-def read_history(path: str, label: str | None = None) -> list[dict]:
-    """Rows of a nas/history.jsonl; malformed lines are skipped with a warning. `label` prefixes the strategy."""
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                log.warning("%s:%d: not JSON, skipped", path, i)
-                continue
-            strategy = str(row.get("strategy", "unknown"))
-            row["series"] = f"{label}:{strategy}" if label else strategy
-            rows.append(row)
-    return rows
-
-
-def load_histories(root: str, extra_workdirs: list[str]) -> list[dict]:
-    """This workdir's nas/history.jsonl (and nas/*/history.jsonl), plus those of the extra workdirs."""
-    rows = []
-    for wd, label in [(root, None)] + [(w, os.path.basename(os.path.abspath(w))) for w in extra_workdirs]:
-        nas = os.path.join(wd, "nas")
-        paths = [os.path.join(nas, "history.jsonl")]
-        if os.path.isdir(nas):
-            paths += sorted(os.path.join(nas, d, "history.jsonl") for d in os.listdir(nas))
-        for p in paths:
-            if os.path.isfile(p):
-                rows += read_history(p, label)
-    return rows
 
 
 def teacher_latency_ms(root: str, key: str | None) -> float | None:
@@ -127,7 +97,11 @@ def build_rows(
     glue = load_glue(root)
     tasks = [t for t in TASKS if any(t in r for r in glue.values())]
     by_arch: dict[str, dict] = {}
+    # Only this workdir's candidates: a sibling's search timed and rewarded the same architecture under its settings.
+    own = os.path.abspath(root)
     for row in history_rows or []:
+        if row.get("workdir", own) != own:
+            continue
         arch = row.get("arch_id", "")
         best = by_arch.get(arch)
         if arch and (best is None or (_finite(row.get("reward")) or -1e9) > (_finite(best.get("reward")) or -1e9)):
@@ -432,7 +406,12 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
 
 
 def readme(
-    rows: list[dict], tasks: list[str], figures: dict[str, str], history: list[dict], searches: list[dict]
+    rows: list[dict],
+    tasks: list[str],
+    figures: dict[str, str],
+    history: list[dict],
+    searches: list[dict],
+    notes: tuple[str, ...] | list[str] = (),
 ) -> str:
     captions = {
         "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
@@ -440,9 +419,12 @@ def readme(
         "loss": "Fig. 3: mini-KD loss of each candidate, in evaluation order",
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
     }
+    if notes:
+        captions["reward"] += " (reward scales: see the note under the search table)"
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
     if searches:
         out += [search_table(searches)]
+    out += [*(f"{n}\n" for n in notes)]
     recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
@@ -463,8 +445,12 @@ def build_report(
     latency_cfg: LatencyConfig | None = None,
     extra_workdirs: Sequence[str] = (),
     measure_missing: bool = True,
+    reward_cfg: RewardConfig | None = None,
 ) -> dict:
-    """Write every report file for workdir `root`; works with any subset of the inputs."""
+    """Write every report file for workdir `root`; works with any subset of the inputs.
+
+    Rewards of every search are put on `reward_cfg`'s scale (default: the settings recorded in W/config.json).
+    """
     from kdjax.latency import LatencyCache
 
     out_dir = os.path.join(root, "report")
@@ -477,17 +463,18 @@ def build_report(
         return float(cache.measure(spec)[0]["latency_ms"])
 
     history = load_histories(root, list(extra_workdirs))
+    notes = one_reward_scale(history, root, reward_cfg)
     rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
     t_ms = teacher_latency_ms(root, cfg.key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
     searches = search_rows(history)
-    write_json(os.path.join(out_dir, "search.json"), {"searches": searches})
+    write_json(os.path.join(out_dir, "search.json"), {"searches": searches, "notes": notes})
     write_csv(os.path.join(out_dir, "glue.csv"), rows, tasks)
     with open(os.path.join(out_dir, "glue.md"), "w") as f:
         f.write(markdown_tables(rows, tasks))
     figures = make_figures(out_dir, rows, history, t_ms)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(readme(rows, tasks, figures, history, searches))
+        f.write(readme(rows, tasks, figures, history, searches, notes))
     drawn = sorted(v for v in figures.values() if v.endswith(".png"))
     return {"rows": len(rows), "tasks": tasks, "figures": drawn, "candidates": len(history)}
 
@@ -497,7 +484,12 @@ def run(ctx) -> dict:
     from kdjax.config import split_list
 
     extra = split_list(ctx.config.report.extra_workdirs) if "report" in ctx.config else []
-    info = build_report(ctx.workdir.root, latency_cfg=ctx.latency_cfg, extra_workdirs=extra)
+    info = build_report(
+        ctx.workdir.root,
+        latency_cfg=ctx.latency_cfg,
+        extra_workdirs=extra,
+        reward_cfg=RewardConfig.from_config(ctx.config.nas.reward),
+    )
     print(
         f"report: {info['rows']} model(s) x {len(info['tasks'])} task(s), {len(info['figures'])} figure(s) in "
         f"{ctx.workdir.path('report')}"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import glob
+import gzip
 import hashlib
 import json
 import os
+import zlib
 
 import numpy as np
 
@@ -39,6 +41,47 @@ def corpus_files(corpus: str) -> list[str]:
     return []
 
 
+def _file_problem(path: str) -> str | None:
+    """Why `datasets` could not read this text file: bytes that are not UTF-8, a truncated or corrupt gzip, or no text.
+
+    Run only after a failed load (the happy path never reads the corpus twice); the answer names file, line and cause.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    line, has_text = 0, False
+    try:
+        with opener(path, "rb") as f:
+            for line, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return (
+                        f"{path}:{line}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not UTF-8; "
+                        "re-encode the corpus as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    )
+                has_text = has_text or bool(text.strip())
+    except gzip.BadGzipFile:
+        return f"{path}: not gzip data although the name ends in .gz; rename or re-compress it"
+    except (EOFError, zlib.error) as e:
+        return f"{path}:{line + 1}: truncated or corrupt gzip ({e}); re-create or re-download the file"
+    return None if has_text else f"{path}: empty file (no text)"
+
+
+def _load_problem(files: list[str], error: BaseException) -> str:
+    """One line for a failed local load: the first file that explains it, else the innermost cause."""
+    problems = [_file_problem(f) for f in files]
+    hard = [p for p in problems if p and not p.endswith("empty file (no text)")]
+    if hard:
+        return hard[0]
+    if all(problems):
+        return str(problems[0]) if len(files) == 1 else f"corpus is empty: none of its {len(files)} files has text"
+    root = error
+    while (inner := root.__cause__ or root.__context__) is not None:
+        root = inner
+    return f"cannot read corpus files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): " + (
+        f"{type(root).__name__}: {root}"
+    )
+
+
 def _fingerprint(corpus: str, files: list[str], extra: dict) -> str:
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     h.update(corpus.encode())
@@ -68,6 +111,8 @@ def load_text(
         except DataError:
             raise
         except Exception as e:
+            if files:
+                raise DataError(_load_problem(files, e)) from e
             raise DataError(f"cannot load corpus {corpus!r}: {type(e).__name__}: {e}") from e
         if text_column != "text":
             if text_column not in ds.column_names:
