@@ -225,7 +225,7 @@ STSB_ROW = "0\tmain\tf\t2012\t0\tnone\tnone\tA man plays.\tA man is playing.\t{}
 DATA_CASES: dict[str, tuple[list[str], list[str]]] = {
     "negative_seed": ([TINY, "--config.seed=-1"], ["seed=-1"]),
     "nan_learning_rate": ([TINY, "--config.kd.learning_rate=nan"], ["kd.learning_rate=nan", "finite"]),
-    "infinite_glue_learning_rate": ([TINY, "--config.glue.learning_rate=inf"], ["glue.learning_rate=inf", "finite"]),
+    "infinite_glue_learning_rate": ([TINY, "--config.glue.learning_rates=1e-4,inf"], ["learning_rates=", "finite"]),
     "positive_alpha": ([TINY, "--config.nas.reward.alpha=0.5"], ["nas.reward.alpha=0.5", "<= 0"]),
     "config_field_typo": (
         [TINY, "--config.kd.learnin_rate=1"],
