@@ -501,10 +501,11 @@ def distill(
                 flush(done)
                 elapsed = time.perf_counter() - t_start - compile_s
                 bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
-            if checkpointer is not None and (done == num_steps or (checkpoint_every and done % checkpoint_every == 0)):
+            if checkpointer is not None and checkpointer.should_save(done):
+                flush(done)  # the metrics up to here belong in the checkpoint's meta
                 meta = {"step": done, "data_position": done, "epoch_sums": epoch_sums, "seed": seed}
                 meta["last_loss"] = last_loss
-                checkpointer.save(done, state, meta, force=True)
+                checkpointer.save(done, state, meta)
             bar.update(1)
     finally:
         bar.close()

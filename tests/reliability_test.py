@@ -311,7 +311,7 @@ def three_checkpoints(tmp_path):
     state = {"w": jnp.arange(2000, dtype=jnp.float32), "b": jnp.ones((4, 4))}
     ck = Checkpointer(str(tmp_path / "ck"), keep=5)
     for s in (1, 2, 3):
-        ck.save(s, {k: v * s for k, v in state.items()}, {"step": s}, force=True)
+        ck.save(s, {k: v * s for k, v in state.items()}, {"step": s})
     ck.close()
     return str(tmp_path / "ck"), state
 
@@ -331,7 +331,7 @@ def test_damaged_checkpoint_warns_and_falls_back(three_checkpoints, how, caplog)
     assert any("checkpoint step 3 " in w for w in warnings), warnings
     assert all("\n" not in w for w in warnings)
     # The run goes on from step 2 and writes step 3 again over the damaged one.
-    ck.save(3, {k: v * 30 for k, v in state.items()}, {"step": 3}, force=True)
+    ck.save(3, {k: v * 30 for k, v in state.items()}, {"step": 3})
     step, restored, _ = ck.restore(state)
     assert step == 3
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(state["w"]) * 30)
@@ -365,10 +365,10 @@ def test_half_written_checkpoint_is_invisible(three_checkpoints):
     assert ck.steps() == [1, 2, 3]
     step, _, meta = ck.restore(state)
     assert step == 3 and meta["step"] == 3
-    ck.save(4, state, {"step": 4}, force=True)
+    ck.save(4, state, {"step": 4})
     assert ck.steps() == [1, 2, 3, 4]
+    ck.close()  # the save is written in the background; closing waits for it
     assert not [n for n in os.listdir(directory) if TMP_MARK in n]
-    ck.close()
 
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):

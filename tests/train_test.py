@@ -67,11 +67,16 @@ def test_data_parallel_on_four_devices_matches_one(setup):
 
 
 def test_resume_continues_from_checkpoint(setup, tmp_path):
-    full = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "a")))
+    full_ck = Checkpointer(str(tmp_path / "a"))
+    full = _run(setup, 8, ckpt=full_ck)
+    full_ck.close()
     ck = Checkpointer(str(tmp_path / "b"))
     _run(setup, 4, ckpt=ck, total=8)  # "stopped" after step 4 (same schedule as the 8-step run)
+    ck.close()  # saves are written in the background: the owner waits for them before another manager opens
     assert ck.latest_step() == 4
-    resumed = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "b")))
+    ck = Checkpointer(str(tmp_path / "b"))
+    resumed = _run(setup, 8, ckpt=ck)
+    ck.close()
     assert resumed.resumed_from == 4
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)

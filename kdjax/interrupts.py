@@ -1,0 +1,82 @@
+"""Ctrl-C, SIGTERM and a full or read-only disk end a run with one line that says where it stopped and what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import threading
+from collections.abc import Iterator
+
+from kdjax.errors import KdjaxError
+
+# errno values that mean "this path cannot be written", whatever the stage was doing.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_DISK_TEXT = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
+
+
+class Interrupted(KdjaxError):
+    """The run was stopped by a signal; `step` is the last step reached, `checkpoint` the step a resume starts at."""
+
+    def __init__(self, what: str = "", *, step: int | None = None, checkpoint: int | None = None):
+        super().__init__(what)
+        self.what, self.step, self.checkpoint = what, step, checkpoint
+
+
+_received: list[str] = []
+
+
+def _raise_interrupt(signum, frame) -> None:
+    _received.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM (what `kill`, schedulers and containers send) unwinds like Ctrl-C, so `finally` blocks run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message(stage: str, e: BaseException, *, forced: bool) -> str:
+    """'<stage> interrupted at step N (...); run the same command to resume' for a KeyboardInterrupt or Interrupted."""
+    by = f" by {_received[-1]}" if _received else ""
+    if isinstance(e, Interrupted) and e.step is not None:
+        where = f"{e.what or stage} interrupted{by} at step {e.step}"
+        where += f" (resumes from its checkpoint at step {e.checkpoint})" if e.checkpoint else " (no checkpoint yet)"
+    else:
+        where = f"{stage} stage interrupted{by}"
+    again = "run the same command without --config.force=true to resume" if forced else "run the same command to resume"
+    return f"{where}; {again}"
+
+
+def disk_error(e: BaseException) -> OSError | BaseException | None:
+    """The first error in `e`'s chain that says a path cannot be written (disk full, read-only, no permission)."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            return seen
+        if any(t in str(seen) for t in _DISK_TEXT):
+            return seen  # TensorStore and Orbax report write failures as ValueError text
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def disk_error_message(stage: str, err: BaseException, workdir: str) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        path = err.filename or workdir
+        reason = err.strerror
+    else:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        path, reason = workdir, next((t for t in _DISK_TEXT if t in text), text)[:200]
+    full = "space" in reason or "quota" in reason
+    verb = "write" if full or "Read-only" in reason else "access"
+    hint = "free some space" if full else "make it writable"
+    return f"{stage}: cannot {verb} {path}: {reason}; {hint}, then run the same command to resume"
