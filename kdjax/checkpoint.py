@@ -26,6 +26,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from kdjax.errors import KdjaxError
+from kdjax.interrupts import deferred
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,10 @@ class Checkpointer:
         """
         self.reached = step
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
-        return bool(self._manager.save(step, args=args))
+        # Ctrl-C or SIGTERM in the middle of starting a save would leave a temporary folder that a background thread
+        # still writes to; they take effect once the save is handed to that thread (`close` then waits for it).
+        with deferred():
+            return bool(self._manager.save(step, args=args))
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
         """Restore (step, state, meta) from `step` or the newest good step; None when there is no checkpoint.
@@ -152,7 +156,10 @@ class Checkpointer:
                 except Exception as e:
                     failures.append((s, e))
             if failures:
-                time.sleep(1.0)
+                # Abandoned reads may still be finishing (later under load): from now on their tracebacks are
+                # filtered out of stderr for the rest of the process instead of muting it for a guessed time.
+                _filter_event_loop_tracebacks()
+                time.sleep(0.2)
                 _drop_orphaned_read_errors()
         for s, e in failures:
             # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
@@ -174,7 +181,8 @@ class Checkpointer:
             return
         self._closed = True
         try:
-            self._manager.wait_until_finished()
+            with deferred():
+                self._manager.wait_until_finished()
             self._manager.reload()  # a save an interrupt cut into may have landed without the manager listing it
             self._final_steps = sorted(self._manager.all_steps())
             self._manager.close()
@@ -185,6 +193,17 @@ class Checkpointer:
 
 def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    """absl logging filter: drop Orbax's traceback of a save wait cut short by Ctrl-C or SIGTERM.
+
+    The run reports the interrupt itself in one line, and `Checkpointer.close` still waits for that save.
+    """
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+logging.getLogger("absl").addFilter(_not_an_interrupt)
 
 
 def _quiet_abandoned_futures(record: logging.LogRecord) -> bool:
@@ -211,6 +230,67 @@ def _stderr_muted():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+_DROP = b"RuntimeError: Event loop is closed"
+_HEAD = b"Traceback (most recent call last):"
+_relay: list = []
+
+
+def _filter_event_loop_tracebacks() -> None:
+    """Relay file descriptor 2 through a pipe that drops 'Event loop is closed' tracebacks, until the process ends.
+
+    Everything else (log lines, progress bars, the final error line) passes through unchanged; traceback blocks are
+    held until their last line shows which exception they report. An `atexit` hook drains the pipe, so nothing
+    written before exit is lost.
+    """
+    if _relay:
+        return
+    import atexit
+    import threading
+
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending, block = b"", b""
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            out = b""
+            for line in lines:
+                if block:
+                    block += line + b"\n"
+                    if line[:1] not in (b" ", b"\t"):  # the exception line ends the block
+                        out += b"" if line.startswith(_DROP) else block
+                        block = b""
+                elif line.startswith(_HEAD):
+                    block = line + b"\n"
+                else:
+                    out += line + b"\n"
+            if pending and not block and not _HEAD.startswith(pending[: len(_HEAD)]):
+                out, pending = out + pending, b""  # progress bars redraw without a newline: pass them on now
+            if out:
+                os.write(real, out)
+        os.write(real, block + pending)
+        os.close(read_end)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the pump reads to the end and stops
+        thread.join(timeout=5)
+
+    atexit.register(drain)
+    _relay.append(thread)
 
 
 def _drop_orphaned_read_errors() -> None:

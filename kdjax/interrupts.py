@@ -23,26 +23,50 @@ class Interrupted(KdjaxError):
         self.what, self.step, self.checkpoint = what, step, checkpoint
 
 
-_received: list[str] = []
+_received: list[str] = []  # names of the signals other than Ctrl-C that interrupted the run
+_defer = {"depth": 0, "pending": None}
 
 
-def _raise_interrupt(signum, frame) -> None:
-    _received.append(signal.Signals(signum).name)
+def _interrupt(signum: int) -> None:
+    if signum != signal.SIGINT:
+        _received.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
+
+
+def _on_signal(signum, frame) -> None:
+    if _defer["depth"]:
+        _defer["pending"] = signum  # raised when the protected section ends
+        return
+    _interrupt(signum)
 
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM (what `kill`, schedulers and containers send) unwinds like Ctrl-C, so `finally` blocks run."""
+    """SIGINT and SIGTERM (what `kill`, schedulers and containers send) unwind as KeyboardInterrupt, so `finally`
+    blocks run, except inside `deferred()` sections, which they interrupt only once the section is over."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _received.clear()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A section a signal must not cut in two (starting a checkpoint save): the interrupt is raised after it."""
+    _defer["depth"] += 1
+    try:
+        yield
+    finally:
+        _defer["depth"] -= 1
+    if not _defer["depth"] and _defer["pending"] is not None:
+        signum, _defer["pending"] = _defer["pending"], None
+        _interrupt(signum)
 
 
 def interrupted_message(stage: str, e: BaseException, *, forced: bool) -> str:

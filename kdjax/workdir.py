@@ -24,7 +24,7 @@ class Workdir:
         self.root = os.path.abspath(os.path.expanduser(root))
         try:
             os.makedirs(self.root, exist_ok=True)
-            probe = os.path.join(self.root, ".write-test")
+            probe = os.path.join(self.root, f".write-test-{os.getpid()}")  # two runs may start together
             with open(probe, "w") as f:
                 f.write("ok")
             os.remove(probe)

@@ -273,3 +273,49 @@ def test_interrupts_end_in_one_line_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {saved}" in proc.stderr
     assert json.load(open(w / "kd" / ARCH / "result.json"))["steps"] == 400
+
+
+# ---- a damaged newest checkpoint: fallback with a short output ------------------------------------------------------
+DAMAGED_RESTORE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import jax.numpy as jnp
+from kdjax.checkpoint import Checkpointer
+state = {f"w{i}": jnp.arange(5000, dtype=jnp.float32) + i for i in range(60)}
+ck = Checkpointer(sys.argv[2], keep=5)
+step, restored, meta = ck.restore(state)
+assert step == 2 and float(restored["w1"][1]) == 4.0
+ck.close()
+print("kdjax: error: the last line still arrives", file=sys.stderr)
+sys.exit(2)
+"""
+
+
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_falls_back_quietly(tmp_path):
+    """60 arrays whose newest step is truncated: Orbax abandons the sibling reads, whose 'Event loop is closed'
+    tracebacks (one per array, some after the restore returned) must not reach the console."""
+    import glob
+
+    import jax.numpy as jnp
+
+    from kdjax.checkpoint import Checkpointer
+
+    d = str(tmp_path / "ck")
+    state = {f"w{i}": jnp.arange(5000, dtype=jnp.float32) + i for i in range(60)}
+    ck = Checkpointer(d, keep=5)
+    for s in (1, 2, 3):
+        ck.save(s, {k: v * s for k, v in state.items()}, {"step": s})
+    ck.close()
+    for f in glob.glob(os.path.join(d, "3", "state", "**", "d", "*"), recursive=True):
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", DAMAGED_RESTORE, ROOT, d], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr and len(lines) <= 4, proc.stderr[-3000:]
+    assert "checkpoint step 3" in proc.stderr and lines[-1] == "kdjax: error: the last line still arrives"

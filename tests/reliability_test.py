@@ -214,8 +214,10 @@ def kd_scenario(tmp_path_factory):
     for s, how in zip(none_steps, ("delete_meta", "delete_data", "truncate"), strict=True):
         damage(os.path.join(ckpt_dir(none_w), str(s)), how)
     second = Run(KD_ARGS, kill_w, kill_when=mid_save(12, 18), name="second")
-    # The stage is marked finished in the copy, so force it to run (and restore) again.
-    none_left = Run([*KD_ARGS, "--config.force=true"], none_w, name="none_left")
+    # The stage is marked finished in the copy: unmark it so that it runs (and restores) again. (A forced run would
+    # start from scratch instead of restoring.)
+    os.remove(os.path.join(none_w, ".stages", "kd.json"))
+    none_left = Run(KD_ARGS, none_w, name="none_left")
     wait_all(second, none_left)
     steps_after_second = finished_steps(kill_w)
 
@@ -261,9 +263,8 @@ def test_resumed_run_matches_uninterrupted(kd_scenario):
     print(f"kill points: {s['first'].killed_at}; {s['second'].killed_at}; scenario {s['wall_s']:.0f}s")
     # The damaged step is named in one warning line, the one before it restored, and the damaged one rewritten.
     assert f"checkpoint step {s['damaged']} in" in third.stderr and "unreadable" in third.stderr
-    # Known: under heavy load Orbax/TensorStore may still print a traceback for a sibling read that the failed
-    # restore abandoned (it names only orbax frames); what must never appear is a kdjax frame or an error line.
-    assert "kdjax/" not in "".join(ln for ln in third.stderr.splitlines(True) if ln.lstrip().startswith("File "))
+    # The sibling reads the failed restore abandoned print no 'Event loop is closed' tracebacks, however late.
+    assert "Traceback" not in third.stderr and "Exception ignored" not in third.stderr, third.stderr[-3000:]
     assert "kdjax: error" not in third.stderr
     assert f"resumed from step {s['damaged'] - 3}" in third.stderr
     res = result(s["kill_w"])
