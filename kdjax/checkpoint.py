@@ -119,7 +119,7 @@ class Checkpointer:
         """Save `state` (pytree) and `meta` (JSON) at `step` if the policy says so; returns whether it saves.
 
         The write goes on in the background: Orbax waits for it before the next save, and `close` waits at the end.
-        The arrays are copied to host memory before this returns, so the caller may donate `state` right away.
+        Orbax copies the arrays to host memory in the blocking part of the save, so `state` may be donated next.
         """
         self.reached = step
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))

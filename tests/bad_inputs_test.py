@@ -261,10 +261,10 @@ FAULT_CASES = {
     "damaged_top_k_without_history": (KD_TEACHER, None, _damaged_top_k, ["nas/top_k.json", "damaged", "force"]),
     "workdir_in_use": (KD_TEACHER, None, _holder, ["in use by pid", "wait_for_lock"]),
     "disk_full": (
-        [TINY, "--config.stages=teacher", "--config.teacher.name={teacher}"],
-        ("teacher/info.json", "ENOSPC"),
+        KD_TEACHER,
+        ("checkpoints/settings.json", "ENOSPC"),
         None,
-        ["teacher: cannot write", "info.json", "No space left on device", "resume"],
+        ["kd: cannot write", "settings.json", "No space left on device", "resume"],
     ),
     "read_only_kd_folder": (KD_TEACHER, ("/kd/2L", "EROFS"), None, ["kd: cannot write", "Read-only file system"]),
 }
