@@ -195,17 +195,6 @@ def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
-def _not_an_interrupt(record: logging.LogRecord) -> bool:
-    """absl logging filter: drop Orbax's traceback of a save wait cut short by Ctrl-C or SIGTERM.
-
-    The run reports the interrupt itself in one line, and `Checkpointer.close` still waits for that save.
-    """
-    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
-
-
-logging.getLogger("absl").addFilter(_not_an_interrupt)
-
-
 def _quiet_abandoned_futures(record: logging.LogRecord) -> bool:
     """asyncio logging filter: drop 'exception was never retrieved' reports of reads abandoned by a failed restore."""
     return "exception was never retrieved" not in str(record.msg)

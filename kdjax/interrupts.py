@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,16 @@ class Interrupted(KdjaxError):
         super().__init__(what)
         self.what, self.step, self.checkpoint = what, step, checkpoint
 
+
+def _not_an_interrupt(record: logging.LogRecord) -> bool:
+    """Logging filter: drop a library's report (with traceback) of a KeyboardInterrupt it re-raises; the run reports
+    the interrupt itself in one line."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
+# Orbax (through absl) logs a save wait cut short by Ctrl-C; Optuna logs a trial cut short as failed.
+for _name in ("absl", "optuna.study._optimize"):
+    logging.getLogger(_name).addFilter(_not_an_interrupt)
 
 _received: list[str] = []  # names of the signals other than Ctrl-C that interrupted the run
 _defer = {"depth": 0, "pending": None}

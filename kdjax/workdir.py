@@ -71,13 +71,24 @@ class Workdir:
             raise ValueError(f"{path} is outside the workdir {self.root}")
         dest = self.path(".previous", stage, rel)
         if os.path.lexists(dest):
-            shutil.rmtree(dest) if os.path.isdir(dest) and not os.path.islink(dest) else os.remove(dest)
+            # An earlier forced re-run never finished: `dest` still holds the last finished outputs; keep those and
+            # drop what the unfinished re-run left.
+            _remove(path)
+            log.info("%s: outputs of an unfinished forced re-run removed; %s still holds the earlier ones", stage, dest)
+            return
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         os.replace(path, dest)
         log.info("%s: earlier outputs moved to %s (deleted when the stage finishes)", stage, dest)
 
     def drop_previous(self, stage: str) -> None:
         shutil.rmtree(self.path(".previous", stage), ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 class WorkdirBusyError(KdjaxError):

@@ -319,3 +319,22 @@ def test_damaged_newest_checkpoint_falls_back_quietly(tmp_path):
     lines = proc.stderr.splitlines()
     assert "Traceback" not in proc.stderr and len(lines) <= 4, proc.stderr[-3000:]
     assert "checkpoint step 3" in proc.stderr and lines[-1] == "kdjax: error: the last line still arrives"
+
+
+def test_set_aside_keeps_the_last_finished_outputs(tmp_path):
+    from kdjax.workdir import Workdir
+
+    wd = Workdir(str(tmp_path))
+    (tmp_path / "kd" / "a").mkdir(parents=True)
+    (tmp_path / "kd" / "a" / "result.json").write_text("finished")
+    wd.set_aside("kd", wd.path("kd", "a"))  # a forced re-run starts...
+    assert not (tmp_path / "kd" / "a").exists()
+    (tmp_path / "kd" / "a").mkdir()
+    (tmp_path / "kd" / "a" / "metrics.jsonl").write_text("partial")
+    wd.set_aside("kd", wd.path("kd", "a"))  # ...is interrupted, and forced again
+    assert (tmp_path / ".previous" / "kd" / "kd" / "a" / "result.json").read_text() == "finished"
+    assert not (tmp_path / "kd" / "a").exists()
+    wd.drop_previous("kd")  # the forced stage finished
+    assert not (tmp_path / ".previous" / "kd").exists()
+    with pytest.raises(ValueError):
+        wd.set_aside("kd", str(tmp_path.parent))
