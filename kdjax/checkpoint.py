@@ -87,13 +87,16 @@ class Checkpointer:
             except (OSError, ValueError):
                 log.warning("%s is unreadable; assuming its checkpoints match this run's settings", path)
         if isinstance(old, dict):
-            for key in sorted(set(old) | set(current)):
-                if old.get(key) != current.get(key):
-                    raise SettingsMismatchError(
-                        f"the checkpoints in {self.directory} were made with {key} = {_show(old.get(key))}, but this "
-                        f"run has {_show(current.get(key))}; run with --config.force=true to start it again from "
-                        "scratch, or use another --workdir"
-                    )
+            diffs = [
+                f"{key} = {_show(old.get(key))} (this run: {_show(current.get(key))})"
+                for key in old.keys() | current.keys()
+                if old.get(key) != current.get(key)
+            ]
+            if diffs:
+                raise SettingsMismatchError(
+                    f"the checkpoints in {self.directory} were made with other settings: {'; '.join(sorted(diffs))}; "
+                    "run with --config.force=true to start again from scratch, or use another --workdir"
+                )
             return
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

@@ -60,18 +60,21 @@ def _rows_digest(rows: np.ndarray) -> str:
 def kd_settings(ctx: RunContext, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
     """What a KD checkpoint depends on, under the names a user changes it by: a resume with other values is refused."""
     kd, data = ctx.config.kd, ctx.config.data
+    loss = {f"kd.loss.{k}": v for k, v in dataclasses.asdict(ctx.loss_cfg).items()}
     return {
         "arch": spec.arch_id,
-        "teacher (architecture and weights)": f"{ctx.teacher.spec.arch_id}:{_digest(ctx.teacher.params)}",
+        "teacher (architecture:weights)": f"{ctx.teacher.spec.arch_id}:{_digest(ctx.teacher.params)}",
         "kd.init": "weights passed in" if given_init else str(kd.init),
         "total steps (kd.num_train_steps, or kd.num_epochs x steps per epoch)": opt.total_steps,
-        "optimiser (kd.learning_rate, warmup_fraction, schedule, weight_decay, grad_clip_norm)": {
-            k: v for k, v in dataclasses.asdict(opt).items() if k != "total_steps"
-        },
-        "kd.loss": dataclasses.asdict(ctx.loss_cfg),
+        "kd.learning_rate": opt.learning_rate,
+        "warmup steps (kd.warmup_fraction x total steps)": opt.warmup_steps,
+        "kd.schedule": opt.schedule,
+        "kd.weight_decay": opt.weight_decay,
+        "kd.grad_clip_norm": opt.grad_clip_norm,
+        **loss,
         "global batch (kd.per_device_batch_size x devices)": ctx.global_batch,
         "data.mlm_probability": float(data.mlm_probability),
-        "corpus (data.corpus, max_seq_len, max_lines; fingerprint of the packed rows)": _rows_digest(ctx.rows),
+        "corpus (data.*; fingerprint of the packed rows)": _rows_digest(ctx.rows),
         "seed": int(ctx.config.seed),
     }
 
