@@ -13,14 +13,15 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 
 import numpy as np
 
-# The shared data sits beside the repository (../shared/data), as on the project's machines and in CI.
-DEFAULT_CORPUS_GLOB = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "data", "corpus", "*.txt"
-)
+from kdjax.config import data_dir
+
+# Without --corpus, the plain-text files of the data folder the `:minilm` configs read ($KDJAX_DATA/corpus).
+DEFAULT_CORPUS_GLOB = os.path.join(data_dir(), "corpus", "*.txt")
 # Only these /proc/cpuinfo flags decide the FP32 vector width of the FMA units.
 _FMA_LANES = (("avx512f", 16), ("avx2", 8), ("avx", 8))
 
@@ -105,7 +106,7 @@ def _open_text(path: str):
 
 
 def read_sentences(corpus: str | None, count: int, seed: int, min_chars: int = 20) -> tuple[list[str], str]:
-    """`count` non-trivial lines from `corpus` (file or glob; default the shared .txt corpus), else synthetic text.
+    """`count` non-trivial lines from `corpus` (file or glob; default DEFAULT_CORPUS_GLOB), else synthetic text.
 
     Lines are shuffled with a fixed seed so both implementations see the same, representative sentences.
     """
@@ -121,6 +122,7 @@ def read_sentences(corpus: str | None, count: int, seed: int, min_chars: int = 2
     if not lines:
         from kdjax.data import synthetic
 
+        print(f"no corpus at {pattern}: synthetic sentences instead (pass --corpus)", file=sys.stderr, flush=True)
         return synthetic.lines(count, seed), "synthetic"
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(lines))[:count]

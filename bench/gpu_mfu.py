@@ -50,16 +50,10 @@ def main(argv=None) -> None:
     import numpy as np
 
     from kdjax.losses import LossConfig
+    from kdjax.optim import OptimConfig
+    from kdjax.sharding import make_mesh, replicate, shard_batch
     from kdjax.spec import ArchSpec
-    from kdjax.train import (
-        OptimConfig,
-        compiled_train_step,
-        init_state,
-        init_student,
-        make_mesh,
-        replicate,
-        shard_batch,
-    )
+    from kdjax.steps import compile_programs, init_state, init_student
 
     if args.small:
         teacher = ArchSpec(2, 64, 2, 128, vocab_size=1000)
@@ -80,7 +74,8 @@ def main(argv=None) -> None:
     host = {"input_ids": ids, "attention_mask": np.ones_like(ids), "mlm_mask": np.zeros_like(ids), "labels": ids}
     batch = shard_batch(host, mesh)
     key = jax.random.PRNGKey(1)
-    fn, compile_s = compiled_train_step(student, teacher, loss_cfg, opt, dtype, mesh, state, t_params, batch, key)
+    programs, compile_s = compile_programs(student, teacher, loss_cfg, opt, dtype, mesh, state, t_params, batch, key)
+    fn = programs.step
     state, m = fn(state, t_params, batch, key)  # warm-up
     jax.block_until_ready(m)
     t0 = time.perf_counter()

@@ -1,12 +1,12 @@
 """Does a teacher-initialised student distill better than a random one? Same data, steps and seed; prints JSON.
 
-Three inits per student: `random` (student and projection random, the seed's setting), `teacher-randproj` (student
+Three inits per student: `random` (student and projection random, as the original pipeline), `teacher-randproj` (student
 cut from the teacher, projection random: kdjax before the fix) and `teacher` (cut student, projection mapping each
 kept dimension back onto its teacher dimension: `kdjax.student_init.initial_projection`). Besides the KD losses it
 reports collapse: `token_std` is the student's last hidden state's std across tokens (mean over dimensions) on 8
 held-out rows, next to the teacher's (`teacher_token_std`); a collapsed student maps every token to one vector.
 
-python bench/init_comparison.py --corpus ../shared/data/corpus/nltk_brown.txt.gz --steps 60
+python bench/init_comparison.py --corpus $KDJAX_DATA/corpus/nltk_brown.txt.gz --steps 60
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.corpus import packed_corpus
 from kdjax.losses import LossConfig
 from kdjax.models import Encoder
+from kdjax.optim import OptimConfig
 from kdjax.spec import parse_arch_id
 from kdjax.student_init import from_teacher, initial_projection
 from kdjax.teacher import load_teacher
-from kdjax.train import OptimConfig, distill
+from kdjax.train import DistillSettings, Student, distill
 
 
 def main() -> None:
@@ -72,18 +73,12 @@ def main() -> None:
             proj = initial_projection("teacher", teacher.params, teacher.spec, spec) if init == "teacher" else None
             t0 = time.process_time()
             r = distill(
-                teacher_spec=teacher.spec,
-                teacher_params=teacher.params,
-                student=spec,
-                batches=Batches(rows, args.batch_rows, masking, seed=0),
-                loss_cfg=LossConfig(),
-                opt=opt,
-                num_steps=args.steps,
-                seed=0,
-                student_params=params,
-                projection_params=proj,
+                teacher,
+                Student(spec, params, proj),
+                Batches(rows, args.batch_rows, masking, seed=0),
+                DistillSettings(loss=LossConfig(), opt=opt, num_steps=args.steps, seed=0),
+                report_every=10,
                 progress=False,
-                log_every=10,
             )
             res[init] = {
                 "epoch_losses": r.epoch_losses,

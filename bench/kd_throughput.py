@@ -4,7 +4,7 @@ Both parts run one after the other in this one invocation, each in its own child
 thread pools are per implementation. The reference pads each of `--batch-size` sentences to 128 tokens; kdjax packs
 the same sentences into rows of `--seq-len` tokens, so the two are compared by corpus (non-pad) tokens per second.
 
-    python bench/kd_throughput.py                       # MiniLM teacher, 3L-384H-6A-1536F student, shared corpus
+    python bench/kd_throughput.py                       # MiniLM teacher, 3L-384H-6A-1536F student, $KDJAX_DATA corpus
     python bench/kd_throughput.py --skip-reference --steps 2 --teacher random-tiny-bert --student 2L-32H-2A-64F
 
 The last output line is one JSON object with keys kdjax, reference, ratio, device, versions (and machine facts).
@@ -76,8 +76,9 @@ def run_kdjax(args) -> dict:
     from kdjax.data.batches import Batches, MaskingSpec
     from kdjax.data.corpus import pack_rows
     from kdjax.losses import LossConfig
+    from kdjax.optim import OptimConfig
     from kdjax.spec import parse_arch_id
-    from kdjax.train import OptimConfig, distill
+    from kdjax.train import DistillSettings, Student, distill
 
     teacher = _teacher(args)
     tok = teacher.tokenizer
@@ -103,19 +104,8 @@ def run_kdjax(args) -> dict:
     for _ in range(2):
         c0 = time.process_time()
         opt = OptimConfig(learning_rate=5e-5, total_steps=args.steps + 1, schedule="constant")
-        res = distill(
-            teacher_spec=teacher.spec,
-            teacher_params=teacher.params,
-            student=student,
-            batches=batches,
-            loss_cfg=loss_cfg,
-            opt=opt,
-            num_steps=args.steps + 1,
-            seed=args.seed,
-            dtype=dtype,
-            log_every=args.steps + 1,
-            progress=False,
-        )
+        settings = DistillSettings(loss=loss_cfg, opt=opt, num_steps=args.steps + 1, seed=args.seed, dtype=dtype)
+        res = distill(teacher, Student(student), batches, settings, report_every=args.steps + 1, progress=False)
         runs.append(res)
         cpu_s = time.process_time() - c0  # of the last (steady) run: contention-robust, see docs/performance.md
     first, steady = runs

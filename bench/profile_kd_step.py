@@ -1,7 +1,7 @@
 """Where kdjax's KD step spends its time on this machine: a breakdown and a few what-ifs, each timed in isolation.
 
 Parts: host batch prep (numpy masking), teacher forward, student forward+backward (with the loss), AdamW update,
-and the whole compiled step as `kdjax.train` builds it. What-ifs (prototyped here by patching this process only):
+and the whole compiled step as `kdjax.steps` builds it. What-ifs (prototyped here by patching this process only):
 manual softmax attention instead of `jax.nn.dot_product_attention`, bf16 compute, other batch sizes. XLA flags must
 be set before jax starts, so compare them by running this script again with `XLA_FLAGS=...` and `--parts step`.
 
@@ -93,16 +93,10 @@ def main(argv=None) -> None:
     from kdjax.data.corpus import pack_rows
     from kdjax.losses import LossConfig, distillation_loss
     from kdjax.models import Encoder
+    from kdjax.optim import OptimConfig
+    from kdjax.sharding import make_mesh
     from kdjax.spec import parse_arch_id
-    from kdjax.train import (
-        OptimConfig,
-        _jitted_step,
-        compiled_train_step,
-        init_state,
-        make_mesh,
-        teacher_forward,
-        teacher_inputs,
-    )
+    from kdjax.steps import compile_programs, init_state, jitted_fused_step, teacher_forward, teacher_inputs
 
     teacher = common.load_teacher(args.teacher)
     tok = teacher.tokenizer
@@ -193,11 +187,12 @@ def main(argv=None) -> None:
             rng = jax.random.PRNGKey(1)
             t0 = time.perf_counter()
             if args.step_impl == "split":  # what distill runs: teacher program + student program
-                compiled, _ = compiled_train_step(
+                programs, _ = compile_programs(
                     student, t_spec, loss_cfg, opt, dtype, mesh, state, t_params, dev_batch, rng
                 )
+                compiled = programs.step
             else:
-                fn = _jitted_step(student, t_spec, loss_cfg, opt, jnp.dtype(dtype).name, mesh)
+                fn = jitted_fused_step(student, t_spec, loss_cfg, opt, jnp.dtype(dtype).name, mesh)
                 compiled = fn.lower(state, t_params, dev_batch, rng).compile()
             compile_s = time.perf_counter() - t0
             st = jax.tree.map(jnp.copy, state)

@@ -71,8 +71,10 @@ def run_kdjax(args) -> dict:
     from kdjax.data.batches import Batches, MaskingSpec
     from kdjax.data.corpus import pack_rows
     from kdjax.losses import LossConfig
+    from kdjax.optim import OptimConfig
     from kdjax.spec import parse_arch_id
-    from kdjax.train import OptimConfig, TeacherOutputCache, distill
+    from kdjax.steps import TeacherOutputCache
+    from kdjax.train import DistillSettings, Student, distill
 
     teacher = _teacher(args)
     tok = teacher.tokenizer
@@ -90,18 +92,15 @@ def run_kdjax(args) -> dict:
     for arch in args.candidates.split(","):
         student = parse_arch_id(arch, teacher.spec)
         t0 = time.perf_counter()
+        opt = OptimConfig(learning_rate=5e-5, total_steps=steps, schedule="constant")
         res = distill(
-            teacher_spec=teacher.spec,
-            teacher_params=teacher.params,
-            student=student,
-            batches=batches,
-            loss_cfg=LossConfig(),
-            opt=OptimConfig(learning_rate=5e-5, total_steps=steps, schedule="constant"),
-            num_steps=steps,
-            seed=args.seed,
-            log_every=batches.steps_per_epoch,
-            progress=False,
+            teacher,
+            Student(student),
+            batches,
+            DistillSettings(loss=LossConfig(), opt=opt, num_steps=steps, seed=args.seed),
+            report_every=batches.steps_per_epoch,
             teacher_cache=cache,
+            progress=False,
         )
         per_cand.append(
             {

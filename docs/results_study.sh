@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-7 study behind docs/results.md, sized for a 2-core CPU (about two hours).
 # Every step is resumable: re-running the script skips what is finished.
-#   bash docs/results_study.sh [ROOT]        (ROOT defaults to runs/study)
+#   KDJAX_DATA=DIR bash docs/results_study.sh [ROOT]   (ROOT defaults to runs/study; :minilm reads DIR/corpus, DIR/glue)
 set -euo pipefail
 ROOT=${1:-runs/study}
 C=configs/bert_nas.py:minilm

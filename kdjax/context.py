@@ -14,9 +14,9 @@ from kdjax.data.batches import MaskingSpec
 from kdjax.data.corpus import packed_corpus
 from kdjax.latency import LatencyConfig, measure
 from kdjax.losses import LossConfig
+from kdjax.sharding import compute_dtype, make_mesh
 from kdjax.spec import ArchSpec
 from kdjax.teacher import Teacher, load_teacher
-from kdjax.train import compute_dtype, make_mesh
 from kdjax.workdir import Workdir, read_json, write_json
 
 log = logging.getLogger(__name__)

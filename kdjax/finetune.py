@@ -13,21 +13,20 @@ import functools
 import logging
 import math
 import time
-from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from kdjax import glue_data
 from kdjax.errors import KdjaxError
 from kdjax.metrics import task_score, task_scores
 from kdjax.models import SequenceClassifier
+from kdjax.optim import OptimConfig, TrainState
+from kdjax.sharding import make_mesh, replicate, shard_batch, shardings
 from kdjax.spec import ArchSpec
-from kdjax.train import OptimConfig, make_mesh, replicate, shard_batch
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +93,6 @@ class Head:
         return SequenceClassifier(self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate)
 
 
-@flax.struct.dataclass
-class FTState:
-    step: jax.Array
-    params: dict  # SequenceClassifier params: {'bert', 'pooler', 'classifier'}
-    opt_state: Any
-
-
 def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
     """A fresh classifier whose encoder (and pooler, when the checkpoint has one) are the pretrained weights."""
     ids = jnp.zeros((1, 8), jnp.int32)
@@ -124,7 +116,9 @@ def weighted_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array, regr
     return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def train_step(state: FTState, batch: dict, key: jax.Array, *, head: Head, opt: OptimConfig) -> tuple[FTState, dict]:
+def train_step(
+    state: TrainState, batch: dict, key: jax.Array, *, head: Head, opt: OptimConfig
+) -> tuple[TrainState, dict]:
     """One AdamW step with dropout keyed by fold_in(key, step)."""
     rng = jax.random.fold_in(key, state.step)
     model = head.module()
@@ -141,10 +135,9 @@ def train_step(state: FTState, batch: dict, key: jax.Array, *, head: Head, opt: 
         return weighted_loss(logits, batch["labels"], batch["weights"], head.regression)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = opt.make().update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    new_state = state.apply_gradients(grads, opt)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": opt.schedule_fn()(state.step)}
-    return FTState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return new_state, metrics
 
 
 def predict_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
@@ -157,14 +150,14 @@ def predict_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
 
 @functools.lru_cache(maxsize=32)
 def jitted_train_step(head: Head, opt: OptimConfig, mesh: Mesh):
-    data, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    data, rep = shardings(mesh)
     fn = functools.partial(train_step, head=head, opt=opt)
     return jax.jit(fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=32)
 def jitted_predict_step(head: Head, mesh: Mesh):
-    data, rep = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    data, rep = shardings(mesh)
     return jax.jit(functools.partial(predict_step, head=head), in_shardings=(rep, data), out_shardings=data)
 
 
@@ -229,7 +222,7 @@ def finetune(
     params = init_params(init_key, head, pretrained)
     if head.regression and recipe.regression_bias_to_label_mean:
         params["classifier"]["bias"] = jnp.full_like(params["classifier"]["bias"], float(np.mean(train.labels)))
-    state = replicate(FTState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.make().init(params)), mesh)
+    state = replicate(TrainState.create(params, opt), mesh)
     key = replicate(dropout_key, mesh)
     step_fn = jitted_train_step(head, opt, mesh)
 

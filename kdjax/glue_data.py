@@ -133,7 +133,7 @@ def read_tsv(path: str, task: TaskSpec) -> Split:
         if missing:
             raise GlueDataError(f"{path}:1: header has no column {missing[0]!r} (found: {', '.join(header)})")
         text_idx = [header.index(c) for c in task.text_columns]
-        label_idx = header.index(task.label_column)
+        label_idx = header.index(str(task.label_column))
         start, ncols = 1, len(header)
     else:
         text_idx, label_idx = list(task.text_columns), int(task.label_column)
@@ -154,9 +154,10 @@ def read_tsv(path: str, task: TaskSpec) -> Split:
             except ValueError:
                 raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not a number") from None
         else:
-            if raw not in task.labels:
-                raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not one of {', '.join(task.labels)}")
-            labels.append(task.labels.index(raw))
+            classes = task.labels or ()  # always set for a classification task
+            if raw not in classes:
+                raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not one of {', '.join(classes)}")
+            labels.append(classes.index(raw))
         for out, i in zip(texts, text_idx):
             out.append(row[i])
     if not labels:

@@ -33,8 +33,9 @@ from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
 from kdjax.nas.topk import read_top_k
-from kdjax.spec import _ID_RE, ArchSpec
-from kdjax.train import compute_dtype
+from kdjax.search_space import SearchSpace
+from kdjax.sharding import compute_dtype
+from kdjax.spec import ArchSpec, is_arch_id
 from kdjax.workdir import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -84,20 +85,7 @@ def _distilled(ctx: RunContext, name: str, kind: str, arch_id: str, out_dir: str
 
 def random_specs(ctx: RunContext, n: int) -> list[ArchSpec]:
     """`n` distinct architectures drawn reproducibly (from the seed) from the teacher-derived search space."""
-    teacher = ctx.teacher.spec
-    try:
-        from kdjax.search_space import SearchSpace
-
-        pool = SearchSpace.from_teacher(teacher, ctx.config.nas.space).all_specs()
-    except ImportError:  # the search space module is optional here: fall back to a few teacher-derived shapes
-        pool = [
-            teacher.student(
-                num_layers=max(1, teacher.num_layers // d), hidden_size=h, num_heads=max(1, h // 64), ffn_size=4 * h
-            )
-            for d in (1, 2, 3, 4)
-            for h in {teacher.hidden_size, max(64, teacher.hidden_size // 2)}
-            if h % max(1, h // 64) == 0
-        ]
+    pool = SearchSpace.from_teacher(ctx.teacher.spec, ctx.config.nas.space).all_specs()
     pool = sorted(set(pool), key=lambda s: s.arch_id)
     pick = np.random.default_rng([int(ctx.config.seed), 104729]).permutation(len(pool))[:n]
     return [pool[i] for i in pick]
@@ -155,7 +143,7 @@ def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
     for item in models:
         if item in KEYWORDS:
             refs += KEYWORDS[item](ctx)
-        elif _ID_RE.match(item):
+        elif is_arch_id(item):
             # Its full-KD export, even when the search left a mini-KD one (that is what `best`/`top_k` add).
             arch_id = ctx.student_spec(item).arch_id
             refs.append(_distilled(ctx, f"kd-{arch_id}", "kd", arch_id, ctx.workdir.path("kd", arch_id)))

@@ -15,11 +15,13 @@ from kdjax.checkpoint import Checkpointer
 from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
+from kdjax.hooks import LogMetrics, SaveCheckpoints
 from kdjax.interrupts import Interrupted
 from kdjax.nas.topk import read_top_k
+from kdjax.optim import OptimConfig
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params, initial_projection
-from kdjax.train import OptimConfig, distill
+from kdjax.train import DistillSettings, Student, distill
 from kdjax.workdir import read_json, write_json
 from kdjax.writer import MetricWriter
 
@@ -110,22 +112,14 @@ def distill_arch(
     writer = MetricWriter(out_dir)
     try:
         result = distill(
-            teacher_spec=ctx.teacher.spec,
-            teacher_params=ctx.teacher.params,
-            student=spec,
-            batches=batches,
-            loss_cfg=ctx.loss_cfg,
-            opt=opt,
-            num_steps=steps,
-            seed=ctx.config.seed,
-            dtype=ctx.dtype,
-            mesh=ctx.mesh,
-            checkpointer=ckpt,
-            checkpoint_every=every,
-            writer=writer,
-            log_every=int(kd.log_every_steps),
-            student_params=student_params,
-            projection_params=projection,
+            ctx.teacher,
+            Student(spec, student_params, projection),
+            batches,
+            DistillSettings(
+                loss=ctx.loss_cfg, opt=opt, num_steps=steps, seed=ctx.config.seed, dtype=ctx.dtype, mesh=ctx.mesh
+            ),
+            hooks=[LogMetrics(writer), SaveCheckpoints(ckpt, every=every)],
+            report_every=int(kd.log_every_steps),
             desc=f"{desc} {spec.arch_id}",
         )
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import statistics
 import time
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ def measure(spec: ArchSpec, cfg: LatencyConfig, params: dict | None = None, seed
             params = jax.jit(model.init)(jax.random.PRNGKey(seed), ids, mask)["params"]
         params = jax.device_put(params, device)
         ids, mask = jax.device_put(ids, device), jax.device_put(mask, device)
-        fwd = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m)["hidden_states"][-1])
+        fwd = jax.jit(lambda p, i, m: cast(dict, model.apply({"params": p}, i, m))["hidden_states"][-1])
         t0 = time.perf_counter()
         compiled = fwd.lower(params, ids, mask).compile()
         compile_s = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""Distillation losses (pure jnp): hidden-state MSE (the seed's), MiniLMv2 attention relations, logit KL.
+"""Distillation losses (pure jnp): hidden-state MSE (the original pipeline's), MiniLMv2 attention relations, logit KL.
 
 All token averages skip padding (`attention_mask`); the logit KL averages over the masked-LM positions only.
 """
@@ -50,7 +50,7 @@ def uniform_last_mapping(student_layers: int, teacher_layers: int) -> list[tuple
 
 
 def init_projection(rng: jax.Array, student_hidden: int, teacher_hidden: int) -> dict:
-    """Linear(Hs, 2*Ht) shared by every student layer (the seed's projection), LeCun-normal kernel, zero bias."""
+    """Linear(Hs, 2*Ht) shared by every student layer (the original pipeline's), LeCun-normal kernel, zero bias."""
     kernel = jax.random.normal(rng, (student_hidden, 2 * teacher_hidden)) / math.sqrt(student_hidden)
     return {"kernel": kernel, "bias": jnp.zeros((2 * teacher_hidden,))}
 
@@ -90,13 +90,13 @@ def attention_relation_kl(student_qkv, teacher_qkv, attention_mask: jax.Array, h
     `student_qkv` / `teacher_qkv` are the (q, k, v) of one layer each, shaped [B, T, heads, head_dim]; the
     relation head count `heads` must divide both hidden sizes, so teacher and student head counts may differ.
     """
-    total = 0.0
+    total: jax.Array | float = 0.0
     for s, t in zip(student_qkv, teacher_qkv, strict=True):
         log_ps = _relation_log_probs(s, heads, attention_mask)
         log_pt = _relation_log_probs(t, heads, attention_mask)
         kl = jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), axis=-1)  # [B, R, T]
         total = total + _masked_mean(jnp.mean(kl, axis=1), attention_mask)
-    return total
+    return jnp.asarray(total)
 
 
 def logit_kl(student_logits, teacher_logits, mlm_mask: jax.Array, temperature: float) -> jax.Array:

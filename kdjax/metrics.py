@@ -104,7 +104,7 @@ def task_scores(task: str, predictions: dict[str, np.ndarray], labels: dict[str,
     if len(predictions) == 1:
         (split,) = predictions
         return fn(predictions[split], labels[split])
-    out = {}
+    out: dict[str, float] = {}
     for split in predictions:
         out |= {f"{split}_{k}": v for k, v in fn(predictions[split], labels[split]).items()}
     return out

@@ -3,7 +3,7 @@
 Parameter names mirror transformers' Flax BERT (`embeddings/...`, `encoder/layer/<i>/attention/self/query/kernel`),
 so BERT and RoBERTa weights import unchanged, ALBERT through a small rename (see `kdjax.teacher`), and the export to
 PyTorch names is a fixed table (see `kdjax.export`). Running the teacher through this module is what lets kdjax
-stop at the deepest layer a loss reads, skip vocabulary logits, and use fused attention.
+skip vocabulary logits unless a logit loss reads them, and use fused attention.
 """
 
 from __future__ import annotations
@@ -170,7 +170,8 @@ class Encoder(nn.Module):
 
     Returns a dict with `hidden_states` (embedding output + one entry per computed layer), `qkv` (per layer
     (q, k, v) of shape [B, T, heads, head_dim], only with `return_qkv`) and `logits` (only with `with_mlm_head`).
-    `num_layers` < spec.num_layers stops early: the teacher computes no layer beyond the deepest one a loss reads.
+    `num_layers` < spec.num_layers runs only the first `num_layers` layers (distillation runs every teacher layer: the
+    Uniform+Last mapping and the attention-relation loss both read the last one).
     """
 
     spec: ArchSpec

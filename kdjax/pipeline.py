@@ -8,7 +8,7 @@ import os
 import time
 
 from kdjax import kd_stage
-from kdjax.config import validate
+from kdjax.config import check_data, validate
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.interrupts import Interrupted, disk_error, disk_error_message, interrupted_message, signals_as_interrupts
@@ -69,10 +69,12 @@ FRESH_OUTPUTS = {"nas": ("nas",)}
 
 
 def enable_compilation_cache(directory: str) -> None:
-    """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing)."""
+    """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing); a cache folder
+    already chosen (JAX_COMPILATION_CACHE_DIR, as the tests set one for all their runs) is kept."""
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", directory)
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -93,6 +95,7 @@ def record_config(workdir: Workdir, cfg: dict) -> None:
 def run(config, workdir: str) -> None:
     """Validate `config`, lock the workdir, then run each selected stage in pipeline order."""
     validate(config)
+    check_data(config)
     wd = Workdir(workdir)
     stage = "startup"
     try:

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -127,7 +127,7 @@ def build_rows(
     tasks = [t for t in TASKS if any(t in r for r in glue.values())]
     by_arch: dict[str, dict] = {}
     for row in history_rows or []:
-        arch = row.get("arch_id")
+        arch = row.get("arch_id", "")
         best = by_arch.get(arch)
         if arch and (best is None or (_finite(row.get("reward")) or -1e9) > (_finite(best.get("reward")) or -1e9)):
             by_arch[arch] = row
@@ -160,7 +160,7 @@ def build_rows(
         row["latency_ms"] = lat
         row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
         row["kd_loss"] = kd_loss(root, model, kind, arch_id, by_arch) if kind != "teacher" else None
-        row["reward"] = _finite(by_arch.get(arch_id, {}).get("reward")) if kind != "teacher" else None
+        row["reward"] = _finite(by_arch.get(arch_id or "", {}).get("reward")) if kind != "teacher" else None
         row["recipe"] = first.get("recipe")
         rows.append(row)
     rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r.get("arch_id") or "", r["model"]))
@@ -267,7 +267,7 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
 
 
 def search_rows(history: list[dict]) -> list[dict]:
-    """Report Table 1: per search (strategy, workdir), its best candidate and the spread of its rewards."""
+    """The search-strategies table: per search (strategy, workdir), its best candidate and the spread of its rewards."""
     out = []
     for series, cands in _series(history).items():
         done = [c for c in cands if not c.get("pruned") and _finite(c.get("reward")) is not None]
@@ -454,7 +454,7 @@ def build_report(
     root: str,
     *,
     latency_cfg: LatencyConfig | None = None,
-    extra_workdirs: list[str] = (),
+    extra_workdirs: Sequence[str] = (),
     measure_missing: bool = True,
 ) -> dict:
     """Write every report file for workdir `root`; works with any subset of the inputs."""

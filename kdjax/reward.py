@@ -2,8 +2,8 @@
 
     R = max(0.01, 1 - loss) * (lat_student / (beta * lat_teacher)) ** alpha        (alpha < 0 rewards speed)
 
-With alpha = -0.07 the latency term moves R by only ~15% between 1x and 10x speed-up, so the loss dominates
-(ANCHORS.md); `latency_budget` (a fraction of the teacher's latency) multiplies the reward of any slower candidate by
+With alpha = -0.07 the latency term moves R by only ~15% between 1x and 10x speed-up, so the loss dominates;
+`latency_budget` (a fraction of the teacher's latency) multiplies the reward of any slower candidate by
 `budget_penalty`, which lets a user impose a real speed target.
 """
 

@@ -95,14 +95,14 @@ class SearchSpace:
         """Derived from `teacher`; `space_cfg` (config.nas.space) may override any dimension with a comma list."""
         values = derived_values(teacher)
         fraction = 1.0
-        head_dims = HEAD_DIMS
+        head_dims: tuple[int, ...] = HEAD_DIMS
         if space_cfg is not None:
             for field in DIMENSIONS:
                 text = str(space_cfg.get(field, "") or "").strip()
                 if text:
                     values[field] = _parse_override(field, text)
                     if field in ("num_heads", "hidden_size"):
-                        head_dims = ()  # an explicit space (e.g. the seed's) keeps every dividing pair
+                        head_dims = ()  # an explicit space (e.g. the original 1,200 points) keeps every dividing pair
             fraction = float(space_cfg.get("max_params_fraction", 1.0))
         base = teacher.student()
         space = cls(

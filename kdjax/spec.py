@@ -104,6 +104,11 @@ class ArchSpec:
         return self.num_layers * per_layer + proj
 
 
+def is_arch_id(text: str) -> bool:
+    """Whether `text` reads as an architecture id such as ``6L-384H-12A-1536F[-act]`` (not a folder or hub id)."""
+    return _ID_RE.match(text.strip()) is not None
+
+
 def parse_arch_id(text: str, base: ArchSpec) -> ArchSpec:
     """Parse ``6L-384H-12A-1536F[-act]`` into a student of `base` (the teacher spec)."""
     m = _ID_RE.match(text.strip())

@@ -1,8 +1,8 @@
 """Load a pretrained HF Flax teacher (hub id or local folder) and convert it to kdjax's encoder layout.
 
 This is the only module that imports transformers' model classes. The teacher then runs through
-`kdjax.models.Encoder` with its converted weights, so a distillation step computes no layer beyond the deepest one a
-loss reads, no vocabulary logits unless a logit loss is on, and uses fused attention.
+`kdjax.models.Encoder` with its converted weights, so a distillation step computes no vocabulary logits unless a
+logit loss is on, and uses fused attention.
 """
 
 from __future__ import annotations

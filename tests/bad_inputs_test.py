@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 TINY = "--config=configs/bert_nas.py:tiny"
 SEEDED = {

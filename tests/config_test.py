@@ -5,10 +5,10 @@ import importlib.util
 import os
 
 import pytest
+from helpers import ROOT, run_main
 
-from kdjax.config import ConfigError, validate
+from kdjax.config import ConfigError, check_data, validate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_nas.py")))
 
 
@@ -71,3 +71,36 @@ def test_bad_fields_are_named(field, value, match):
     node[leaf] = value
     with pytest.raises(ConfigError, match=match):
         validate(c)
+
+
+def test_missing_data_folder_fails_at_start_naming_the_flag(tmp_path, monkeypatch):
+    """:minilm reads $KDJAX_DATA/{corpus,glue}; a missing one is named with the flag to pass before any stage runs."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("KDJAX_DATA", str(data))
+    c = _load(CONFIGS[0]).get_config("minilm")
+    assert (c.data.corpus, c.data.glue_dir) == (str(data / "corpus"), str(data / "glue"))
+    with pytest.raises(ConfigError, match=r"data\.corpus.*--config\.data\.corpus=PATH.*KDJAX_DATA"):
+        check_data(c)
+    (data / "corpus").mkdir(parents=True)
+    (data / "corpus" / "a.txt").write_text("one line of text\n")
+    with pytest.raises(ConfigError, match=r"data\.glue_dir.*--config\.data\.glue_dir=PATH.*KDJAX_DATA"):
+        check_data(c)
+    c.stages = "kd"  # no stage reads GLUE
+    check_data(c)
+    c.stages = "teacher,glue"
+    c.data.corpus = str(tmp_path / "elsewhere")  # no stage reads the corpus
+    (data / "glue").mkdir()
+    check_data(c)
+
+
+def test_missing_data_folder_is_one_line_through_main(tmp_path):
+    proc = run_main(
+        ["--config=configs/bert_nas.py:minilm", "--config.stages=kd"],
+        tmp_path / "w",
+        timeout=300,
+        env={"KDJAX_DATA": str(tmp_path / "none")},
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("kdjax: error: data.corpus") and "--config.data.corpus=PATH" in lines[0]
+    assert not os.path.exists(tmp_path / "w" / "teacher")  # failed before the first stage

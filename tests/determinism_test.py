@@ -9,11 +9,14 @@ import pytest
 
 from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.synthetic import lines
+from kdjax.hooks import LogMetrics
 from kdjax.losses import LossConfig
 from kdjax.nas import optuna_search, random_search
+from kdjax.optim import OptimConfig
 from kdjax.search_space import DIMENSIONS, SearchSpace
+from kdjax.sharding import make_mesh
 from kdjax.spec import ArchSpec
-from kdjax.train import OptimConfig, distill, make_mesh
+from kdjax.train import DistillSettings, Student, distill
 
 
 class Rows:
@@ -42,17 +45,18 @@ def _kd_rows(teacher, seed):
     )
     writer = Rows()
     res = distill(
-        teacher_spec=teacher.spec,
-        teacher_params=teacher.params,
-        student=teacher.spec.student(num_layers=1, hidden_size=32, num_heads=2, ffn_size=64),
-        batches=Batches(rows, 4, MaskingSpec.from_tokenizer(tok), seed=seed),
-        loss_cfg=LossConfig(hidden_weight=1.0, attention_relation_weight=0.5),
-        opt=OptimConfig(learning_rate=3e-3, total_steps=4, warmup_steps=1),
-        num_steps=4,
-        seed=seed,
-        mesh=make_mesh(jax.devices()[:1]),
-        writer=writer,
-        log_every=1,
+        teacher,
+        Student(teacher.spec.student(num_layers=1, hidden_size=32, num_heads=2, ffn_size=64)),
+        Batches(rows, 4, MaskingSpec.from_tokenizer(tok), seed=seed),
+        DistillSettings(
+            loss=LossConfig(hidden_weight=1.0, attention_relation_weight=0.5),
+            opt=OptimConfig(learning_rate=3e-3, total_steps=4, warmup_steps=1),
+            num_steps=4,
+            seed=seed,
+            mesh=make_mesh(jax.devices()[:1]),
+        ),
+        hooks=[LogMetrics(writer)],
+        report_every=1,
         progress=False,
     )
     return writer.rows, jax.tree.leaves(res.params)

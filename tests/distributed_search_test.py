@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 NUM_TRIALS = 6
 HEARTBEAT_S = 1

@@ -7,7 +7,7 @@ import pytest
 from kdjax import glue_data
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.finetune import Head, Recipe, finetune, init_params, weighted_loss
-from kdjax.train import make_mesh
+from kdjax.sharding import make_mesh
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_main
+from helpers import ROOT, run_main
 
 ARCH = "2L-32H-2A-64F-gelu"
 TINY_KD = ["--config=configs/bert_nas.py:tiny", "--config.stages=kd"]

@@ -6,8 +6,11 @@ import pytest
 
 from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.synthetic import lines
+from kdjax.hooks import LogMetrics
 from kdjax.losses import LossConfig
-from kdjax.train import OptimConfig, distill, make_mesh
+from kdjax.optim import OptimConfig
+from kdjax.sharding import make_mesh
+from kdjax.train import DistillSettings, Student, distill
 
 GLOBAL_BATCH = 8
 STEPS = 5
@@ -15,7 +18,7 @@ RTOL = 1e-5
 
 
 class StepLosses:
-    """Duck-typed metric writer: keeps every logged step's metrics."""
+    """Metric sink for `LogMetrics`: keeps every logged step's metrics."""
 
     def __init__(self):
         self.rows: dict[int, dict] = {}
@@ -42,17 +45,18 @@ def kd_losses(kd_setup, devices, loss=None):
     teacher, rows, masking, student = kd_setup
     writer = StepLosses()
     distill(
-        teacher_spec=teacher.spec,
-        teacher_params=teacher.params,
-        student=student,
-        batches=Batches(rows, GLOBAL_BATCH, masking, seed=0),
-        loss_cfg=loss or LossConfig(),
-        opt=OptimConfig(learning_rate=3e-3, total_steps=STEPS, warmup_steps=1),
-        num_steps=STEPS,
-        seed=0,
-        mesh=make_mesh(devices),
-        writer=writer,
-        log_every=1,
+        teacher,
+        Student(student),
+        Batches(rows, GLOBAL_BATCH, masking, seed=0),
+        DistillSettings(
+            loss=loss or LossConfig(),
+            opt=OptimConfig(learning_rate=3e-3, total_steps=STEPS, warmup_steps=1),
+            num_steps=STEPS,
+            seed=0,
+            mesh=make_mesh(devices),
+        ),
+        hooks=[LogMetrics(writer)],
+        report_every=1,
         progress=False,
     )
     return writer.rows

@@ -24,7 +24,7 @@ import signal
 import time
 
 import pytest
-from reliability_test import Run, wait_all
+from helpers import Run, wait_all
 
 STRATEGIES = ("lstm", "optuna", "random")
 # 1-2 layer students (24 points) compile faster than the tiny space's 3-4 layer ones.

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from conftest import run_main
+from helpers import run_main
 
 from kdjax.nas import topk
 

@@ -4,7 +4,7 @@ import json
 import os
 
 import pytest
-from conftest import run_main
+from helpers import run_main
 
 ARGS = ["--config=configs/bert_nas.py:tiny", "--config.nas.strategy=random", "--config.glue.models=teacher,best"]
 

@@ -13,13 +13,11 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import Run, wait_all
 
 ARCH = "2L-32H-2A-64F-gelu"
 KD_STEPS = 24
@@ -31,73 +29,6 @@ KD_ARGS = [
     "--config.kd.log_every_steps=2",
 ]
 TMP_MARK = ".orbax-checkpoint-tmp"
-
-
-# ---- subprocess helpers ---------------------------------------------------------------------------------------------
-class Run:
-    """`python main.py ARGS --workdir=W` in the background, output to files; optionally SIGKILLed by `kill_when`."""
-
-    def __init__(self, args, workdir, kill_when=None, name="run", timeout=420):
-        os.makedirs(workdir, exist_ok=True)
-        self.workdir, self.kill_when, self.name = str(workdir), kill_when, name
-        self.deadline = time.monotonic() + timeout
-        self.killed_at: str | None = None
-        env = dict(os.environ)
-        env.pop("XLA_FLAGS", None)  # one device, as a user's run
-        self._out = open(os.path.join(self.workdir, f"{name}.stdout"), "w")
-        self._err_path = os.path.join(self.workdir, f"{name}.stderr")
-        self._err = open(self._err_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "main.py"), *args, f"--workdir={self.workdir}"],
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=self._err,
-            env=env,
-        )
-
-    def poll(self) -> bool:
-        """True once the process has ended (killing it first when its condition holds)."""
-        if self.proc.poll() is not None:
-            return True
-        if time.monotonic() > self.deadline:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"{self.name} timed out; stderr:\n{self.stderr[-3000:]}")
-        if self.kill_when is not None:
-            why = self.kill_when(self.workdir)
-            if why:
-                self.proc.send_signal(signal.SIGKILL)
-                self.proc.wait()
-                self.killed_at = why
-                return True
-        return False
-
-    @property
-    def returncode(self) -> int:
-        return self.proc.returncode
-
-    @property
-    def stderr(self) -> str:
-        if not self._err.closed:
-            self._err.flush()
-        with open(self._err_path) as f:
-            return f.read()
-
-    def close(self) -> None:
-        self._out.close()
-        self._err.close()
-
-
-def wait_all(*runs: Run, poll_s: float = 0.005) -> None:
-    try:
-        while not all([r.poll() for r in runs]):
-            time.sleep(poll_s)
-    finally:
-        for r in runs:
-            if r.proc.poll() is None:
-                r.proc.kill()
-                r.proc.wait()
-            r.close()
 
 
 def ckpt_dir(workdir: str) -> str:

@@ -58,7 +58,7 @@ def test_seed_space_is_expressible():
         activation="gelu,relu,silu",
     )
     space = SearchSpace.from_teacher(BERT_BASE, cfg)
-    assert space.size == 1200  # the seed's hard-coded 1,200 points, all under BERT-base's size
+    assert space.size == 1200  # the original pipeline's hard-coded 1,200 points, all under BERT-base's size
 
 
 def test_allowed_masks_and_repair_are_consistent():

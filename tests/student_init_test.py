@@ -65,7 +65,7 @@ def test_wider_student_is_rejected(teacher_params):
 
 def test_teacher_projection_puts_kept_dimensions_back(teacher_params):
     """A same-shape teacher-cut student with the teacher projection has zero hidden-state loss at step 0; a narrower
-    one starts well below the loss of a random projection (which the seed used and which led to collapse)."""
+    one starts well below the loss of a random projection (the original pipeline's, which led to collapse)."""
     from kdjax.losses import hidden_mse, init_projection
     from kdjax.student_init import initial_projection, kept_dims
 

@@ -1,4 +1,7 @@
-"""KD trainer: learning happens, data-parallel step on 4 devices, checkpoint resume continues from the saved step."""
+"""KD trainer: learning happens, data-parallel step on 4 devices, checkpoint resume continues from the saved step,
+hooks run at report steps and a pruning hook stops the run cleanly."""
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -7,8 +10,12 @@ import pytest
 from kdjax.checkpoint import Checkpointer
 from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.synthetic import lines
+from kdjax.hooks import LogMetrics, Prune, SaveCheckpoints
 from kdjax.losses import LossConfig
-from kdjax.train import NonFiniteLossError, OptimConfig, TeacherOutputCache, distill, make_mesh
+from kdjax.optim import OptimConfig
+from kdjax.sharding import make_mesh
+from kdjax.steps import TeacherOutputCache
+from kdjax.train import DistillSettings, NonFiniteLossError, Student, distill
 
 
 @pytest.fixture(scope="module")
@@ -27,20 +34,34 @@ def setup(tiny_teacher):
 DEFAULT_LOSS = LossConfig()
 
 
-def _run(setup, steps, *, batch=8, mesh=None, ckpt=None, loss=DEFAULT_LOSS, lr=3e-3, total=None):
+class Rows:
+    """Metric sink for `LogMetrics`."""
+
+    def __init__(self):
+        self.rows: dict[int, dict] = {}
+
+    def write(self, step, scalars):
+        self.rows[int(step)] = dict(scalars)
+
+    def truncate_after(self, step):
+        self.rows = {s: r for s, r in self.rows.items() if s <= step}
+
+
+def _settings(steps, *, mesh=None, loss=DEFAULT_LOSS, lr=3e-3, total=None):
+    opt = OptimConfig(learning_rate=lr, total_steps=total or steps, warmup_steps=2)
+    return DistillSettings(loss=loss, opt=opt, num_steps=steps, seed=0, mesh=mesh)
+
+
+def _run(setup, steps, *, batch=8, ckpt=None, hooks=(), report_every=20, **settings):
     teacher, rows, masking, student = setup
+    hooks = [*hooks, SaveCheckpoints(ckpt, every=4)] if ckpt is not None else list(hooks)
     return distill(
-        teacher_spec=teacher.spec,
-        teacher_params=teacher.params,
-        student=student,
-        batches=Batches(rows, batch, masking, seed=0),
-        loss_cfg=loss,
-        opt=OptimConfig(learning_rate=lr, total_steps=total or steps, warmup_steps=2),
-        num_steps=steps,
-        seed=0,
-        mesh=mesh,
-        checkpointer=ckpt,
-        checkpoint_every=4,
+        teacher,
+        Student(student),
+        Batches(rows, batch, masking, seed=0),
+        _settings(steps, **settings),
+        hooks=hooks,
+        report_every=report_every,
         progress=False,
     )
 
@@ -66,21 +87,30 @@ def test_data_parallel_on_four_devices_matches_one(setup):
     assert abs(one.final_loss - four.final_loss) <= 1e-5 * abs(one.final_loss)
 
 
-def test_resume_continues_from_checkpoint(setup, tmp_path):
-    full_ck = Checkpointer(str(tmp_path / "a"))
-    full = _run(setup, 8, ckpt=full_ck)
+def test_resume_continues_from_checkpoint_and_logs_as_an_unbroken_run(setup, tmp_path):
+    """Report steps are the union of report_every, each hook's `every` and the last step, so a checkpoint step
+    always closes a logging window: a resumed run logs exactly the rows of an unbroken one."""
+    full_rows, rows = Rows(), Rows()
+    full_ck = Checkpointer(str(tmp_path / "a"), interval_steps=4, final_step=8)
+    full = _run(setup, 8, ckpt=full_ck, hooks=[LogMetrics(full_rows)], report_every=3)
     full_ck.close()
-    ck = Checkpointer(str(tmp_path / "b"))
-    _run(setup, 4, ckpt=ck, total=8)  # "stopped" after step 4 (same schedule as the 8-step run)
-    ck.close()  # saves are written in the background: the owner waits for them before another manager opens
+    assert sorted(full_rows.rows) == [3, 4, 6, 8]  # 3, 6: report_every; 4, 8: checkpoints; 8: the last step
+    ck = Checkpointer(str(tmp_path / "b"), interval_steps=4, final_step=8)
+    # "Stopped" after step 4 (same schedule as the 8-step run) ...
+    _run(setup, 4, ckpt=ck, total=8, hooks=[LogMetrics(rows)], report_every=3)
+    ck.close()  # saves are written in the background: their owner waits for them before another manager opens
     assert ck.latest_step() == 4
-    ck = Checkpointer(str(tmp_path / "b"))
-    resumed = _run(setup, 8, ckpt=ck)
+    rows.rows[6] = {"loss": -1.0}  # ... after logging step 6, as a run killed at step 7 would have
+    ck = Checkpointer(str(tmp_path / "b"), interval_steps=4, final_step=8)
+    resumed = _run(setup, 8, ckpt=ck, hooks=[LogMetrics(rows)], report_every=3)
     ck.close()
     assert resumed.resumed_from == 4
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert resumed.final_loss == pytest.approx(full.final_loss, rel=1e-6)
+    assert sorted(rows.rows) == sorted(full_rows.rows)
+    for step, row in full_rows.rows.items():
+        assert rows.rows[step]["loss"] == pytest.approx(row["loss"], rel=1e-6)
 
 
 def test_non_finite_loss_stops_with_clear_error(setup):
@@ -89,14 +119,10 @@ def test_non_finite_loss_stops_with_clear_error(setup):
     bad["encoder"] = jax.tree.map(lambda x: x * np.nan, teacher.params["encoder"])
     with pytest.raises(NonFiniteLossError, match="non-finite loss"):
         distill(
-            teacher_spec=teacher.spec,
-            teacher_params=bad,
-            student=student,
-            batches=Batches(rows, 4, masking, seed=0),
-            loss_cfg=LossConfig(),
-            opt=OptimConfig(learning_rate=1e-3, total_steps=2),
-            num_steps=2,
-            seed=0,
+            dataclasses.replace(teacher, params=bad),
+            Student(student),
+            Batches(rows, 4, masking, seed=0),
+            _settings(2, lr=1e-3),
             progress=False,
         )
 
@@ -108,18 +134,8 @@ def test_teacher_output_cache_is_exact_and_shared_across_students(setup):
     batches = Batches(rows, 8, masking, seed=0)
 
     def run(spec, cache):
-        return distill(
-            teacher_spec=teacher.spec,
-            teacher_params=teacher.params,
-            student=spec,
-            batches=batches,
-            loss_cfg=LossConfig(attention_relation_weight=1.0),
-            opt=OptimConfig(learning_rate=3e-3, total_steps=5, warmup_steps=2),
-            num_steps=5,
-            seed=0,
-            progress=False,
-            teacher_cache=cache,
-        )
+        settings = _settings(5, loss=LossConfig(attention_relation_weight=1.0))
+        return distill(teacher, Student(spec), batches, settings, teacher_cache=cache, progress=False)
 
     cache = TeacherOutputCache(max_bytes=2**30)
     first = run(other, cache)
@@ -149,10 +165,10 @@ def test_compiled_programs_are_bounded_least_recently_used_first(monkeypatch):
     import collections
     import types
 
-    from kdjax import train
+    from kdjax import steps
 
-    monkeypatch.setattr(train, "MAX_COMPILED", 2)
-    monkeypatch.setattr(train, "_COMPILED", collections.OrderedDict())
+    monkeypatch.setattr(steps, "MAX_COMPILED", 2)
+    monkeypatch.setattr(steps, "_COMPILED", collections.OrderedDict())
     lowered = []
 
     class Jitted:
@@ -162,5 +178,28 @@ def test_compiled_programs_are_bounded_least_recently_used_first(monkeypatch):
 
     j = Jitted()
     for key in ("a", "b", "a", "c", "a"):
-        train._compile(key, j)
-    assert list(train._COMPILED) == ["c", "a"] and len(lowered) == 3  # "b" was evicted, "a" never recompiled
+        steps._compile(key, j)
+    assert list(steps._COMPILED) == ["c", "a"] and len(lowered) == 3  # "b" was evicted, "a" never recompiled
+
+
+def test_prune_hook_stops_after_an_epoch_with_the_state_of_a_shorter_run(setup):
+    teacher, rows, masking, student = setup
+    batches = Batches(rows, 8, masking, seed=0)
+    batches.steps_per_epoch = spe = 3  # short epochs, as nas.minikd.CappedBatches makes them
+    seen = []
+
+    def should_stop(epoch, loss):
+        seen.append((epoch, loss))
+        return epoch == 1
+
+    settings = _settings(4 * spe)
+    pruned = distill(teacher, Student(student), batches, settings, hooks=[Prune(spe, should_stop)], progress=False)
+    assert pruned.stopped == "pruned after epoch 2" and pruned.steps == 2 * spe
+    assert [e for e, _ in seen] == [0, 1] and [x for _, x in seen] == pruned.epoch_losses
+    # The same schedule (total 4 epochs) run for exactly two epochs: the stop left nothing half done.
+    short = distill(
+        teacher, Student(student), batches, dataclasses.replace(settings, num_steps=2 * spe), progress=False
+    )
+    assert short.stopped is None and short.epoch_losses == pruned.epoch_losses
+    for a, b in zip(jax.tree.leaves(short.params), jax.tree.leaves(pruned.params), strict=True):
+        np.testing.assert_array_equal(a, b)

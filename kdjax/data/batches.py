@@ -61,7 +61,7 @@ class Batches:
             )
         self.rows, self.global_batch, self.masking, self.seed = rows, global_batch, masking, seed
         self.steps_per_epoch = len(rows) // global_batch
-        self._order_epoch, self._order = -1, None
+        self._order_epoch, self._order = -1, np.empty(0, np.int64)
 
     def _order_for(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:

@@ -155,7 +155,7 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
     if len(rows) == 0:
         raise DataError(f"corpus {corpus!r} produced no tokens")
     if path:
-        os.makedirs(cache_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp.npy"
         np.save(tmp, rows)
         os.replace(tmp, path)

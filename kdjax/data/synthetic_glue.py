@@ -81,7 +81,7 @@ def write_glue_dir(root: str, n_train: int = 24, n_dev: int = 12, seed: int = 0)
     def sentence() -> str:
         return " ".join(rng.choice(words, rng.integers(3, 10)))
 
-    layouts = {f: {"train.tsv": h, "dev.tsv": h} for f, h in HEADERS.items()}
+    layouts: dict[str, dict[str, list[str] | None]] = {f: {"train.tsv": h, "dev.tsv": h} for f, h in HEADERS.items()}
     layouts["CoLA"] = {"train.tsv": None, "dev.tsv": None}
     layouts["MNLI"] = {"train.tsv": MNLI_TRAIN, "dev_matched.tsv": MNLI_DEV, "dev_mismatched.tsv": MNLI_DEV}
     for folder, files in layouts.items():

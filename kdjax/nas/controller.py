@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -68,14 +69,20 @@ class Controller(nn.Module):
         """Sample with `key`, or score given `actions` (teacher forcing) when `actions` is not None."""
         carry = (jnp.zeros(self.hidden_size), jnp.zeros(self.hidden_size))
         x = self.start
-        chosen, log_prob, entropy = [], 0.0, 0.0
+        chosen: list[jax.Array] = []
+        log_prob: jax.Array | float = 0.0
+        entropy: jax.Array | float = 0.0
         for d, n in enumerate(self.num_choices):
             carry, y = self.cell(carry, x)
             # Values of dimension d that keep a valid completion given the choices so far.
             mask = _completions(valid, chosen, self.num_choices).reshape(n, -1).any(-1)
             logits = jnp.where(mask, self.heads[d](y), _MASKED)
             logp = jax.nn.log_softmax(logits)
-            a = jax.random.categorical(jax.random.fold_in(key, d), logits) if actions is None else actions[d]
+            if actions is None:
+                assert key is not None, "sampling needs a key"
+                a = jax.random.categorical(jax.random.fold_in(key, d), logits)
+            else:
+                a = actions[d]
             log_prob = log_prob + logp[a]
             entropy = entropy - jnp.sum(jnp.where(mask, jnp.exp(logp) * logp, 0.0))
             chosen.append(a)
@@ -104,7 +111,7 @@ def reinforce_step(params, opt_state, valid, actions, advantages, *, num_choices
     model = Controller(num_choices, cfg.hidden_size)
 
     def loss_fn(p):
-        _, logp, ent = jax.vmap(lambda a: model.apply({"params": p}, valid, actions=a))(actions)
+        _, logp, ent = jax.vmap(lambda a: cast(tuple, model.apply({"params": p}, valid, actions=a)))(actions)
         loss = -jnp.mean(advantages * logp) - cfg.entropy_weight * jnp.mean(ent)
         return loss, {"loss": loss, "entropy": jnp.mean(ent)}
 

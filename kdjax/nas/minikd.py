@@ -2,12 +2,11 @@
 
 `CandidateEvaluator(spec, **where) -> record` is the only thing a search strategy sees, so strategies can be tested
 with a synthetic `evaluate`. Every candidate uses the same `OptimConfig` (same total steps), so the jitted train step
-compiled for one shape is reused by every later candidate of equal shapes (`kdjax.train.compiled_train_step`).
+compiled for one shape is reused by every later candidate of equal shapes (`kdjax.steps.compile_programs`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -21,12 +20,15 @@ from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.corpus import proxy_subset
 from kdjax.errors import KdjaxError
 from kdjax.export import export_hf
+from kdjax.hooks import Prune
 from kdjax.latency import LatencyCache
 from kdjax.nas.history import History
+from kdjax.optim import OptimConfig
 from kdjax.reward import RewardConfig, reward, select_loss
 from kdjax.spec import ArchSpec
+from kdjax.steps import TeacherOutputCache
 from kdjax.student_init import initial_params, initial_projection
-from kdjax.train import NonFiniteLossError, OptimConfig, TeacherOutputCache, distill
+from kdjax.train import DistillSettings, NonFiniteLossError, Student, distill
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,6 @@ class StopSearch(KdjaxError, RuntimeError):
     """The search stopped on purpose (nas.stop_after_evaluations); the same command resumes it."""
 
 
-class _Pruned(Exception):
-    pass
-
-
 class CappedBatches(Batches):
     """`Batches` whose epochs are the first `steps_per_epoch` batches of each shuffled epoch (mini-KD step cap)."""
 
@@ -49,25 +47,6 @@ class CappedBatches(Batches):
         super().__init__(rows, global_batch, masking, seed)
         if max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, max_steps)
-
-
-@dataclasses.dataclass
-class _EpochReporter:
-    """Duck-typed metric writer for `distill`: flushed once per epoch (log_every = steps_per_epoch)."""
-
-    steps_per_epoch: int
-    hook: EpochHook | None
-    losses: list = dataclasses.field(default_factory=list)
-
-    def write(self, step: int, scalars: dict) -> None:
-        if step % self.steps_per_epoch:
-            return
-        self.losses.append(float(scalars["loss"]))
-        if self.hook is not None and self.hook(step // self.steps_per_epoch - 1, self.losses[-1]):
-            raise _Pruned
-
-    def truncate_after(self, step: int) -> None:
-        del step
 
 
 class CandidateEvaluator:
@@ -114,30 +93,31 @@ class CandidateEvaluator:
     def _evaluate(self, spec: ArchSpec, on_epoch: EpochHook | None, where: dict) -> dict:
         ctx = self.ctx
         t0 = time.perf_counter()
-        reporter = _EpochReporter(self.batches.steps_per_epoch, on_epoch)
         pruned = diverged = False
         epoch_losses: list[float] = []
+        init = str(ctx.config.kd.init)
         try:
             result = distill(
-                teacher_spec=ctx.teacher.spec,
-                teacher_params=ctx.teacher.params,
-                student=spec,
-                batches=self.batches,
-                loss_cfg=ctx.loss_cfg,
-                opt=self.opt,
-                num_steps=self.num_steps,
-                seed=int(ctx.config.seed),
-                dtype=ctx.dtype,
-                mesh=ctx.mesh,
-                writer=reporter,
-                log_every=self.batches.steps_per_epoch,
-                student_params=initial_params(str(ctx.config.kd.init), ctx.teacher.params, ctx.teacher.spec, spec),
-                projection_params=initial_projection(
-                    str(ctx.config.kd.init), ctx.teacher.params, ctx.teacher.spec, spec
+                ctx.teacher,
+                Student(
+                    spec,
+                    initial_params(init, ctx.teacher.params, ctx.teacher.spec, spec),
+                    initial_projection(init, ctx.teacher.params, ctx.teacher.spec, spec),
                 ),
-                progress=self.progress,
-                desc=f"mini-kd {spec.arch_id}",
+                self.batches,
+                DistillSettings(
+                    loss=ctx.loss_cfg,
+                    opt=self.opt,
+                    num_steps=self.num_steps,
+                    seed=int(ctx.config.seed),
+                    dtype=ctx.dtype,
+                    mesh=ctx.mesh,
+                ),
+                hooks=[Prune(self.batches.steps_per_epoch, on_epoch)] if on_epoch is not None else [],
+                report_every=self.batches.steps_per_epoch,
                 teacher_cache=self.teacher_cache,
+                desc=f"mini-kd {spec.arch_id}",
+                progress=self.progress,
             )
             epoch_losses, train_s, compile_s, params = (
                 result.epoch_losses,
@@ -145,13 +125,11 @@ class CandidateEvaluator:
                 result.compile_s,
                 result.params,
             )
-        except _Pruned:
-            pruned, train_s, compile_s, params = True, time.perf_counter() - t0, math.nan, None
+            if result.stopped is not None:  # pruned: losses of the epochs it ran, and no model to time or export
+                pruned, train_s, compile_s, params = True, time.perf_counter() - t0, math.nan, None
         except NonFiniteLossError as e:
             log.warning("%s diverged: %s", spec.arch_id, e)
             diverged, train_s, compile_s, params = True, time.perf_counter() - t0, math.nan, None
-        if pruned:
-            epoch_losses = list(reporter.losses)
         loss = select_loss(epoch_losses, self.loss_source) if epoch_losses and not diverged else math.nan
         lat, lat_cached = self.latency.measure(spec, params["student"] if params is not None else None)
         hf, export_s = None, 0.0

@@ -1,4 +1,4 @@
-"""Random search baseline (report Table 1): `num_trials` distinct architectures drawn uniformly from the valid space.
+"""Random search, the baseline: `num_trials` distinct architectures drawn uniformly from the valid space.
 
 The draw order is one seeded permutation of the enumerated valid points, so candidate i is the same in every run and
 a resumed search (cache hits for the first ones) continues exactly where it stopped.

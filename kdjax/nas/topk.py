@@ -1,6 +1,6 @@
 """Which searched architectures to keep: top-k by reward at distinct latency budgets, or the Pareto front.
 
-Rule for distinct budgets (report §3.6 gives three winners "with different latency budgets" but no rule): rank the
+Rule for distinct budgets (winners are wanted "with different latency budgets", which needs a threshold): rank the
 finished candidates by reward; take the best; then walk down the ranking and take a candidate only if its latency
 differs from every one already taken by at least a factor `latency_gap` (default 1.25, i.e. at least 25% faster or
 slower). If fewer than k candidates pass, the rest are filled by reward and marked `distinct_budget: false`.

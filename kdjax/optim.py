@@ -1,0 +1,83 @@
+"""AdamW with warmup and decay, and the train state it updates (shared by distillation and GLUE fine-tuning)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Hashable AdamW + schedule settings (a static argument of the jitted step)."""
+
+    learning_rate: float
+    total_steps: int
+    warmup_steps: int = 0
+    schedule: str = "linear"
+    weight_decay: float = 0.01
+    grad_clip_norm: float = 1.0
+
+    @classmethod
+    def from_config(cls, kd_cfg, total_steps: int) -> OptimConfig:
+        return cls(
+            learning_rate=float(kd_cfg.learning_rate),
+            total_steps=int(total_steps),
+            warmup_steps=int(kd_cfg.warmup_fraction * total_steps),
+            schedule=str(kd_cfg.schedule),
+            weight_decay=float(kd_cfg.weight_decay),
+            grad_clip_norm=float(kd_cfg.grad_clip_norm),
+        )
+
+    def schedule_fn(self) -> optax.Schedule:
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        if self.schedule == "constant":
+            decay = optax.constant_schedule(self.learning_rate)
+        elif self.schedule == "cosine":
+            decay = optax.cosine_decay_schedule(self.learning_rate, decay_steps)
+        else:
+            decay = optax.linear_schedule(self.learning_rate, 0.0, decay_steps)
+        if self.warmup_steps == 0:
+            return decay
+        warm = optax.linear_schedule(0.0, self.learning_rate, self.warmup_steps)
+        return optax.join_schedules([warm, decay], [self.warmup_steps])
+
+    def make(self) -> optax.GradientTransformation:
+        # No weight decay on biases and LayerNorm scales, as in BERT.
+        def decay_mask(params):
+            return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and "LayerNorm" not in str(p), params)
+
+        tx = optax.adamw(
+            self.schedule_fn(), b1=0.9, b2=0.999, eps=1e-6, weight_decay=self.weight_decay, mask=decay_mask
+        )
+        if self.grad_clip_norm > 0:
+            tx = optax.chain(optax.clip_by_global_norm(self.grad_clip_norm), tx)
+        return tx
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything training changes, and so everything a checkpoint saves.
+
+    `params` is the trained pytree: {'student', 'projection'} in distillation, the classifier's {'bert', 'pooler',
+    'classifier'} in fine-tuning. The optimiser itself is not a field: it is rebuilt from the hashable `OptimConfig`,
+    a static argument of the jitted steps, so the state stays a plain pytree for Orbax and `jax.jit`.
+    """
+
+    step: jax.Array
+    params: dict
+    opt_state: Any
+
+    @classmethod
+    def create(cls, params: dict, opt: OptimConfig) -> TrainState:
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.make().init(params))
+
+    def apply_gradients(self, grads: dict, opt: OptimConfig) -> TrainState:
+        """One optimiser step: the next state (step + 1)."""
+        updates, opt_state = opt.make().update(grads, self.opt_state, self.params)
+        params = optax.apply_updates(self.params, updates)
+        return TrainState(step=self.step + 1, params=params, opt_state=opt_state)

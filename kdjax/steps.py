@@ -1,0 +1,270 @@
+"""The distillation step as pure functions, their compiled programs, and the caches that let a search reuse them.
+
+A step is two programs: the frozen teacher's forward pass, `(teacher_params, batch) -> outputs`, and the student
+update, `(state, teacher outputs, batch, rng) -> (state, metrics)`. `compile_programs` compiles each once per
+(specs, loss, optimizer, dtype, mesh, batch shapes): the teacher program is keyed without the student, so a search
+compiles it once and each candidate only its own student program, shared by candidates of equal shapes.
+`TeacherOutputCache` goes further and reuses the teacher's outputs themselves across candidates.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from kdjax.losses import LossConfig, distillation_loss, init_projection, relation_heads
+from kdjax.models import Encoder
+from kdjax.optim import OptimConfig, TrainState
+from kdjax.sharding import shardings
+from kdjax.spec import ArchSpec
+
+
+def init_student(rng: jax.Array, spec: ArchSpec, seq_len: int = 8, with_mlm_head: bool = False) -> dict:
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return Encoder(spec, with_mlm_head=with_mlm_head).init(rng, ids, jnp.ones_like(ids))["params"]
+
+
+def init_state(
+    rng: jax.Array,
+    student: ArchSpec,
+    teacher: ArchSpec,
+    opt: OptimConfig,
+    loss: LossConfig,
+    student_params: dict | None = None,
+    projection_params: dict | None = None,
+) -> TrainState:
+    """Fresh state; `student_params` / `projection_params` (e.g. teacher-initialised) replace the random inits."""
+    k_student, k_proj = jax.random.split(rng)
+    params = {
+        "student": student_params
+        if student_params is not None
+        else init_student(k_student, student, with_mlm_head=loss.needs_logits),
+        "projection": projection_params
+        if projection_params is not None
+        else init_projection(k_proj, student.hidden_size, teacher.hidden_size),
+    }
+    return TrainState.create(params, opt)
+
+
+@functools.lru_cache(maxsize=64)
+def jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh: Mesh):
+    """`init_state(rng, student_params or None, projection_params or None)` jitted once per shape (and per which
+    of the two are given), placed replicated on the mesh (eager Flax init is slow per op)."""
+    rep = shardings(mesh).replicated
+    return jax.jit(lambda rng, sp, pp: init_state(rng, student, teacher, opt, loss_cfg, sp, pp), out_shardings=rep)
+
+
+def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
+    """Frozen-teacher outputs the losses read (hidden states; q/k/v and logits only when a loss needs them)."""
+    t_model = Encoder(teacher, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
+    out = t_model.apply(
+        {"params": _merge_head(teacher_params)},
+        batch["input_ids"],
+        batch["attention_mask"],
+        return_qkv=loss_cfg.needs_qkv,
+    )
+    return jax.lax.stop_gradient(out)
+
+
+def student_step(
+    state: TrainState,
+    t_out: dict,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    student: ArchSpec,
+    teacher: ArchSpec,
+    loss_cfg: LossConfig,
+    opt: OptimConfig,
+    dtype: Any,
+) -> tuple[TrainState, dict]:
+    """One AdamW step of the student (and projection) towards precomputed teacher outputs."""
+    del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
+    heads = (
+        relation_heads(loss_cfg, student.hidden_size, teacher.hidden_size, student.num_heads, teacher.num_heads)
+        if loss_cfg.needs_qkv
+        else 1
+    )
+    s_model = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
+
+    def loss_fn(params):
+        s_out = s_model.apply(
+            {"params": params["student"]}, batch["input_ids"], batch["attention_mask"], return_qkv=loss_cfg.needs_qkv
+        )
+        return distillation_loss(s_out, t_out, params["projection"], batch, loss_cfg, heads)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads, opt)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": opt.schedule_fn()(state.step), **parts}
+    return new_state, metrics
+
+
+def train_step(
+    state: TrainState,
+    teacher_params: dict,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    student: ArchSpec,
+    teacher: ArchSpec,
+    loss_cfg: LossConfig,
+    opt: OptimConfig,
+    dtype: Any,
+) -> tuple[TrainState, dict]:
+    """One KD step: teacher forward, then the student update (the two halves `distill` compiles separately)."""
+    t_out = teacher_forward(teacher_params, batch, teacher=teacher, loss_cfg=loss_cfg, dtype=dtype)
+    return student_step(
+        state, t_out, batch, rng, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=dtype
+    )
+
+
+def _merge_head(t_vars: dict) -> dict:
+    """Teacher params in the Encoder's own layout (encoder params at top level, head as `mlm_head`)."""
+    out = dict(t_vars["encoder"])
+    if "mlm_head" in t_vars:
+        out["mlm_head"] = t_vars["mlm_head"]
+    return out
+
+
+def teacher_inputs(teacher_params: dict, loss_cfg: LossConfig) -> dict:
+    """Only the teacher weights a step reads (no MLM head unless the logit loss is on, no pooler)."""
+    keep = {"encoder": teacher_params["encoder"]}
+    if loss_cfg.needs_logits:
+        if "mlm_head" not in teacher_params:
+            raise ValueError("kd.loss.logit_weight > 0 needs a teacher with a masked-LM head; this teacher has none")
+        keep["mlm_head"] = teacher_params["mlm_head"]
+    return keep
+
+
+@functools.lru_cache(maxsize=64)
+def jitted_fused_step(student, teacher, loss_cfg, opt, dtype_name, mesh):
+    """The fused step (teacher + student in one program), for benchmarks and single runs."""
+    data, rep = shardings(mesh)
+    step = functools.partial(
+        train_step, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=jnp.dtype(dtype_name)
+    )
+    return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def _jitted_teacher(teacher, loss_cfg, dtype_name, mesh):
+    data, rep = shardings(mesh)
+    fwd = functools.partial(teacher_forward, teacher=teacher, loss_cfg=loss_cfg, dtype=jnp.dtype(dtype_name))
+    return jax.jit(fwd, in_shardings=(rep, data), out_shardings=data)
+
+
+def _jitted_student(student, teacher, loss_cfg, opt, dtype_name, mesh):
+    data, rep = shardings(mesh)
+    step = functools.partial(
+        student_step, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=jnp.dtype(dtype_name)
+    )
+    return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+# Compiled programs by (program, shapes, ...), least recently used first; a long search with many distinct shapes
+# drops the oldest executables instead of holding every one (the persistent cache still has them on disk).
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+MAX_COMPILED = 64
+
+
+def _compile(key, jitted, *args) -> tuple[Any, float]:
+    """AOT-compile once per key; returns (compiled, seconds spent compiling now)."""
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key], 0.0
+    t0 = time.perf_counter()
+    _COMPILED[key] = jitted.lower(*args).compile()
+    while len(_COMPILED) > MAX_COMPILED:
+        _COMPILED.popitem(last=False)
+    return _COMPILED[key], time.perf_counter() - t0
+
+
+class Programs(NamedTuple):
+    """The two compiled halves of a KD step."""
+
+    teacher: Callable  # (teacher_params, batch) -> teacher outputs
+    student: Callable  # (state, teacher outputs, batch, rng) -> (state, metrics); donates the state
+
+    def step(self, state: TrainState, teacher_params: dict, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        """A whole KD step: the teacher's forward pass, then the student update on its outputs."""
+        return self.student(state, self.teacher(teacher_params, batch), batch, rng)
+
+
+def compile_programs(
+    student: ArchSpec,
+    teacher: ArchSpec,
+    loss_cfg: LossConfig,
+    opt: OptimConfig,
+    dtype: Any,
+    mesh: Mesh,
+    state: TrainState,
+    teacher_params: dict,
+    batch: dict,
+    rng: jax.Array,
+) -> tuple[Programs, float]:
+    """The teacher and student programs for these arguments' shapes, and the seconds spent compiling them now
+    (0 when both were compiled before)."""
+    dname = jnp.dtype(dtype).name
+    shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
+    t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
+    t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
+    s_key = ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes)
+    if s_key in _COMPILED:
+        s_fn, s_s = _compile(s_key, None)
+    else:
+        # The teacher's output shapes (traced, not run) are the student program's input layout.
+        data = shardings(mesh).data
+        t_out = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),
+            jax.eval_shape(t_jit, teacher_params, batch),
+        )
+        s_jit = _jitted_student(student, teacher, loss_cfg, opt, dname, mesh)
+        s_fn, s_s = _compile(s_key, s_jit, state, t_out, batch, rng)
+    return Programs(t_fn, s_fn), t_s + s_s
+
+
+class TeacherOutputCache:
+    """Teacher outputs by step, for students trained one after another on the same batches.
+
+    A search's candidates all see the same proxy batches (they depend only on the seed and the step), so the frozen
+    teacher's forward pass -- about a quarter of a mini-KD step for a 3-layer student -- is computed for the first
+    candidate and reused by the others. Outputs are kept on the device until `max_bytes` is reached; later steps
+    are recomputed. `key` = (teacher params, batches, *hashables such as specs, loss, dtype, mesh) names what the
+    outputs depend on besides the step; the first two are compared by identity, and a different key empties the
+    cache. Reuse is exact: the same compiled program on the same inputs.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.key = None
+        self.outputs: dict[int, Any] = {}
+        self.nbytes = self.hits = self.misses = 0
+
+    def get(self, key: tuple, step: int, compute: Callable[[], Any]) -> Any:
+        if not self._same(key):
+            self.key, self.outputs, self.nbytes = key, {}, 0
+        out = self.outputs.get(step)
+        if out is not None:
+            self.hits += 1
+            return out
+        self.misses += 1
+        out = compute()
+        size = sum(x.nbytes for x in jax.tree.leaves(out))
+        if self.nbytes + size <= self.max_bytes:
+            self.outputs[step] = out
+            self.nbytes += size
+        return out
+
+    def _same(self, key: tuple) -> bool:
+        old = self.key
+        return old is not None and old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]
+
+    def stats(self) -> dict:
+        return {"cached_steps": len(self.outputs), "mb": self.nbytes / 2**20, "hits": self.hits, "misses": self.misses}
