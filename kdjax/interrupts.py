@@ -81,10 +81,10 @@ def deferred() -> Iterator[None]:
 
 
 def interrupted_message(stage: str, e: BaseException, *, forced: bool) -> str:
-    """'<stage> interrupted at step N (...); run the same command to resume' for a KeyboardInterrupt or Interrupted."""
+    """'<stage> interrupted after step N (...); run the same command to resume' for an interrupt."""
     by = f" by {_received[-1]}" if _received else ""
     if isinstance(e, Interrupted) and e.step is not None:
-        where = f"{e.what or stage} interrupted{by} at step {e.step}"
+        where = f"{e.what or stage} interrupted{by} after step {e.step}"
         where += f" (resumes from its checkpoint at step {e.checkpoint})" if e.checkpoint else " (no checkpoint yet)"
     else:
         where = f"{stage} stage interrupted{by}"

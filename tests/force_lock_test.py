@@ -263,7 +263,7 @@ def test_interrupts_end_in_one_line_and_resume(tmp_path):
     for sig, (w, proc) in runs.items():
         _, err = proc.communicate(timeout=120)
         line = _one_error(subprocess.CompletedProcess(proc.args, proc.returncode, "", err))
-        assert "interrupted" in line and "at step" in line and "run the same command to resume" in line, line
+        assert "interrupted" in line and "after step" in line and "run the same command to resume" in line, line
         assert (sig.name in line) == (sig == signal.SIGTERM), line  # Ctrl-C needs no name
         names = os.listdir(w / "kd" / ARCH / "checkpoints")
         assert not [n for n in names if "tmp" in n], names
