@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import time
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -98,7 +99,8 @@ def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
     ids = jnp.zeros((1, 8), jnp.int32)
     params = dict(head.module().init(rng, ids, jnp.ones_like(ids))["params"])
     fresh = jax.tree.structure(params["bert"])
-    if jax.tree.structure(pretrained["encoder"]) != fresh:
+    # jaxlib's PyTreeDef type stub declares no comparison, though PyTreeDefs compare by structure.
+    if jax.tree.structure(pretrained["encoder"]) != fresh:  # type: ignore[operator]
         raise FinetuneError("pretrained encoder parameters do not match the architecture spec")
     # Copies: the train step donates its state, which must never free the caller's pretrained arrays.
     params["bert"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), pretrained["encoder"])
@@ -124,13 +126,16 @@ def train_step(
     model = head.module()
 
     def loss_fn(params):
-        logits = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            deterministic=False,
-            rngs={"dropout": rng},
+        logits = cast(
+            jax.Array,
+            model.apply(
+                {"params": params},
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["token_type_ids"],
+                deterministic=False,
+                rngs={"dropout": rng},
+            ),
         )
         return weighted_loss(logits, batch["labels"], batch["weights"], head.regression)
 
@@ -142,8 +147,9 @@ def train_step(
 
 def predict_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
     """Class index (classification) or score (regression) per row."""
-    logits = head.module().apply(
-        {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    logits = cast(
+        jax.Array,
+        head.module().apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
     )
     return logits[:, 0] if head.regression else jnp.argmax(logits, axis=-1)
 

@@ -295,7 +295,7 @@ def search_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     lines = [
-        "### Search strategies (report Table 1)",
+        "### Search strategies: the best candidate of each search and the spread of its rewards",
         "",
         "| search | candidates | best architecture | params | mini-KD loss | CPU speed-up | reward | top-3 mean"
         " | mean |",

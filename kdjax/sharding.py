@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, NamedTuple
 
 import jax
@@ -60,7 +60,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 def prefetch(
     batches: Batches, mesh: Mesh, start: int, stop: int, depth: int = 2
-) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, jax.Array]]]:
+) -> Generator[tuple[int, dict[str, np.ndarray], dict[str, jax.Array]], None, None]:
     """Yield (step, host batch, device batch), preparing the next `depth` batches on a background thread.
 
     Masking and the host-to-device copy of step s+1 overlap the device step s (jitted steps dispatch

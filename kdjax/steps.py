@@ -13,7 +13,7 @@ import collections
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -65,11 +65,14 @@ def jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg
 def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
     """Frozen-teacher outputs the losses read (hidden states; q/k/v and logits only when a loss needs them)."""
     t_model = Encoder(teacher, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
-    out = t_model.apply(
-        {"params": _merge_head(teacher_params)},
-        batch["input_ids"],
-        batch["attention_mask"],
-        return_qkv=loss_cfg.needs_qkv,
+    out = cast(
+        dict,
+        t_model.apply(
+            {"params": _merge_head(teacher_params)},
+            batch["input_ids"],
+            batch["attention_mask"],
+            return_qkv=loss_cfg.needs_qkv,
+        ),
     )
     return jax.lax.stop_gradient(out)
 
@@ -96,8 +99,14 @@ def student_step(
     s_model = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
 
     def loss_fn(params):
-        s_out = s_model.apply(
-            {"params": params["student"]}, batch["input_ids"], batch["attention_mask"], return_qkv=loss_cfg.needs_qkv
+        s_out = cast(
+            dict,
+            s_model.apply(
+                {"params": params["student"]},
+                batch["input_ids"],
+                batch["attention_mask"],
+                return_qkv=loss_cfg.needs_qkv,
+            ),
         )
         return distillation_loss(s_out, t_out, params["projection"], batch, loss_cfg, heads)
 
@@ -243,7 +252,7 @@ class TeacherOutputCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
-        self.key = None
+        self.key: tuple | None = None
         self.outputs: dict[int, Any] = {}
         self.nbytes = self.hits = self.misses = 0
 

@@ -128,7 +128,8 @@ def distill(
 
     due = report_steps(hooks, report_every)
     t_start = time.perf_counter()
-    compile_s, tokens, pending = 0.0, 0, []
+    compile_s, tokens = 0.0, 0
+    pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     programs: Programs | None = None
     cache_key = (teacher.params, batches, teacher.spec, cfg.loss, jnp.dtype(cfg.dtype).name, mesh)

@@ -93,7 +93,7 @@ def test_report_from_synthetic_workdir(tmp_path):
     assert [r["search"] for r in searches] == ["random", "optuna", "lstm"]
     assert searches[0]["best_arch"] == "3L-32H-2A-768F-gelu" and searches[0]["best_reward"] == pytest.approx(0.73)
     assert searches[0]["top3_mean_reward"] == pytest.approx((0.73 + 0.64 + 0.55) / 3)
-    assert "Search strategies (report Table 1)" in readme and "| random | 4 | 3L-32H-2A-768F-gelu |" in readme
+    assert "### Search strategies: " in readme and "| random | 4 | 3L-32H-2A-768F-gelu |" in readme
 
 
 def test_report_with_partial_inputs(tmp_path):

@@ -95,6 +95,7 @@ class CandidateEvaluator:
         t0 = time.perf_counter()
         pruned = diverged = False
         epoch_losses: list[float] = []
+        params: dict | None = None  # None when pruned or diverged: no model to time or export
         init = str(ctx.config.kd.init)
         try:
             result = distill(
