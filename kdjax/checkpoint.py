@@ -71,7 +71,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         # The newest step the caller has reached (asked `should_save` about or saved): where an interrupt stopped it.
         self.reached: int | None = None
-        self._closed, self._final_steps = False, []
+        self._closed = False
+        self._final_steps: list[int] = []
         if settings is not None:
             self._check_settings(settings)
 

@@ -35,7 +35,8 @@ for _name in ("absl", "optuna.study._optimize"):
     logging.getLogger(_name).addFilter(_not_an_interrupt)
 
 _received: list[str] = []  # names of the signals other than Ctrl-C that interrupted the run
-_defer = {"depth": 0, "pending": None}
+_defer_depth = [0]  # nesting depth of `deferred()` sections
+_pending: list[int] = []  # a signal that arrived inside one
 
 
 def _interrupt(signum: int) -> None:
@@ -45,8 +46,8 @@ def _interrupt(signum: int) -> None:
 
 
 def _on_signal(signum, frame) -> None:
-    if _defer["depth"]:
-        _defer["pending"] = signum  # raised when the protected section ends
+    if _defer_depth[0]:
+        _pending[:] = [signum]  # raised when the protected section ends
         return
     _interrupt(signum)
 
@@ -70,14 +71,13 @@ def signals_as_interrupts() -> Iterator[None]:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """A section a signal must not cut in two (starting a checkpoint save): the interrupt is raised after it."""
-    _defer["depth"] += 1
+    _defer_depth[0] += 1
     try:
         yield
     finally:
-        _defer["depth"] -= 1
-    if not _defer["depth"] and _defer["pending"] is not None:
-        signum, _defer["pending"] = _defer["pending"], None
-        _interrupt(signum)
+        _defer_depth[0] -= 1
+    if not _defer_depth[0] and _pending:
+        _interrupt(_pending.pop())
 
 
 def interrupted_message(stage: str, e: BaseException, *, forced: bool) -> str:
@@ -94,7 +94,7 @@ def interrupted_message(stage: str, e: BaseException, *, forced: bool) -> str:
 
 def disk_error(e: BaseException) -> OSError | BaseException | None:
     """The first error in `e`'s chain that says a path cannot be written (disk full, read-only, no permission)."""
-    seen = e
+    seen: BaseException | None = e
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
             return seen
