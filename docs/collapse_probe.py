@@ -7,7 +7,8 @@ The second form prints the hidden-state loss of a "student" that outputs the tea
 every token (on the first 16 packed rows, e.g. W/cache/packed-*.npy): the level a collapsed student sits at.
 
 A healthy encoder maps different tokens and sentences to different vectors; a collapsed one maps them all to about
-one vector (token std near 0, cosine near 1). Used for the "projection collapse" table of docs/results.md.
+one vector (token std near 0, cosine near 1). Used for the "projection collapse" table of docs/results.md; the kd
+stage checks the same numbers at every checkpoint (`kd.collapse_guard`, kdjax/collapse.py).
 """
 
 from __future__ import annotations
@@ -17,35 +18,17 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax.collapse import measure, probe_batch
 from kdjax.losses import uniform_last_mapping
 from kdjax.models import Encoder
 from kdjax.teacher import load_teacher
 
-SENTENCES = [
-    "the movie was wonderful and moving .",
-    "a dull , lifeless film .",
-    "i would not recommend this to anyone .",
-    "the cast is great but the plot is thin .",
-    "an absolute triumph of storytelling .",
-]
-
 
 def probe(path: str) -> dict:
+    """The collapse guard's numbers (kdjax/collapse.py) for one exported model or teacher."""
     model = load_teacher(path)
-    enc = model.tokenizer(SENTENCES, padding=True, return_tensors="np")
-    mask = enc["attention_mask"]
-    out = Encoder(model.spec).apply(
-        {"params": model.params["encoder"]}, jnp.asarray(enc["input_ids"]), jnp.asarray(mask)
-    )
-    last = np.asarray(out["hidden_states"][-1])
-    cls = last[:, 0] / np.linalg.norm(last[:, 0], axis=-1, keepdims=True)
-    n = len(SENTENCES)
-    return {
-        "model": path,
-        "arch": model.spec.arch_id,
-        "token_std": float(last[mask.astype(bool)].std(axis=0).mean()),
-        "mean_cls_cosine": float(((cls @ cls.T).sum() - n) / (n * (n - 1))),
-    }
+    ids, mask = probe_batch(model.tokenizer)
+    return {"model": path, "arch": model.spec.arch_id, **measure(model.spec, model.params["encoder"], ids, mask)}
 
 
 def mean_predictor_loss(teacher_dir: str, rows_path: str, student_layers: int) -> float:

@@ -17,7 +17,7 @@ STAGES = ("teacher", "nas", "kd", "glue", "report")
 STRATEGIES = ("lstm", "optuna", "random")
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 LOSS_SOURCES = ("last", "mean", "min")
-INITS = ("random", "teacher")
+INITS = ("auto", "random", "teacher")
 DTYPES = ("auto", "float32", "bfloat16")
 LATENCY_DEVICES = ("cpu", "accelerator")
 
@@ -113,12 +113,20 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.kd.keep_checkpoints = 3
     # Log metrics (JSONL, TensorBoard, progress bar) every this many steps.
     c.kd.log_every_steps = 20
-    # Student initialisation: 'random' or 'teacher' (layers / principal sub-blocks of the teacher).
-    c.kd.init = "random"
+    # Student (and mini-KD candidate) init: 'teacher' (layers / principal sub-blocks of the teacher), 'random', or
+    # 'auto' = 'teacher' whenever the student fits inside the teacher, else 'random' with a log line saying why.
+    c.kd.init = "auto"
     # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16'. Master weights stay fp32.
     c.kd.compute_dtype = "auto"
-    # Post-distillation training (PDT): steps that continue each search winner from its mini-KD weights (0 = off).
+    # PDT: continue KD of each top-k search winner from its mini-KD student and projection for this many steps,
+    # into kd/<arch>-pdt (0 = off).
     c.kd.pdt_steps = 0
+    # Collapse guard at every checkpoint: 'warn' (loud), 'stop' (one error line, checkpoint kept) or 'off'.
+    c.kd.collapse_guard = "warn"
+    # Collapsed when the student's token std (last layer, fixed probe batch) is below this fraction of the teacher's,
+    c.kd.collapse_std_ratio = 0.2
+    # or when its mean pairwise [CLS] cosine is above this value while the teacher's is below it.
+    c.kd.collapse_cls_cosine = 0.98
     c.kd.loss = ml_collections.ConfigDict()
     # Weight of the original pipeline's hidden-state MSE (Uniform+Last mapping, Linear(Hs, 2*Ht) projection).
     c.kd.loss.hidden_weight = 1.0
@@ -225,8 +233,10 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
         _tiny(c)
     elif arg == "minilm":
         _minilm(c)
+    elif arg == "cpu":
+        _cpu(c)
     else:
-        raise ConfigError(f"unknown config variant {arg!r}; expected one of: tiny, minilm")
+        raise ConfigError(f"unknown config variant {arg!r}; expected one of: tiny, minilm, cpu")
     return c
 
 
@@ -267,6 +277,30 @@ def _minilm(c: ml_collections.ConfigDict) -> None:
     c.data.glue_dir = os.path.join(data_dir(), "glue")
     c.kd.arch = "3L-384H-6A-1536F-gelu"
     c.glue.tasks = "sst2,cola,stsb,rte"
+
+
+def _cpu(c: ml_collections.ConfigDict) -> None:
+    """Every stage in about an hour on 2 CPU cores (an estimate from the plan/ETA, README): :minilm's real teacher,
+    corpus and GLUE folders (override with --config.data.corpus / --config.data.glue_dir), the study's small budget
+    (docs/results.md): 8 candidates x 20 mini-KD steps, 600 KD steps, PDT of 2 winners, 1,000 GLUE examples."""
+    _minilm(c)
+    c.kd.per_device_batch_size = 16
+    c.kd.num_train_steps = 600
+    c.kd.checkpoint_every_steps = 100
+    c.kd.pdt_steps = 200
+    c.nas.strategy = "random"
+    c.nas.num_trials = 8
+    c.nas.proxy_fraction = 0.003
+    c.nas.mini_kd_epochs = 2
+    c.nas.mini_kd_steps_per_epoch = 10
+    c.nas.top_k = 2
+    c.nas.space.max_params_fraction = 0.5  # students worth having: at most half the teacher
+    c.glue.tasks = "sst2,cola,stsb,rte"
+    c.glue.models = "teacher,best"
+    c.glue.max_train_examples = 1000
+    c.glue.learning_rate = 1e-4  # small models need more than BERT-base's 2e-5 (docs/results.md)
+    if "learning_rates" in c.glue:  # a learning-rate grid multiplies the GLUE cost: one value here
+        c.glue.learning_rates = "1e-4"
 
 
 def _choice(value: str, field: str, allowed: tuple[str, ...]) -> None:
@@ -322,6 +356,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c, "kd.keep_checkpoints")
     _positive(c, "kd.log_every_steps")
     _positive(c, "kd.pdt_steps", allow_zero=True)
+    _choice(c.kd.collapse_guard, "kd.collapse_guard", ("warn", "stop", "off"))
+    if not 0.0 <= c.kd.collapse_std_ratio < 1.0:
+        raise ConfigError(f"kd.collapse_std_ratio={c.kd.collapse_std_ratio} must be in [0, 1)")
+    if not 0.0 < c.kd.collapse_cls_cosine <= 1.0:
+        raise ConfigError(f"kd.collapse_cls_cosine={c.kd.collapse_cls_cosine} must be in (0, 1]")
     if not 0.0 <= c.kd.warmup_fraction < 1.0:
         raise ConfigError(f"kd.warmup_fraction={c.kd.warmup_fraction} must be in [0, 1)")
     _choice(c.kd.schedule, "kd.schedule", ("linear", "cosine", "constant"))

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import glue_data
+from kdjax import glue_data, plan
 from kdjax.config import split_list
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
@@ -133,6 +133,17 @@ KEYWORDS: dict[str, Callable[[RunContext], list[ModelRef]]] = {
 }
 
 
+_VARIANT_RE = re.compile(r"^(nas|kd|pdt)-\d+L-\d+H-\d+A-\d+F(-[a-z_]+)?$")
+
+
+def _named_variant(ctx: RunContext, kind: str, arch_id: str) -> list[ModelRef]:
+    found = [r for r in variants(ctx, arch_id) if r.kind == kind]
+    if not found:
+        made_by = {"nas": "the nas stage", "kd": "the kd stage", "pdt": "the kd stage with kd.pdt_steps > 0"}[kind]
+        raise GlueStageError(f"glue.models: {kind}-{arch_id} has no export yet (made by {made_by})")
+    return found
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text.strip("/")) or "model"
 
@@ -143,6 +154,11 @@ def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
     for item in models:
         if item in KEYWORDS:
             refs += KEYWORDS[item](ctx)
+        elif _VARIANT_RE.match(item):
+            # One export of an architecture by its row name: nas-<arch> (mini-KD), kd-<arch>, pdt-<arch> (PDT).
+            kind, arch_id = item.split("-", 1)
+            arch_id = ctx.student_spec(arch_id).arch_id
+            refs += _named_variant(ctx, kind, arch_id)
         elif is_arch_id(item):
             # Its full-KD export, even when the search left a mini-KD one (that is what `best`/`top_k` add).
             arch_id = ctx.student_spec(item).arch_id
@@ -258,4 +274,5 @@ def run(ctx: RunContext) -> dict:
             shown = ", ".join(f"{k}={100 * v:.2f}" for k, v in out["scores"].items())
             print(f"glue: {ref.name} {task}: {shown} ({out['wall_s']:.1f} s, {out['num_train_examples']} train)")
             done.append(f"{ref.name}/{task}")
+            plan.glue_scored(task, float(out.get("wall_s", 0.0)))
     return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(done), "skipped": skipped}

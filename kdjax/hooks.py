@@ -111,7 +111,8 @@ class Prune(Hook):
 
 
 def report_steps(hooks: list[Hook], report_every: int) -> Callable[[int], bool]:
-    """Whether the loop reports after step `done` (the last step is always a report step)."""
+    """`due(done)`: whether step `done` is a multiple of `report_every` or of a hook's `every` (the loop also reports
+    after its last step)."""
     periods = [p for p in (report_every, *(h.every for h in hooks)) if p]
 
     def due(done: int) -> bool:

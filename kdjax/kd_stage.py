@@ -1,4 +1,5 @@
-"""The `kd` stage: full distillation of the chosen student, with checkpoints, metrics and an HF export."""
+"""The `kd` stage: full distillation of the chosen student, with checkpoints, metrics and an HF export; then PDT of
+the search winners when kd.pdt_steps > 0 (kdjax/pdt.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import os
 import jax
 import numpy as np
 
+from kdjax import pdt, plan
 from kdjax.checkpoint import Checkpointer
+from kdjax.collapse import CollapseGuard, CollapseHook, GuardConfig
 from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
@@ -86,18 +89,29 @@ def num_steps(kd_cfg, steps_per_epoch: int) -> int:
 
 
 def distill_arch(
-    ctx: RunContext, spec: ArchSpec, *, out_dir: str, steps: int | None = None, student_params=None, desc="kd"
+    ctx: RunContext,
+    spec: ArchSpec,
+    *,
+    out_dir: str,
+    steps: int | None = None,
+    student_params=None,
+    projection_params=None,
+    desc="kd",
+    extra: dict | None = None,
+    eta: tuple[int, int] | None = None,
 ):
     """Distill `spec` into `out_dir` (checkpoints/, metrics.jsonl, tb/, hf/, result.json); resumes if interrupted.
 
+    Starts from `student_params` / `projection_params` when given (PDT), else from `kd.init`; `extra` is added to
+    result.json; `eta` = (steps of the stage before this run, steps of the whole stage) reports progress to the plan.
     A resume must find checkpoints made with the same settings (`kd_settings`); otherwise it stops with one line.
     """
     kd = ctx.config.kd
     given_init = student_params is not None
     if student_params is None:
         student_params = initial_params(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
-    # Also for PDT: a search winner cut from the teacher keeps the teacher's dimension order.
-    projection = initial_projection(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
+    if projection_params is None:
+        projection_params = initial_projection(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
     batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed)
     steps = steps or num_steps(kd, batches.steps_per_epoch)
     opt = OptimConfig.from_config(kd, steps)
@@ -110,15 +124,21 @@ def distill_arch(
         settings=kd_settings(ctx, spec, opt, given_init),
     )
     writer = MetricWriter(out_dir)
+    hooks = [LogMetrics(writer), SaveCheckpoints(ckpt, every=every)]
+    guard = GuardConfig.from_config(kd)
+    if guard.mode != "off":  # after SaveCheckpoints: a collapsed student's checkpoint is kept
+        hooks.append(CollapseHook(CollapseGuard(guard, ctx.teacher, spec, out_dir, f"{desc} {spec.arch_id}"), every))
+    if eta is not None:
+        hooks.append(plan.EtaHook("kd", *eta))
     try:
         result = distill(
             ctx.teacher,
-            Student(spec, student_params, projection),
+            Student(spec, student_params, projection_params),
             batches,
             DistillSettings(
                 loss=ctx.loss_cfg, opt=opt, num_steps=steps, seed=ctx.config.seed, dtype=ctx.dtype, mesh=ctx.mesh
             ),
-            hooks=[LogMetrics(writer), SaveCheckpoints(ckpt, every=every)],
+            hooks=hooks,
             report_every=int(kd.log_every_steps),
             desc=f"{desc} {spec.arch_id}",
         )
@@ -167,6 +187,7 @@ def distill_arch(
         "epoch_losses": result.epoch_losses,
         **timing,
         "resumed_from": result.resumed_from,
+        **(extra or {}),
     }
     write_json(result_path, summary)
     if not math.isfinite(result.final_loss):
@@ -182,6 +203,9 @@ def run(ctx: RunContext) -> dict:
         # A forced re-run trains from scratch; the earlier outputs stay in W/.previous/kd until it finishes.
         ctx.workdir.set_aside("kd", ctx.workdir.path("kd", spec.arch_id))
     out = ctx.workdir.subdir("kd", spec.arch_id)
-    summary = distill_arch(ctx, spec, out_dir=out)
+    steps = num_steps(ctx.config.kd, Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed).steps_per_epoch)
+    stage_steps = steps + pdt.planned_steps(ctx)
+    summary = distill_arch(ctx, spec, out_dir=out, steps=steps, eta=(0, stage_steps))
     print(f"kd: {spec.arch_id} final loss {summary['final_loss']:.4f}, export in {os.path.join(out, 'hf')}")
-    return {"arch_id": spec.arch_id, "origin": origin}
+    pdt_done = pdt.run(ctx, steps_before=steps, stage_steps=stage_steps)
+    return {"arch_id": spec.arch_id, "origin": origin, "pdt": [s["arch_id"] for s in pdt_done]}

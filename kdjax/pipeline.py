@@ -7,7 +7,7 @@ import logging
 import os
 import time
 
-from kdjax import kd_stage
+from kdjax import kd_stage, plan
 from kdjax.config import check_data, validate
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
@@ -103,6 +103,8 @@ def run(config, workdir: str) -> None:
             ctx = RunContext(config, wd)
             enable_compilation_cache(wd.subdir("cache", "xla"))
             record_config(wd, config.to_dict())
+            # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
+            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not wd.is_done(s))])
             for name in STAGES:
                 if name not in ctx.stages:
                     continue
@@ -118,6 +120,7 @@ def run(config, workdir: str) -> None:
                 log.info("stage %s", name)
                 info = STAGES[name](ctx) or {}
                 wd.mark_done(name, info)
+                plan.stage_done(name)
                 wd.drop_previous(name)
     except (KeyboardInterrupt, Interrupted) as e:
         if stage == "startup":

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Order of rows: teacher, search results (mini-KD, full KD, PDT), random baselines, everything else.
 KIND_ORDER = {"teacher": 0, "nas": 1, "kd": 2, "pdt": 3, "random": 4, "folder": 5, "hub": 6}
-VARIANT_LABEL = {"nas": "without PDT (mini-KD)", "kd": "full KD", "pdt": "with PDT"}
+# The PDT table compares these two exports of one architecture (PDT continues the mini-KD student).
+VARIANT_LABEL = {"nas": "without PDT (mini-KD export)", "pdt": "with PDT"}
 # Short metric names for table headers.
 SHORT = {"accuracy": "acc", "f1": "F1", "mcc": "MCC", "pearson": "P", "spearman": "S"}
 FIGURES = {
@@ -197,6 +198,11 @@ def _task_cell(r: dict, task: str) -> str:
     return "-" if m is None else "/".join(f"{100 * v:.2f}" for v in m.values())
 
 
+def _pdt_cell(before: float | None, after: float | None) -> str:
+    delta = f" ({100 * (after - before):+.2f})" if before is not None and after is not None else ""
+    return f"{_fmt(before, scale=100)} / {_fmt(after, scale=100)}{delta}"
+
+
 def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
     """The scores table, the % of teacher table, and the with/without-PDT comparison."""
     if not rows:
@@ -247,22 +253,23 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
     for r in rows:
         if r["kind"] in VARIANT_LABEL and r.get("arch_id"):
             groups.setdefault(r["arch_id"], {})[r["kind"]] = r
-    pairs = {a: g for a, g in groups.items() if len(g) > 1}
+    pairs = {a: g for a, g in groups.items() if len(g) == len(VARIANT_LABEL)}
     if pairs:
-        kinds = [k for k in VARIANT_LABEL if any(k in g for g in pairs.values())]
         out += [
             "",
             "### Without vs with post-distillation training (PDT)",
             "",
-            "Cells: " + " / ".join(VARIANT_LABEL[k] for k in kinds) + ".",
+            "Cells: " + " / ".join(VARIANT_LABEL.values()) + " (change). PDT continues the mini-KD student and its "
+            "projection for kd.pdt_steps steps.",
             "",
             "| architecture | " + " | ".join(tasks) + " | GLUE avg |",
             "|" + "---|" * (len(tasks) + 2),
         ]
         for arch, g in pairs.items():
-            cells = [" / ".join(_fmt(g[k].get(t) if k in g else None, scale=100) for k in kinds) for t in tasks]
-            avg = " / ".join(_fmt(g[k]["glue_avg"] if k in g else None, scale=100) for k in kinds)
-            out.append(f"| {arch} | " + " | ".join(cells) + f" | {avg} |")
+            cells = [_pdt_cell(g["nas"].get(t), g["pdt"].get(t)) for t in tasks]
+            out.append(
+                f"| {arch} | " + " | ".join(cells) + f" | {_pdt_cell(g['nas']['glue_avg'], g['pdt']['glue_avg'])} |"
+            )
     return "\n".join(out) + "\n"
 
 

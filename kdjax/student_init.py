@@ -1,4 +1,5 @@
-"""Initialise a student from its teacher's weights instead of at random (`config.kd.init = 'teacher'`).
+"""Initialise a student from its teacher's weights instead of at random (`config.kd.init = 'teacher'`, or 'auto':
+the teacher whenever the student fits inside it, see `resolve_init`).
 
 Depth: the student takes evenly spaced teacher layers (DistilBERT takes every other one), always including the last.
 Width: a narrower student keeps the teacher's most important pieces, scored by weight magnitude:
@@ -12,10 +13,15 @@ This is a structured-pruning init (as in the "keep important heads/neurons" lite
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from kdjax.errors import KdjaxError
 from kdjax.spec import ArchSpec
+
+log = logging.getLogger(__name__)
+_told: set[tuple[str, str]] = set()  # (teacher, student) pairs whose random fallback was already logged
 
 
 def teacher_layer_indices(teacher_layers: int, student_layers: int) -> list[int]:
@@ -76,9 +82,33 @@ def _layer(layer: dict, hid: np.ndarray, teacher: ArchSpec, student: ArchSpec) -
     }
 
 
+def why_not_teacher(teacher: ArchSpec, student: ArchSpec) -> str | None:
+    """Why `student` cannot be cut out of `teacher` (None when it fits: no wider, no deeper, no larger FFN)."""
+    if teacher.embedding_size is not None or teacher.shared_layers:
+        return "the teacher factorises its embeddings or shares layers (ALBERT)"
+    for dim, label in (("hidden_size", "hidden size"), ("ffn_size", "FFN size"), ("num_layers", "depth")):
+        if getattr(student, dim) > getattr(teacher, dim):
+            return f"its {label} {getattr(student, dim)} exceeds the teacher's {getattr(teacher, dim)}"
+    return None
+
+
+def resolve_init(init: str, teacher: ArchSpec, student: ArchSpec) -> str:
+    """'random' or 'teacher' for `config.kd.init`: 'auto' is 'teacher' whenever the student fits inside the teacher
+    (teacher-cut students distil better: docs/results.md), 'random' otherwise, saying why once per architecture."""
+    if init != "auto":
+        return init
+    reason = why_not_teacher(teacher, student)
+    if reason is None:
+        return "teacher"
+    if (teacher.arch_id, student.arch_id) not in _told:
+        _told.add((teacher.arch_id, student.arch_id))
+        log.warning("kd.init=auto: %s starts from random weights: %s", student.arch_id, reason)
+    return "random"
+
+
 def initial_params(init: str, teacher_params: dict, teacher: ArchSpec, student: ArchSpec) -> dict | None:
     """Student params for `config.kd.init`: None for 'random' (the trainer draws them), else cut from the teacher."""
-    if init == "random":
+    if resolve_init(init, teacher, student) == "random":
         return None
     try:
         return from_teacher(teacher_params, teacher, student)
@@ -106,7 +136,7 @@ def initial_projection(init: str, teacher_params: dict, teacher: ArchSpec, stude
     fastest by collapsing every token to the mean teacher state (measured: docs/results.md), which fine-tuning
     cannot recover from. With this map the cut student starts close to the teacher states it is matched to.
     """
-    if init == "random":
+    if resolve_init(init, teacher, student) == "random":
         return None
     hid = kept_dims(teacher_params, student.hidden_size)
     kernel = np.zeros((student.hidden_size, 2 * teacher.hidden_size), np.float32)

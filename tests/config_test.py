@@ -32,7 +32,7 @@ def test_six_teacher_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS)
-@pytest.mark.parametrize("arg", [None, "tiny", "minilm"])
+@pytest.mark.parametrize("arg", [None, "tiny", "minilm", "cpu"])
 def test_configs_validate(path, arg):
     validate(_load(path).get_config(arg))
 
@@ -60,6 +60,9 @@ def test_every_field_has_a_comment():
         ("kd.per_device_batch_size", 0, "kd.per_device_batch_size"),
         ("glue.tasks", "sst2,imdb", "glue.tasks"),
         ("kd.init", "magic", "kd.init"),
+        ("kd.collapse_guard", "loud", "kd.collapse_guard"),
+        ("kd.collapse_std_ratio", 1.5, "kd.collapse_std_ratio"),
+        ("kd.collapse_cls_cosine", 0.0, "kd.collapse_cls_cosine"),
     ],
 )
 def test_bad_fields_are_named(field, value, match):

@@ -88,3 +88,28 @@ def test_teacher_projection_puts_kept_dimensions_back(teacher_params):
     np.testing.assert_array_equal(np.nonzero(proj["kernel"][:, :32])[1], hid)
     random_proj = init_projection(jax.random.PRNGKey(1), 16, 32)
     assert loss(narrow, proj) < 0.5 * loss(narrow, random_proj)
+
+
+def test_auto_init_is_teacher_when_the_student_fits_else_random_with_a_reason(teacher_params, caplog):
+    from kdjax.config import base_config
+    from kdjax.student_init import initial_params, initial_projection, resolve_init
+
+    assert base_config("bert-base-uncased").kd.init == "auto"
+    fits = TEACHER.student(num_layers=2, hidden_size=16, num_heads=2, ffn_size=32)
+    assert resolve_init("auto", TEACHER, fits) == "teacher"
+    assert initial_params("auto", teacher_params, TEACHER, fits) is not None
+    assert initial_projection("auto", teacher_params, TEACHER, fits)["kernel"].shape == (16, 64)
+    assert resolve_init("random", TEACHER, fits) == "random"
+    for too_big, why in [
+        (TEACHER.student(hidden_size=64, num_heads=4), "hidden size 64 exceeds the teacher's 32"),
+        (TEACHER.student(ffn_size=128), "FFN size 128"),
+        (TEACHER.student(num_layers=6), "depth 6"),
+    ]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kdjax.student_init"):
+            assert resolve_init("auto", TEACHER, too_big) == "random"
+            assert initial_params("auto", teacher_params, TEACHER, too_big) is None
+        assert why in caplog.text and "starts from random weights" in caplog.text
+        assert caplog.text.count("starts from random weights") == 1  # said once per architecture
+    albert = ArchSpec(num_layers=4, hidden_size=32, num_heads=4, ffn_size=64, vocab_size=50, embedding_size=16)
+    assert resolve_init("auto", albert, fits) == "random"

@@ -24,6 +24,7 @@ from kdjax.hooks import Prune
 from kdjax.latency import LatencyCache
 from kdjax.nas.history import History
 from kdjax.optim import OptimConfig
+from kdjax.pdt import STATE_FILE, save_minikd_state
 from kdjax.reward import RewardConfig, reward, select_loss
 from kdjax.spec import ArchSpec
 from kdjax.steps import TeacherOutputCache
@@ -147,6 +148,8 @@ class CandidateEvaluator:
                 teacher_source=ctx.teacher.source,
                 info=info,
             )
+            # Student and projection together, so PDT continues this candidate exactly (kdjax/pdt.py).
+            save_minikd_state(os.path.join(self.export_root, spec.arch_id, STATE_FILE), params)
             export_s = time.perf_counter() - t_exp
         rec = {
             "strategy": self.strategy,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 
+from kdjax import plan
 from kdjax.checkpoint import Checkpointer
 from kdjax.context import RunContext
 from kdjax.nas import controller, optuna_search, random_search, topk
@@ -94,10 +96,17 @@ def run(ctx: RunContext) -> dict:
     )
     bar = tqdm(total=_budget(nas), desc=f"nas {strategy}", dynamic_ncols=True)
     best = [float("-inf")]
+    budget, seen, compute, t0 = _budget(nas), [0], [0.0], time.perf_counter()
 
     def tracked(spec, **kw) -> dict:
         rec = evaluator(spec, **kw)
         best[0] = max(best[0], rec["reward"]) if not rec.get("pruned") else best[0]
+        seen[0] += 1
+        if not rec.get("cached"):  # training time without compilation: the rate later stages are extrapolated at
+            compute[0] += max(0.0, (rec.get("wall_s") or 0.0) - (rec.get("compile_s") or 0.0))
+        if evaluator.new_evaluations:  # cached candidates cost nothing: time only the new ones
+            elapsed = time.perf_counter() - t0
+            plan.timed("nas", seen[0] / budget, evaluator.new_evaluations / budget, elapsed, compute[0] or None)
         bar.update(1)
         bar.set_postfix(best=f"{best[0]:.4f}", last=spec.arch_id, new=evaluator.new_evaluations)
         return rec

@@ -1,0 +1,294 @@
+"""What a run will cost: the plan printed at start, and an ETA once the first steps of a stage are timed.
+
+The plan counts work in steps and examples per stage and estimates each stage's compute in forward+backward matmul
+FLOPs (`ArchSpec.flops_per_token`; training = 3x a forward). Nothing is guessed in seconds until something has been
+timed: the first timing gives a FLOP rate, each stage's own timing then replaces it for that stage, and every ETA
+line says which stages are extrapolated. Estimates, not measurements: compile time, latency runs, data preparation
+and the report are not counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+from kdjax.config import split_list
+from kdjax.errors import KdjaxError
+from kdjax.hooks import Hook, Report
+
+log = logging.getLogger(__name__)
+
+# GLUE train / dev sizes (the standard release) and typical tokens per example (WordPiece, with specials; rough).
+GLUE_TRAIN = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
+              "qnli": 104743, "rte": 2490, "wnli": 635}  # fmt: skip
+GLUE_DEV = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, "mnli": 19647, "qnli": 5463,
+            "rte": 277, "wnli": 71}  # fmt: skip
+GLUE_TOKENS = {"cola": 12, "sst2": 25, "mrpc": 53, "stsb": 31, "qqp": 30, "mnli": 40, "qnli": 50, "rte": 70,
+               "wnli": 40}  # fmt: skip
+
+
+@dataclasses.dataclass
+class StagePlan:
+    name: str
+    what: str  # one line: candidates, models, tasks
+    steps: int  # optimizer steps (all models of the stage)
+    examples: int  # training examples (rows or sentences) seen
+    flops: float  # estimated compute (FLOPs); 0 = negligible
+    # glue: relative cost of one (model, task) unit by task, and the number of models (progress by scored unit).
+    units: dict[str, float] = dataclasses.field(default_factory=dict)
+    models: int = 0
+
+
+def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = True) -> float:
+    """One KD step: student forward+backward (3x) and, unless cached, the teacher forward."""
+    f = 3 * student.flops_per_token(seq) + (teacher.flops_per_token(seq) if teacher_runs else 0)
+    return float(f) * batch * seq
+
+
+def build(ctx, stages: list[str]) -> list[StagePlan]:
+    """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
+    from kdjax import pdt
+    from kdjax.kd_stage import chosen_arch, num_steps
+
+    c, teacher = ctx.config, ctx.teacher.spec
+    seq, batch = int(c.data.max_seq_len), ctx.global_batch
+    plans: list[StagePlan] = []
+    rows = len(ctx.rows) if {"nas", "kd"} & set(stages) else 0
+    kd_spec = ctx.student_spec(chosen_arch(ctx)[0])
+    top_k = int(c.nas.top_k)
+    if "teacher" in stages:
+        plans.append(StagePlan("teacher", f"load {c.teacher.name}, time its latency", 0, 0, 0.0))
+    if "nas" in stages:
+        nas = c.nas
+        budget = (
+            int(nas.num_episodes) * int(nas.candidates_per_episode) if nas.strategy == "lstm" else int(nas.num_trials)
+        )
+        proxy = (
+            rows if float(nas.proxy_fraction) >= 1 else max(1, round(rows * float(nas.proxy_fraction)))
+        )  # proxy_subset
+        per_epoch = max(1, proxy // batch)
+        if int(nas.mini_kd_steps_per_epoch):
+            per_epoch = min(per_epoch, int(nas.mini_kd_steps_per_epoch))
+        steps = int(nas.mini_kd_epochs) * per_epoch
+        # With the teacher cache the teacher runs once per step for the whole search, not once per candidate.
+        cached = int(nas.teacher_cache_mb) > 0
+        flops = budget * steps * _kd_step_flops(kd_spec, teacher, batch, seq, teacher_runs=not cached)
+        if cached:
+            flops += steps * float(teacher.flops_per_token(seq)) * batch * seq
+        what = f"{nas.strategy}, {budget} candidates x mini-KD {steps} steps on {proxy} proxy rows"
+        plans.append(StagePlan("nas", what, budget * steps, budget * steps * batch, flops))
+    if "kd" in stages:
+        steps = num_steps(c.kd, max(1, rows // batch))
+        pdt_steps = int(c.kd.pdt_steps)
+        # Before the search has run, every one of its top-k winners is expected to get PDT.
+        winners = (top_k if "nas" in stages else pdt.planned_steps(ctx) // max(1, pdt_steps)) if pdt_steps else 0
+        total = steps + winners * pdt_steps
+        what = f"{kd_spec.arch_id} {steps} steps x batch {batch} ({rows} corpus rows of {seq} tokens)"
+        if "nas" in stages:
+            what = "the search's best (estimated as " + what + ")"
+        if winners:
+            what += f"; PDT of {winners} winner(s) x {pdt_steps} steps"
+        plans.append(StagePlan("kd", what, total, total * batch, _kd_step_flops(kd_spec, teacher, batch, seq) * total))
+    if "glue" in stages:
+        plans.append(_glue_plan(ctx, stages, kd_spec, top_k, rows))
+    if "report" in stages:
+        plans.append(StagePlan("report", "tables and figures", 0, 0, 0.0))
+    return plans
+
+
+def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StagePlan:
+    from kdjax.kd_stage import num_steps
+
+    g, c = ctx.config.glue, ctx.config
+    variants = 1 + ("kd" in stages) + (int(c.kd.pdt_steps) > 0)  # mini-KD export, full KD, PDT
+    counts = {"teacher": 1, "best": variants, "top_k": top_k * variants, "random": int(g.num_random_baselines)}
+    models = split_list(g.models)
+    n_student = sum(counts.get(m, 1) for m in models if m != "teacher")
+    has_teacher = "teacher" in models
+    tasks = split_list(g.tasks)
+    grid = len(split_list(str(g.get("learning_rates", "")))) or 1
+    cap = int(g.max_train_examples)
+    seq = int(g.max_seq_len)
+    synthetic = str(c.data.glue_dir) == "synthetic"  # generated: 64 train / 32 dev examples per task
+    examples = flops = 0.0
+    units: dict[str, float] = {}
+    for t in tasks:
+        n_train = 64 if synthetic else GLUE_TRAIN[t]
+        n_train = min(n_train, cap) if cap else n_train
+        tok = min(GLUE_TOKENS[t], seq)
+        seen = n_train * int(g.num_epochs) * grid
+        examples += seen * (n_student + has_teacher)
+        units[t] = (3 * seen + (32 if synthetic else GLUE_DEV[t]) * grid) * tok
+        flops += units[t] * (
+            n_student * kd_spec.flops_per_token(tok) + has_teacher * ctx.teacher.spec.flops_per_token(tok)
+        )
+    steps = int(examples // max(1, int(g.per_device_batch_size) * ctx.mesh.size))
+    what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {int(g.num_epochs)} epochs"
+    if grid > 1:
+        what += f" x {grid} learning rates"
+    if "random" in models and rows:
+        # Random baselines are distilled with the kd.* budget first (once).
+        kd_steps = num_steps(c.kd, max(1, rows // ctx.global_batch))
+        n = int(g.num_random_baselines)
+        flops += n * kd_steps * _kd_step_flops(kd_spec, ctx.teacher.spec, ctx.global_batch, int(c.data.max_seq_len))
+        what += f"; first KD of {n} random baseline(s) x {kd_steps} steps"
+    return StagePlan("glue", what, steps, int(examples), flops, units, n_student + has_teacher)
+
+
+def format_plan(plans: list[StagePlan]) -> str:
+    lines = ["plan (FLOPs = estimated matmul compute; seconds follow once the first steps are timed):"]
+    for p in plans:
+        cost = f"{p.steps:,} steps, {p.examples:,} examples, {p.flops:.2e} FLOPs" if p.flops else "no training"
+        lines.append(f"  {p.name:<8} {p.what}; {cost}")
+    return "\n".join(lines)
+
+
+def _dur(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Eta:
+    """Per-stage seconds: a stage's own measured rate once timed, else the FLOP rate of the latest timed stage."""
+
+    def __init__(self, plans: list[StagePlan], min_interval_s: float = 30.0):
+        self.plans = {p.name: p for p in plans}
+        self.order = [p.name for p in plans]
+        self.rates: dict[str, float] = {}  # stage -> FLOP/s measured in that stage
+        self.left: dict[str, float] = {}  # stage -> seconds left, measured
+        self.finished: set[str] = set()
+        self.min_interval_s = min_interval_s
+        self._last_print = -math.inf
+        self._units: dict[str, list[float]] = {}  # stage -> [fraction done, seconds spent]
+
+    def timed(
+        self, stage: str, done: float, work: float, elapsed_s: float, compute_s: float | None = None
+    ) -> str | None:
+        """`work` (a fraction of `stage`'s planned work) took `elapsed_s`; `done` of it is finished in all.
+        `compute_s` (default `elapsed_s`) is the part spent computing, not compiling: the FLOP rate other stages are
+        extrapolated with. Prints (and returns) the ETA line at most every `min_interval_s`, and at the first timing."""
+        plan = self.plans.get(stage)
+        if plan is None or elapsed_s <= 0 or work <= 0:
+            return None
+        first = stage not in self.left
+        self.left[stage] = max(0.0, 1.0 - done) * elapsed_s / work
+        if plan.flops > 0:
+            self.rates[stage] = plan.flops * work / max(compute_s or elapsed_s, 1e-9)
+        now = time.monotonic()
+        if not first and now - self._last_print < self.min_interval_s:
+            return None
+        self._last_print = now
+        line = self.line(stage)
+        print(line, flush=True)
+        return line
+
+    def unit_done(self, stage: str, unit: str, wall_s: float) -> str | None:
+        """Progress by finished units (glue: one model on one task), weighted by their planned cost."""
+        plan = self.plans.get(stage)
+        if plan is None or not plan.units or unit not in plan.units:
+            return None
+        total = plan.models * sum(plan.units.values())
+        got = self._units.setdefault(stage, [0.0, 0.0])
+        got[0] += plan.units[unit] / total
+        got[1] += wall_s
+        return self.timed(stage, got[0], got[0], got[1])
+
+    def done(self, stage: str) -> None:
+        self.finished.add(stage)
+        self.left.pop(stage, None)
+
+    def estimate(self, stage: str) -> tuple[float, bool]:
+        """(seconds left, measured?) for one stage."""
+        if stage in self.finished:
+            return 0.0, True
+        if stage in self.left:
+            return self.left[stage], True
+        plan = self.plans[stage]
+        if not plan.flops:
+            return 0.0, False
+        rate = next((self.rates[s] for s in reversed(self.order) if s in self.rates), None)
+        return (plan.flops / rate if rate else math.nan), False
+
+    def line(self, current: str) -> str:
+        parts, total = [], 0.0
+        for s in self.order:
+            if s in self.finished:
+                continue
+            sec, measured = self.estimate(s)
+            total += sec
+            if self.plans[s].flops or s in self.left:
+                parts.append(f"{s} {'' if measured else '~'}{_dur(sec)}")
+        finish = time.strftime("%H:%M", time.localtime(time.time() + total)) if math.isfinite(total) else "?"
+        return (
+            f"eta ({current} timed): " + ", ".join(parts) + f"; overall {_dur(total)} left (about {finish}); "
+            "~ = extrapolated from FLOPs at the measured rate"
+        )
+
+
+# The run's tracker, set by `start`; stages report through `timed` (a no-op when no plan was started, e.g. tests).
+current: Eta | None = None
+
+
+def start(ctx, stages: list[str]) -> Eta | None:
+    """Print the plan of `stages` (the ones this run will not skip) and track their ETA."""
+    global current
+    current = None
+    if not set(stages) - {"report"}:  # nothing to plan: no teacher needs loading for it
+        return None
+    try:
+        plans = build(ctx, stages)
+    except KdjaxError:
+        raise  # a user error (missing corpus, bad teacher) is reported now rather than after a stage
+    except (OSError, ValueError, KeyError) as e:
+        # A damaged intermediate file (e.g. nas/top_k.json) is for the stage that reads it to report.
+        log.warning("no plan: %s", e)
+        return None
+    print(format_plan(plans), flush=True)
+    current = Eta(plans)
+    return current
+
+
+def timed(stage: str, done: float, work: float, elapsed_s: float, compute_s: float | None = None) -> None:
+    if current is not None:
+        current.timed(stage, done, work, elapsed_s, compute_s)
+
+
+def glue_scored(task: str, wall_s: float) -> None:
+    """One (model, task) of the glue stage was scored in `wall_s` seconds."""
+    if current is not None:
+        current.unit_done("glue", task, wall_s)
+
+
+def stage_done(stage: str) -> None:
+    if current is not None:
+        current.done(stage)
+
+
+@dataclasses.dataclass
+class EtaHook(Hook):
+    """Reports a `distill` run's progress to the tracker at each of its reports.
+
+    The stage runs `stage_steps` steps in all (e.g. KD, then PDT of each winner); this run starts at `steps_before`.
+    Timing starts at the first report, so compilation is not extrapolated.
+    """
+
+    stage: str
+    steps_before: int
+    stage_steps: int
+    t0: float | None = None
+    first: int = 0
+
+    def __call__(self, report: Report) -> None:
+        now = time.perf_counter()
+        if self.t0 is None:
+            self.t0, self.first = now, report.step
+            return
+        total = max(1, self.stage_steps)
+        timed(self.stage, (self.steps_before + report.step) / total, (report.step - self.first) / total, now - self.t0)
