@@ -1,6 +1,18 @@
-"""kdjax command line: `python main.py --config=configs/bert_nas.py[:tiny|:minilm] --workdir=runs/bert`."""
+"""kdjax: search, distil and score smaller BERT-family students.
+
+Usage:
+  python main.py --config=configs/bert_nas.py[:tiny|:minilm] --workdir=runs/bert [--config.<field>=<value> ...]
+
+Every setting is a config field, set on the command line with --config.<field>=<value>, for example
+--config.stages=teacher,nas --config.kd.learning_rate=3e-4 --config.nas.strategy=optuna.
+List every field with its current value and meaning (no --workdir needed, nothing is run):
+  python main.py --config=configs/bert_nas.py:tiny --print_config
+Add overrides to that command to see their effect. Variants: ':tiny' (seconds on CPU, no downloads),
+':minilm' (offline MiniLM teacher and local data). The fields are defined, with comments, in kdjax/config.py.
+"""
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -8,9 +20,42 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Python config file (configs/*.py[:variant]).", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Python config file (configs/*.py[:variant]); set its fields with --config.<field>=<value>.",
+    lock_config=True,
+)
 flags.DEFINE_string("workdir", None, "Folder for everything this run writes (resumable).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("print_config", False, "Print every --config.<field>=<value> with its meaning, then exit.")
+flags.mark_flags_as_required(["config"])
+
+
+def _override_error(e: BaseException) -> str | None:
+    """'unknown config field kd.learnin_rate ...; did you mean --config.kd.learning_rate?' for a mistyped override."""
+    from kdjax.config_help import unknown_field
+
+    # The innermost KeyError holds the bare missing name (the outer ones paste a suggestion into a repr).
+    key, seen = None, e
+    while seen is not None:
+        if isinstance(seen, KeyError) and seen.args:
+            key = str(seen.args[0])
+        seen = seen.__cause__ or seen.__context__
+    flag = FLAGS["config"]
+    arg = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith(("--config=", "-config="))), None)
+    try:
+        config = flag.parser.parse(arg) if arg else None
+    except Exception:
+        config = None
+    paths = [a.split("=", 1)[0].split(".", 1)[1] for a in sys.argv[1:] if a.lstrip("-").startswith("config.")]
+    for path in paths:
+        if config is not None:
+            message = unknown_field(config, path)
+            if message:
+                return message
+        elif key and key in path.split("."):
+            return f"unknown config field {path} (--config.{path})"
+    return None
 
 
 def _flag_error(e: BaseException) -> str:
@@ -25,7 +70,7 @@ def _flag_error(e: BaseException) -> str:
     if ours is not None:
         return str(ours).strip().splitlines()[0]
     if isinstance(e, (AttributeError, KeyError)):
-        return f"unknown config field {str(e).strip(chr(34))} in a --config.* override"
+        return _override_error(e) or "unknown config field in a --config.* override (list them with --print_config)"
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # ml_collections' config-load errors end with the reason (e.g. "[Errno 2] No such file ...").
     return f"{lines[0]} {lines[-1]}" if len(lines) > 1 and isinstance(e, OSError) else (lines or [repr(e)])[0]
@@ -39,6 +84,19 @@ def parse_flags(argv: list[str]) -> list[str]:
         FLAGS.config.get("stages")
     except Exception as e:
         print(f"kdjax: error: {_flag_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    if FLAGS.print_config:
+        from kdjax.config_help import describe
+
+        try:
+            print("\n".join(describe(FLAGS.config)))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # `--print_config | head` closed the pipe: point stdout at /dev/null so the exit flush does not fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    if not FLAGS.workdir:
+        print("kdjax: error: --workdir is required (the folder this run writes to)", file=sys.stderr)
         sys.exit(2)
     return rest
 

@@ -7,6 +7,7 @@ the device's dense bf16 peak.
 
     python bench/gpu_mfu.py                    # on a GPU
     python bench/gpu_mfu.py --small            # tiny shapes, runs anywhere (CPU smoke check)
+    python bench/gpu_mfu.py --compare-fp32     # also run the same steps in fp32: bf16 vs fp32 loss agreement
 
 The last output line is one JSON object.
 """
@@ -40,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    p.add_argument("--compare-fp32", action="store_true", help="repeat in fp32; report the loss agreement")
     return p.parse_args(argv)
 
 
@@ -62,27 +64,47 @@ def main(argv=None) -> None:
     else:
         teacher = ArchSpec(12, 768, 12, 3072)
         student = ArchSpec(6, 768, 12, 3072)
-    dtype = jnp.dtype(args.dtype)
     loss_cfg = LossConfig()
     opt = OptimConfig(learning_rate=5e-5, total_steps=args.steps + 1, schedule="constant")
     mesh = make_mesh()
-    root = jax.random.PRNGKey(0)
-    t_params = replicate({"encoder": init_student(jax.random.fold_in(root, 1), teacher)}, mesh)
-    state = replicate(init_state(jax.random.fold_in(root, 2), student, teacher, opt, loss_cfg), mesh)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, teacher.vocab_size, (args.batch_rows, args.seq_len), dtype=np.int32)
-    host = {"input_ids": ids, "attention_mask": np.ones_like(ids), "mlm_mask": np.zeros_like(ids), "labels": ids}
-    batch = shard_batch(host, mesh)
-    key = jax.random.PRNGKey(1)
-    programs, compile_s = compile_programs(student, teacher, loss_cfg, opt, dtype, mesh, state, t_params, batch, key)
-    fn = programs.step
-    state, m = fn(state, t_params, batch, key)  # warm-up
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        state, m = fn(state, t_params, batch, key)
-    jax.block_until_ready(m)
-    step_s = (time.perf_counter() - t0) / args.steps
+
+    def train(dtype_name: str) -> tuple[float, float, list[float]]:
+        """(seconds per step, compile seconds, losses of every step): same init and batch for every dtype."""
+        root = jax.random.PRNGKey(0)
+        t_params = replicate({"encoder": init_student(jax.random.fold_in(root, 1), teacher)}, mesh)
+        state = replicate(init_state(jax.random.fold_in(root, 2), student, teacher, opt, loss_cfg), mesh)
+        rng = np.random.default_rng(0)
+        ids = rng.integers(5, teacher.vocab_size, (args.batch_rows, args.seq_len), dtype=np.int32)
+        host = {"input_ids": ids, "attention_mask": np.ones_like(ids), "mlm_mask": np.zeros_like(ids), "labels": ids}
+        batch = shard_batch(host, mesh)
+        key = jax.random.PRNGKey(1)
+        dtype = jnp.dtype(dtype_name)
+        programs, compile_s = compile_programs(
+            student, teacher, loss_cfg, opt, dtype, mesh, state, t_params, batch, key
+        )
+        fn = programs.step
+        state, m = fn(state, t_params, batch, key)  # warm-up
+        losses = [m["loss"]]
+        jax.block_until_ready(m)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, m = fn(state, t_params, batch, key)
+            losses.append(m["loss"])
+        jax.block_until_ready(m)
+        return (time.perf_counter() - t0) / args.steps, compile_s, [float(x) for x in losses]
+
+    step_s, compile_s, losses = train(args.dtype)
+    agreement = None
+    if args.compare_fp32 and args.dtype != "float32":
+        fp32_step_s, _, fp32_losses = train("float32")
+        rel = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, fp32_losses)]
+        agreement = {
+            "fp32_step_ms": fp32_step_s * 1e3,
+            "bf16_speedup_over_fp32": fp32_step_s / step_s,
+            "first_loss": [losses[0], fp32_losses[0]],
+            "last_loss": [losses[-1], fp32_losses[-1]],
+            "max_rel_loss_diff": max(rel),
+        }
     seq = args.seq_len
     proj = 2 * student.hidden_size * 2 * teacher.hidden_size * student.num_layers
     flops_tok = teacher.flops_per_token(seq) + 3 * student.flops_per_token(seq) + 3 * proj
@@ -107,7 +129,8 @@ def main(argv=None) -> None:
             "achieved_flops": achieved,
             "peak_bf16_flops": peak,
             "mfu": achieved / peak if peak else None,
-            "final_loss": float(m["loss"]),
+            "final_loss": losses[-1],
+            "bf16_vs_fp32": agreement,
             "small": args.small,
             "versions": common.versions(),
             "date": common.stamp(),

@@ -13,7 +13,8 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$ROOT/timeline.txt"; }
 COMMON=(--config="$C" --config.kd.init=teacher --config.kd.per_device_batch_size=16
   --config.nas.proxy_fraction=0.003 --config.nas.mini_kd_epochs=2 --config.nas.mini_kd_steps_per_epoch=10)
 KD=(--config.kd.num_train_steps=300 --config.kd.checkpoint_every_steps=100 --config.kd.log_every_steps=20)
-GLUE=(--config.glue.max_train_examples=1000 --config.glue.num_epochs=3 --config.glue.learning_rate=1e-4)
+GLUE=(--config.glue.max_train_examples=1000 --config.glue.num_epochs=3 --config.glue.learning_rates=1e-4
+  --config.glue.distill.enabled=false --config.glue.length_window=0)
 
 seed_workdir() {  # share the packed corpus, XLA cache and latency measurements of the first workdir
   local from=$ROOT/search-lstm to=$1

@@ -7,6 +7,7 @@ Each `configs/<teacher>_nas.py` calls `base_config(teacher_name, arg)`; variants
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -171,13 +172,19 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.top_k_latency_gap = 1.25
     # Stop the search (resumably, exit status 2) after this many new candidate evaluations in one run (0 = off).
     c.nas.stop_after_evaluations = 0
-    # Latency: device ('cpu', as the original pipeline measured, or 'accelerator'), batch, sequence length, warm-up and
-    # timed runs.
+    # Latency: device ('cpu', as the original pipeline measured, or 'accelerator' for GPU targets), batch, sequence
+    # length, warm-up runs, and timed runs (round-robin across the programs timed together).
     c.nas.latency_device = "cpu"
     c.nas.latency_batch_size = 1
     c.nas.latency_seq_len = 128
     c.nas.latency_warmup_runs = 5
-    c.nas.latency_timed_runs = 5
+    c.nas.latency_timed_runs = 30
+    # Reported latency = this percentile of the timed runs (load only adds time, so a low one resists it).
+    c.nas.latency_percentile = 10.0
+    # What the reward reads: 'model' (latency model fitted once per machine; reproducible) or 'measured'.
+    c.nas.latency_source = "model"
+    # Machine-level latency cache shared by workdirs ('' = $KDJAX_CACHE_DIR/latency or ~/.cache/kdjax/latency).
+    c.nas.latency_cache_dir = ""
     c.nas.reward = ml_collections.ConfigDict()
     # R = max(0.01, 1 - loss) * (lat_s / (beta * lat_t)) ** alpha (MnasNet-style soft latency term).
     c.nas.reward.alpha = -0.07
@@ -207,10 +214,16 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.tasks = "sst2,cola,stsb,mrpc,rte"
     # Comma list of models to score: teacher, best, top_k, random, or hub ids / folders.
     c.glue.models = "teacher,best"
-    # Fine-tuning recipe (BERT paper defaults), the same for every row of a table.
-    c.glue.learning_rate = 2e-5
+    # Fine-tuning recipe, the same for every row of a table. Learning-rate grid (comma list, or one value): every
+    # (model, task) trains once per rate and keeps the best dev score (Turc et al. 2019's compact-BERT recipe).
+    c.glue.learning_rates = "3e-4,1e-4,5e-5,3e-5"
     c.glue.per_device_batch_size = 32
-    c.glue.num_epochs = 3
+    c.glue.num_epochs = 4
+    # Seeds per grid point for tasks with at most glue.small_task_examples training examples (mean and spread reported).
+    c.glue.seeds = 1
+    c.glue.small_task_examples = 10000
+    # Length-group each epoch's batches within windows of this many batches (0 = plain shuffle): less padding.
+    c.glue.length_window = 32
     c.glue.warmup_fraction = 0.1
     c.glue.weight_decay = 0.01
     c.glue.max_seq_len = 128
@@ -222,6 +235,25 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.dropout_rate = 0.1
     # Fine-tuning compute dtype: 'float32' (default, comparable everywhere), 'bfloat16' or 'auto'.
     c.glue.compute_dtype = "float32"
+    c.glue.distill = ml_collections.ConfigDict()
+    # Task distillation (TinyBERT's second stage): students (nas/kd/pdt/random rows) learn each task from the
+    # fine-tuned teacher instead of from the labels alone.
+    c.glue.distill.enabled = True
+    # Also score each student fine-tuned only, as the row '<model>-ft' (the baseline task distillation must beat).
+    c.glue.distill.baseline = True
+    # Softmax temperature of the logit KL (classification; STS-B matches the teacher's score by MSE).
+    c.glue.distill.temperature = 1.0
+    # Weight of the hard-label loss on original examples; 1 - alpha goes to the teacher's predictions.
+    c.glue.distill.alpha = 0.0
+    # Weights of the intermediate losses: hidden-state MSE (Uniform+Last) and last-layer attention relations.
+    c.glue.distill.hidden_weight = 0.0
+    c.glue.distill.attention_relation_weight = 0.0
+    # Augmented copies per training example (0 = off; TinyBERT uses 20): words replaced via the teacher's MLM head,
+    # or embedding neighbours when it has none.
+    c.glue.distill.augment_factor = 0
+    # Probability that an eligible word is replaced, and the number of candidates drawn from.
+    c.glue.distill.augment_prob = 0.4
+    c.glue.distill.augment_top_k = 15
 
     c.report = ml_collections.ConfigDict()
     # Comma list of sibling workdirs whose nas/history.jsonl is also plotted (e.g. one per strategy or alpha).
@@ -260,10 +292,11 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
     c.nas.mini_kd_steps_per_epoch = 2
     c.nas.latency_seq_len = 32
     c.nas.latency_warmup_runs = 1
-    c.nas.latency_timed_runs = 2
+    c.nas.latency_timed_runs = 5
     c.glue.tasks = "sst2,stsb"
     c.glue.per_device_batch_size = 4
     c.glue.num_epochs = 1
+    c.glue.learning_rates = "1e-3"
     c.glue.max_seq_len = 32
     c.glue.max_train_examples = 16
     c.glue.num_random_baselines = 1
@@ -326,12 +359,46 @@ def _check_arch(arch_id: str, field: str) -> None:
         raise ConfigError(f"{field}={arch_id!r}: {e}") from e
 
 
+def _finite_numbers(c: ml_collections.ConfigDict, prefix: str = "") -> None:
+    """Reject NaN and infinity anywhere: every range check below compares, and a NaN passes every comparison."""
+    for key, value in c.items():
+        field = f"{prefix}{key}"
+        if isinstance(value, ml_collections.ConfigDict):
+            _finite_numbers(value, field + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field}={value} is not a finite number")
+
+
+def usable_positions(spec) -> int:
+    """Longest sequence the teacher's position embeddings cover (RoBERTa's start after padding_idx + 1)."""
+    offset = spec.pad_token_id + 1 if spec.family == "roberta" else 0
+    return int(spec.max_position_embeddings) - offset
+
+
+def check_positions(c: ml_collections.ConfigDict, spec) -> None:
+    """Sequence lengths the teacher (and every student, which inherits its embeddings) cannot encode.
+
+    Past the last position embedding the gather reads out of range and training reports a NaN loss instead.
+    """
+    limit = usable_positions(spec)
+    for field in ("data.max_seq_len", "glue.max_seq_len", "nas.latency_seq_len"):
+        section, name = field.split(".")
+        value = int(c[section][name])
+        if value > limit:
+            raise ConfigError(
+                f"{field}={value} is longer than the teacher's {limit} position embeddings; set it to at most {limit}"
+            )
+
+
 def split_list(text: str) -> list[str]:
     return [t.strip() for t in str(text).split(",") if t.strip()]
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Check every field once; raise ConfigError naming the first bad one."""
+    _finite_numbers(c)
+    if not 0 <= c.seed < 2**32:
+        raise ConfigError(f"seed={c.seed} must be in [0, 2**32) (it seeds 32-bit PRNGs)")
     stages = split_list(c.stages)
     if not stages:
         raise ConfigError("stages is empty; expected a comma list of: " + ", ".join(STAGES))
@@ -390,6 +457,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("latency_batch_size", "latency_seq_len", "latency_timed_runs"):
         _positive(c, f"nas.{f}")
     _positive(c, "nas.latency_warmup_runs", allow_zero=True)
+    _choice(c.nas.latency_source, "nas.latency_source", ("model", "measured"))
+    if not 0.0 <= c.nas.latency_percentile <= 100.0:
+        raise ConfigError(f"nas.latency_percentile={c.nas.latency_percentile} must be in [0, 100]")
+    if c.nas.reward.alpha > 0:
+        raise ConfigError(
+            f"nas.reward.alpha={c.nas.reward.alpha} must be <= 0: a positive alpha rewards slower students "
+            "(0 ignores latency, -0.07 is the soft default, -1 a hard trade-off)"
+        )
     if c.nas.reward.beta <= 0:
         raise ConfigError(f"nas.reward.beta={c.nas.reward.beta} must be positive")
     _positive(c, "nas.reward.latency_budget", allow_zero=True)
@@ -398,8 +473,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
     for t in split_list(c.glue.tasks):
         _choice(t, "glue.tasks", GLUE_TASKS)
-    for f in ("learning_rate", "per_device_batch_size", "num_epochs", "max_seq_len"):
+    try:
+        rates = [float(t) for t in str(c.glue.learning_rates).split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"glue.learning_rates={c.glue.learning_rates!r} is not a comma list of numbers") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise ConfigError(f"glue.learning_rates={c.glue.learning_rates!r} must list positive learning rates")
+    for f in ("per_device_batch_size", "num_epochs", "max_seq_len", "seeds"):
         _positive(c, f"glue.{f}")
+    for f in ("small_task_examples", "length_window"):
+        _positive(c, f"glue.{f}", allow_zero=True)
+    d = c.glue.distill
+    _positive(c, "glue.distill.temperature")
+    if not 0.0 <= d.alpha <= 1.0:
+        raise ConfigError(f"glue.distill.alpha={d.alpha} must be in [0, 1]")
+    for f in ("hidden_weight", "attention_relation_weight", "augment_factor"):
+        _positive(c, f"glue.distill.{f}", allow_zero=True)
+    if not 0.0 < d.augment_prob <= 1.0:
+        raise ConfigError(f"glue.distill.augment_prob={d.augment_prob} must be in (0, 1]")
+    _positive(c, "glue.distill.augment_top_k")
     _positive(c, "glue.max_train_examples", allow_zero=True)
     _positive(c, "glue.num_random_baselines", allow_zero=True)
     if not 0.0 <= c.glue.dropout_rate < 1.0:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import jax
 import numpy as np
 
-from kdjax.config import split_list
+from kdjax.config import check_positions, split_list
 from kdjax.data.batches import MaskingSpec
 from kdjax.data.corpus import packed_corpus
-from kdjax.latency import LatencyConfig, measure
+from kdjax.latency import LatencyConfig
 from kdjax.losses import LossConfig
 from kdjax.sharding import compute_dtype, make_mesh
 from kdjax.spec import ArchSpec
 from kdjax.teacher import Teacher, load_teacher
-from kdjax.workdir import Workdir, read_json, write_json
+from kdjax.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,14 @@ class RunContext:
     def teacher(self) -> Teacher:
         c = self.config.teacher
         log.info("loading teacher %s", c.name)
-        return load_teacher(
+        teacher = load_teacher(
             str(c.name),
             allow_pickle=bool(c.allow_pickle),
             random_dir=self.workdir.subdir("teacher"),
             seed=self.config.seed,
         )
+        check_positions(self.config, teacher.spec)
+        return teacher
 
     @functools.cached_property
     def rows(self) -> np.ndarray:
@@ -72,15 +73,32 @@ class RunContext:
     def latency_cfg(self) -> LatencyConfig:
         return LatencyConfig.from_config(self.config.nas)
 
+    @functools.cached_property
+    def teacher_identity(self) -> str:
+        """Source + config hash of the teacher: what its latency (and every cache derived from it) is keyed by."""
+        from kdjax.search_latency import teacher_identity
+
+        return teacher_identity(self.teacher.source, self.teacher.hf_config)
+
     def teacher_latency(self) -> dict:
-        """Teacher latency under the configured protocol, cached in teacher/latency.json by protocol key."""
-        path = self.workdir.path("teacher", "latency.json")
-        cache = read_json(path) if os.path.exists(path) else {}
-        key = self.latency_cfg.key
-        if key not in cache:
-            cache[key] = measure(self.teacher.spec, self.latency_cfg, self.teacher.params["encoder"])
-            write_json(path, cache)
-        return cache[key]
+        """The teacher's measured latency (machine cache), recorded in teacher/latency.json by identity and protocol."""
+        from kdjax.search_latency import teacher_latency
+
+        return teacher_latency(
+            self.teacher.spec, self.teacher_identity, self.latency_cfg, self.workdir.path("teacher", "latency.json")
+        )
+
+    def search_latency(self):
+        """The latencies the search reward reads (fitted model or side-by-side timing), pinned in nas/latency.json."""
+        from kdjax.search_latency import SearchLatency
+
+        return SearchLatency(
+            self.latency_cfg,
+            self.teacher.spec,
+            self.teacher_identity,
+            self.workdir.path("nas", "latency.json"),
+            float(self.teacher_latency()["latency_ms"]),
+        )
 
     def student_spec(self, arch_id: str) -> ArchSpec:
         from kdjax.spec import parse_arch_id

@@ -1,9 +1,13 @@
-"""GLUE fine-tuning and evaluation of any BERT-family checkpoint: pure jitted, data-parallel train and eval steps.
+"""GLUE fine-tuning (and task distillation) of any BERT-family checkpoint over a learning-rate grid.
 
-`train_step(state, batch, key)` is compiled once per (head, optimizer, mesh, bucketed length); the batch is sharded
-over the mesh's 'data' axis, state and key are replicated, and the state is donated. Dropout draws from
-`fold_in(key, step)`, data order from `default_rng([seed, epoch])`, so a run is reproducible from the recipe alone.
-STS-B is regression (one output, MSE); every other task is softmax cross-entropy.
+`finetune` trains a fresh head once per learning rate of `Recipe.learning_rates` (and per seed for small tasks),
+scores every full dev split after each run, and keeps the grid point with the best mean dev score, as the compact
+BERTs' recipe does (Turc et al. 2019: lr from {3e-4, 1e-4, 5e-5, 3e-5}, 4 epochs). The peak learning rate lives in
+the train state as an array and the optimiser's schedule peaks at 1, so one compiled `train_step` per
+(head, bucketed length) serves every grid point. The batch is sharded over the mesh's 'data' axis, state and key are
+replicated, and the state is donated. Dropout draws from `fold_in(key, step)`, data order from
+`default_rng([seed, epoch])`, so a run is reproducible from the recipe alone. STS-B is regression (one output, MSE);
+every other task is softmax cross-entropy; with `distill` the loss is kdjax.task_distill's instead.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import functools
 import logging
 import math
 import time
-from typing import cast
+from typing import Any, cast
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,11 +28,13 @@ from jax.sharding import Mesh
 
 from kdjax import glue_data
 from kdjax.errors import KdjaxError
+from kdjax.losses import init_projection
 from kdjax.metrics import task_score, task_scores
 from kdjax.models import SequenceClassifier
-from kdjax.optim import OptimConfig, TrainState
+from kdjax.optim import OptimConfig
 from kdjax.sharding import make_mesh, replicate, shard_batch, shardings
 from kdjax.spec import ArchSpec
+from kdjax.task_distill import DistillConfig, DistillData, intermediate_loss, prediction_loss
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +47,9 @@ class FinetuneError(KdjaxError, RuntimeError):
 class Recipe:
     """Everything that decides a GLUE score besides the model; recorded next to every score."""
 
-    learning_rate: float = 2e-5
+    learning_rates: tuple[float, ...] = (3e-4, 1e-4, 5e-5, 3e-5)
     per_device_batch_size: int = 32
-    num_epochs: int = 3
+    num_epochs: int = 4
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_seq_len: int = 128
@@ -54,14 +61,20 @@ class Recipe:
     bucket: int = 32
     compute_dtype: str = "float32"
     seed: int = 0
-    # Regression (STS-B): start the head's bias at the mean training label, so the few fine-tuning steps at a
-    # BERT-sized learning rate go into the correlation rather than into moving the output from 0 to ~2.7.
+    # Seeds per grid point (seed, seed+1, ...) for tasks with at most `small_task_examples` training examples.
+    seeds: int = 1
+    small_task_examples: int = 10000
+    # Each epoch's shuffled order is sorted by length within windows of this many batches (0 = off), and the
+    # batches are shuffled again: batches of similar lengths pad far less.
+    length_window: int = 32
+    # Regression (STS-B): start the head's bias at the mean training label, so the first steps go into the
+    # correlation rather than into moving the output from 0 to ~2.7.
     regression_bias_to_label_mean: bool = True
 
     @classmethod
     def from_config(cls, glue_cfg, seed: int, compute_dtype: str = "float32") -> Recipe:
         return cls(
-            learning_rate=float(glue_cfg.learning_rate),
+            learning_rates=parse_rates(glue_cfg.learning_rates),
             per_device_batch_size=int(glue_cfg.per_device_batch_size),
             num_epochs=int(glue_cfg.num_epochs),
             warmup_fraction=float(glue_cfg.warmup_fraction),
@@ -71,10 +84,26 @@ class Recipe:
             dropout_rate=float(glue_cfg.get("dropout_rate", 0.1)),
             compute_dtype=compute_dtype,
             seed=int(seed),
+            seeds=int(glue_cfg.seeds),
+            small_task_examples=int(glue_cfg.small_task_examples),
+            length_window=int(glue_cfg.length_window),
         )
 
+    def seeds_for(self, num_train: int) -> list[int]:
+        n = self.seeds if num_train <= self.small_task_examples else 1
+        return [self.seed + i for i in range(max(1, n))]
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["learning_rates"] = list(self.learning_rates)  # as JSON reads it back, so recipes compare equal
+        return d
+
+
+def parse_rates(text) -> tuple[float, ...]:
+    """'3e-4,1e-4' (or one number) -> (3e-4, 1e-4)."""
+    if isinstance(text, int | float):
+        return (float(text),)
+    return tuple(float(t) for t in str(text).split(",") if t.strip())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +121,15 @@ class Head:
 
     def module(self) -> SequenceClassifier:
         return SequenceClassifier(self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate)
+
+
+@flax.struct.dataclass
+class FTState:
+    step: jax.Array
+    # Peak learning rate of this grid point: an array, so every grid point runs the same compiled step.
+    lr: jax.Array
+    params: dict  # {'model': SequenceClassifier params, 'projection': Linear(Hs, 2*Ht) when hidden states are matched}
+    opt_state: Any
 
 
 def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
@@ -119,52 +157,67 @@ def weighted_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array, regr
 
 
 def train_step(
-    state: TrainState, batch: dict, key: jax.Array, *, head: Head, opt: OptimConfig
-) -> tuple[TrainState, dict]:
-    """One AdamW step with dropout keyed by fold_in(key, step)."""
+    state: FTState,
+    batch: dict,
+    key: jax.Array,
+    teacher_encoder: dict | None,
+    *,
+    head: Head,
+    opt: OptimConfig,
+    distill: DistillConfig | None,
+) -> tuple[FTState, dict]:
+    """One AdamW step (schedule peaking at 1, scaled by `state.lr`) with dropout keyed by fold_in(key, step)."""
     rng = jax.random.fold_in(key, state.step)
-    model = head.module()
+    states = distill is not None and distill.needs_states
+    relations = distill is not None and distill.attention_relation_weight > 0
 
-    def loss_fn(params):
-        logits = cast(
-            jax.Array,
-            model.apply(
-                {"params": params},
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["token_type_ids"],
-                deterministic=False,
-                rngs={"dropout": rng},
-            ),
+    def loss_fn(params: dict) -> tuple[jax.Array, dict]:
+        out: Any = head.module().apply(
+            {"params": params["model"]},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            deterministic=False,
+            return_encoder=states,
+            return_qkv=states and relations,
+            rngs={"dropout": rng},
         )
-        return weighted_loss(logits, batch["labels"], batch["weights"], head.regression)
+        logits, enc = out if states else (out, None)
+        if distill is None:
+            return weighted_loss(logits, batch["labels"], batch["weights"], head.regression), {}
+        loss, parts = prediction_loss(logits, batch, distill, head.regression)
+        if states:
+            assert enc is not None and teacher_encoder is not None
+            extra, more = intermediate_loss(enc, teacher_encoder, params.get("projection"), batch, distill, head.spec)
+            loss, parts = loss + extra, {**parts, **more}
+        return loss, parts
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    new_state = state.apply_gradients(grads, opt)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": opt.schedule_fn()(state.step)}
-    return new_state, metrics
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = opt.make().update(grads, state.opt_state, state.params)
+    # AdamW's update (weight decay included) is linear in the learning rate: scaling by the peak is exact.
+    updates = jax.tree.map(lambda u: u * state.lr, updates)
+    params = optax.apply_updates(state.params, updates)
+    lr = state.lr * opt.schedule_fn()(state.step)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr, **parts}
+    return FTState(step=state.step + 1, lr=state.lr, params=params, opt_state=opt_state), metrics
 
 
-def predict_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
-    """Class index (classification) or score (regression) per row."""
-    logits = cast(
-        jax.Array,
-        head.module().apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
-    )
-    return logits[:, 0] if head.regression else jnp.argmax(logits, axis=-1)
+def logits_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
+    out = head.module().apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return cast(jax.Array, out)
 
 
 @functools.lru_cache(maxsize=32)
-def jitted_train_step(head: Head, opt: OptimConfig, mesh: Mesh):
+def jitted_train_step(head: Head, opt: OptimConfig, distill: DistillConfig | None, mesh: Mesh):
     data, rep = shardings(mesh)
-    fn = functools.partial(train_step, head=head, opt=opt)
-    return jax.jit(fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+    fn = functools.partial(train_step, head=head, opt=opt, distill=distill)
+    return jax.jit(fn, in_shardings=(rep, data, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=32)
-def jitted_predict_step(head: Head, mesh: Mesh):
+def jitted_logits_step(head: Head, mesh: Mesh):
     data, rep = shardings(mesh)
-    return jax.jit(functools.partial(predict_step, head=head), in_shardings=(rep, data), out_shardings=data)
+    return jax.jit(functools.partial(logits_step, head=head), in_shardings=(rep, data), out_shardings=data)
 
 
 def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:
@@ -175,14 +228,88 @@ def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:
     return glue_data.Split(tuple([t[i] for i in idx] for t in split.texts), split.labels[idx])
 
 
-def evaluate(params, head: Head, data: glue_data.Encoded, batch_size: int, pad_id: int, recipe: Recipe, mesh: Mesh):
-    """Predictions for every example of `data`, in the original order."""
-    fn = jitted_predict_step(head, mesh)
-    out = np.zeros(len(data), np.float32 if head.regression else np.int32)
+def predict_logits(params, head: Head, data: glue_data.Encoded, batch_size: int, pad_id: int, recipe: Recipe, mesh):
+    """[N, num_labels] logits for every example of `data`, in the original order (length-sorted batches)."""
+    fn = jitted_logits_step(head, mesh)
+    out = np.zeros((len(data), head.num_labels), np.float32)
     for idx, batch in glue_data.eval_batches(data, batch_size, pad_id, recipe.bucket, recipe.max_seq_len):
-        pred = np.asarray(jax.device_get(fn(params, shard_batch(batch, mesh))))
-        out[idx] = pred[: len(idx)]
+        out[idx] = np.asarray(jax.device_get(fn(params, shard_batch(batch, mesh))))[: len(idx)]
     return out
+
+
+def evaluate(params, head: Head, data: glue_data.Encoded, batch_size: int, pad_id: int, recipe: Recipe, mesh: Mesh):
+    """Predictions for every example of `data`, in the original order: class index, or score (regression)."""
+    logits = predict_logits(params, head, data, batch_size, pad_id, recipe, mesh)
+    return logits[:, 0] if head.regression else np.argmax(logits, axis=-1).astype(np.int32)
+
+
+def epoch_order(lengths: np.ndarray, batch_size: int, epoch: int, seed: int, window: int) -> list[np.ndarray]:
+    """The batches (example indices) of one epoch, drawn from (seed, epoch); length-grouped within windows."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if window <= 0:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    span = batch_size * window
+    batches = []
+    for s in range(0, len(order), span):
+        chunk = order[s : s + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _batch(data: glue_data.Encoded, idx, batch_size: int, pad_id: int, recipe: Recipe, distill: DistillData | None):
+    batch = glue_data.make_batch(data, idx, batch_size, pad_id, recipe.bucket, recipe.max_seq_len)
+    if distill is not None:
+        n = len(idx)
+        t = np.zeros((batch_size, distill.teacher_logits.shape[1]), np.float32)
+        hard = np.zeros((batch_size,), np.float32)
+        t[:n], hard[:n] = distill.teacher_logits[idx], distill.hard[idx]
+        batch |= {"teacher_logits": t, "hard": hard}
+    return batch
+
+
+def _train_one(ctx: dict, lr: float, seed: int, bar) -> tuple[Any, list[float], int]:
+    """One grid point: a fresh head from `seed`, trained at peak `lr`; returns (params, epoch losses, tokens)."""
+    recipe, head, mesh, distill = ctx["recipe"], ctx["head"], ctx["mesh"], ctx["distill"]
+    train, batch_size = ctx["train"], ctx["batch_size"]
+    init_key, dropout_key, proj_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = {"model": init_params(init_key, head, ctx["pretrained"])}
+    if head.regression and recipe.regression_bias_to_label_mean:
+        bias = params["model"]["classifier"]["bias"]
+        params["model"]["classifier"]["bias"] = jnp.full_like(bias, float(np.mean(ctx["label_mean_source"])))
+    cfg = distill.cfg if distill is not None else None
+    if cfg is not None and cfg.hidden_weight > 0:
+        params["projection"] = init_projection(proj_key, head.spec.hidden_size, cfg.teacher.hidden_size)
+    opt = ctx["opt"]
+    state = FTState(jnp.zeros((), jnp.int32), jnp.asarray(lr, jnp.float32), params, opt.make().init(params))
+    state = replicate(state, mesh)
+    key = replicate(dropout_key, mesh)
+    teacher = replicate(distill.teacher_encoder, mesh) if cfg is not None and cfg.needs_states else None
+    step_fn = jitted_train_step(head, opt, cfg, mesh)
+    epoch_losses: list[float] = []
+    tokens, lengths = 0, train.lengths
+    for epoch in range(recipe.num_epochs):
+        pending = []
+        for idx in epoch_order(lengths, batch_size, epoch, seed, recipe.length_window):
+            batch = _batch(train, idx, batch_size, ctx["pad_id"], recipe, distill)
+            tokens += int(batch["attention_mask"].sum())
+            state, metrics = step_fn(state, shard_batch(batch, mesh), key, teacher)
+            pending.append(metrics["loss"])
+            if len(pending) >= 2:
+                # At most two steps in flight (as in kdjax.train.distill): bounded memory, an honest progress bar.
+                pending[-2].block_until_ready()
+            bar.update(1)
+        losses = np.asarray(jax.device_get(pending), np.float64)
+        if not np.all(np.isfinite(losses)):
+            return None, [*epoch_losses, math.nan], tokens
+        epoch_losses.append(float(losses.mean()))
+        bar.set_postfix(lr=f"{lr:g}", loss=f"{epoch_losses[-1]:.4f}")
+    return state.params, epoch_losses, tokens
+
+
+def _mean_scores(runs: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
 
 
 def finetune(
@@ -195,12 +322,15 @@ def finetune(
     mesh: Mesh | None = None,
     progress: bool = True,
     desc: str = "glue",
-    log_every: int = 10,
+    distill: DistillData | None = None,
+    keep_params: bool = False,
 ) -> dict:
-    """Fine-tune a fresh head on the task's training split, then score every full dev split.
+    """Train a fresh head per grid point (learning rate x seeds), score the full dev splits, keep the best.
 
-    Returns a dict with `scores` (metric -> value), `score` (the task's single GLUE number), example counts, the
-    per-epoch mean training loss, steps and wall seconds.
+    Returns a dict with `scores` (metric -> value, mean over seeds) and `score` of the picked learning rate,
+    `picked_lr`, `grid` (one entry per learning rate: its scores, per-seed scores, training losses), example counts,
+    steps and wall seconds; with `keep_params`, `params` holds the picked run's classifier weights (host arrays).
+    With `distill`, the student trains on `distill.train` against the teacher's logits (kdjax.task_distill).
     """
     from tqdm.auto import tqdm
 
@@ -210,68 +340,101 @@ def finetune(
     head = Head(spec, task.num_labels, recipe.compute_dtype, recipe.dropout_rate)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else spec.pad_token_id
     batch_size = recipe.per_device_batch_size * mesh.size
-    train = glue_data.encode(
-        tokenizer, subsample(task_data.train, recipe.max_train_examples, recipe.seed), recipe.max_seq_len
-    )
+    if distill is not None:
+        train, originals = distill.train, distill.num_original
+        if distill.cfg.needs_states and distill.cfg.teacher is None:
+            raise FinetuneError("task distillation with intermediate losses needs the teacher's spec")
+    else:
+        split = subsample(task_data.train, recipe.max_train_examples, recipe.seed)
+        train = glue_data.encode(tokenizer, split, recipe.max_seq_len)
+        originals = len(train)
     dev = {s: glue_data.encode(tokenizer, split, recipe.max_seq_len) for s, split in task_data.dev.items()}
     per_epoch = glue_data.steps_per_epoch(len(train), batch_size)
     total = per_epoch * recipe.num_epochs
+    # Unit peak: the grid point's rate is FTState.lr, so this (hashable) config and the compiled step are shared.
     opt = OptimConfig(
-        learning_rate=recipe.learning_rate,
+        learning_rate=1.0,
         total_steps=total,
         warmup_steps=int(recipe.warmup_fraction * total),
         schedule="linear",
         weight_decay=recipe.weight_decay,
         grad_clip_norm=recipe.grad_clip_norm,
     )
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(recipe.seed))
-    params = init_params(init_key, head, pretrained)
-    if head.regression and recipe.regression_bias_to_label_mean:
-        params["classifier"]["bias"] = jnp.full_like(params["classifier"]["bias"], float(np.mean(train.labels)))
-    state = replicate(TrainState.create(params, opt), mesh)
-    key = replicate(dropout_key, mesh)
-    step_fn = jitted_train_step(head, opt, mesh)
-
-    epoch_losses, tokens = [], 0
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    seeds = recipe.seeds_for(originals)
+    ctx = dict(
+        recipe=recipe,
+        head=head,
+        mesh=mesh,
+        distill=distill,
+        train=train,
+        batch_size=batch_size,
+        pad_id=pad_id,
+        pretrained=pretrained,
+        opt=opt,
+        # Regression bias starts at the mean target: the labels, or what the teacher predicts when distilling.
+        label_mean_source=train.labels[:originals] if distill is None else distill.teacher_logits[:, 0],
+    )
+    eval_batch = 4 * batch_size  # no gradients: larger batches, fewer dispatches
+    labels = {s: d.labels for s, d in dev.items()}
+    grid: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_params, tokens = None, 0
+    bar = tqdm(total=total * len(recipe.learning_rates) * len(seeds), desc=desc, disable=not progress, leave=False)
     try:
-        for epoch in range(recipe.num_epochs):
-            pending = []
-            for batch in glue_data.train_batches(
-                train, batch_size, epoch, recipe.seed, pad_id, recipe.bucket, recipe.max_seq_len
-            ):
-                tokens += int(batch["attention_mask"].sum())
-                state, metrics = step_fn(state, shard_batch(batch, mesh), key)
-                pending.append(metrics["loss"])
-                if len(pending) >= 2:
-                    # At most two steps in flight (as in kdjax.train.distill): bounded memory, an honest progress bar.
-                    pending[-2].block_until_ready()
-                bar.update(1)
-                if len(pending) % log_every == 0:
-                    bar.set_postfix(loss=f"{float(pending[-1]):.4f}")
-            losses = np.asarray(jax.device_get(pending), np.float64)
-            if not np.all(np.isfinite(losses)):
-                raise FinetuneError(f"{desc}: non-finite training loss in epoch {epoch + 1}; lower glue.learning_rate")
-            epoch_losses.append(float(losses.mean()))
-            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+        for lr in recipe.learning_rates:
+            runs: list[dict[str, float]] = []
+            losses: list[list[float]] = []
+            for seed in seeds:
+                params, epoch_losses, n_tok = _train_one(ctx, lr, seed, bar)
+                tokens += n_tok
+                losses.append(epoch_losses)
+                if params is None:
+                    log.warning("%s: lr %g seed %d diverged (non-finite training loss)", desc, lr, seed)
+                    runs = []
+                    break
+                preds = {
+                    s: evaluate(params["model"], head, d, eval_batch, pad_id, recipe, mesh) for s, d in dev.items()
+                }
+                runs.append(task_scores(task.name, preds, labels))
+                if keep_params and seed == seeds[0]:
+                    first_params = jax.device_get(params["model"])
+            point = {"learning_rate": lr, "train_loss_per_epoch": losses}
+            if runs:
+                scores = _mean_scores(runs)
+                point |= {"scores": scores, "score": task_score(scores), "seed_scores": runs}
+                if len(runs) > 1:
+                    point["score_std"] = float(np.std([task_score(r) for r in runs]))
+                if best is None or point["score"] > best["score"]:
+                    best = point
+                    best_params = first_params if keep_params else None
+            else:
+                point |= {"diverged": True, "score": None}
+            grid.append(point)
     finally:
         bar.close()
-    train_s = time.perf_counter() - t_start
-    preds = {s: evaluate(state.params, head, d, batch_size, pad_id, recipe, mesh) for s, d in dev.items()}
-    labels = {s: d.labels for s, d in dev.items()}
-    scores = task_scores(task.name, preds, labels)
-    return {
-        "scores": scores,
-        "score": task_score(scores),
-        "num_train_examples": len(train),
+    if best is None:
+        raise FinetuneError(f"{desc}: every learning rate diverged (non-finite loss); lower glue.learning_rates")
+    out = {
+        "scores": best["scores"],
+        "score": best["score"],
+        "picked_lr": best["learning_rate"],
+        "seeds": seeds,
+        "grid": grid,
+        "num_train_examples": originals,
         "num_train_examples_available": len(task_data.train),
         "num_dev_examples": {s: len(d) for s, d in dev.items()},
         "num_labels": task.num_labels,
-        "train_loss_per_epoch": epoch_losses,
+        "train_loss_per_epoch": best["train_loss_per_epoch"][0],
         "steps": total,
         "global_batch_size": batch_size,
         "train_tokens": tokens,
-        "train_s": round(train_s, 3),
         "wall_s": round(time.perf_counter() - t_start, 3),
-        "final_train_loss": epoch_losses[-1] if epoch_losses else math.nan,
+        "final_train_loss": best["train_loss_per_epoch"][0][-1],
     }
+    if "score_std" in best:
+        out["score_std"] = best["score_std"]
+    if distill is not None:
+        out["num_augmented_examples"] = len(train) - originals
+    if keep_params:
+        out["params"] = best_params
+    return out

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -118,12 +120,26 @@ class TaskData:
     source: str
 
 
+def _read_text(path: str) -> str:
+    """The file as text; bytes that are not UTF-8 raise GlueDataError naming the line (GLUE ships UTF-8)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise GlueDataError(
+            f"{path}:{line}: byte 0x{data[e.start]:02x} at column {column} is not UTF-8; "
+            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_tsv(path: str, task: TaskSpec) -> Split:
     """Read one GLUE TSV of `task`; any malformed row raises GlueDataError naming `path:line`."""
     if not os.path.exists(path):
         raise GlueDataError(f"{path}: file not found (expected the GLUE {task.folder} layout)")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE))
     start, ncols = 0, None
     if task.header:
         if not rows:
@@ -150,9 +166,13 @@ def read_tsv(path: str, task: TaskSpec) -> Split:
         raw = row[label_idx].strip()
         if task.is_regression:
             try:
-                labels.append(float(raw))
+                score = float(raw)
             except ValueError:
                 raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not a number") from None
+            # float() accepts 'nan' and 'inf'; one such score makes the regression loss NaN from the first step.
+            if not math.isfinite(score):
+                raise GlueDataError(f"{path}:{lineno}: label {raw!r} is not a finite number")
+            labels.append(score)
         else:
             classes = task.labels or ()  # always set for a classification task
             if raw not in classes:
@@ -168,6 +188,9 @@ def read_tsv(path: str, task: TaskSpec) -> Split:
 
 def _hub_split(ds, task: TaskSpec) -> Split:
     labels = np.asarray(ds["label"], np.float32 if task.is_regression else np.int32)
+    bad = np.flatnonzero(~np.isfinite(labels)) if task.is_regression else np.zeros(0, np.int64)
+    if len(bad):
+        raise GlueDataError(f"nyu-mll/glue {task.name} {ds.split}: row {bad[0]} has label {labels[bad[0]]}")
     return Split(tuple(list(ds[c]) for c in task.hub_text), labels)
 
 

@@ -12,8 +12,12 @@
                                distilled with the kd.* budget if missing (also when the search exported a mini-KD
                                version of it: name `best`/`top_k` for those);
   <folder> or <hub id>         any BERT/RoBERTa/ALBERT checkpoint.
-Each (model, task) score goes to W/glue/<model>/<task>.json with its recipe; a file with the same recipe and source
-is not recomputed, so an interrupted stage resumes where it stopped.
+Every (model, task) is trained once per learning rate of glue.learning_rates and keeps the best dev score
+(kdjax.finetune). Students of this run (nas/kd/pdt/random rows) are task-distilled from the fine-tuned teacher
+(kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The teacher's picked
+classifier is saved as W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
+its recipe and method; a file with the same recipe, method and source is not recomputed, so an interrupted stage
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import os
 import re
 from collections.abc import Callable
 
+import flax.serialization
 import jax.numpy as jnp
 import numpy as np
 
 from kdjax import glue_data, plan
+from kdjax.augment import for_teacher
 from kdjax.config import split_list
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
@@ -36,9 +42,14 @@ from kdjax.nas.topk import read_top_k
 from kdjax.search_space import SearchSpace
 from kdjax.sharding import compute_dtype
 from kdjax.spec import ArchSpec, is_arch_id
+from kdjax.task_distill import DistillConfig, DistillData, prepare
 from kdjax.workdir import read_json, write_json
 
 log = logging.getLogger(__name__)
+
+
+# Rows that are students of this run's teacher (same tokenizer): task-distilled by default.
+STUDENT_KINDS = ("nas", "kd", "pdt", "random")
 
 
 class GlueStageError(KdjaxError, ValueError):
@@ -201,19 +212,30 @@ def recipe_of(ctx: RunContext) -> Recipe:
     return Recipe.from_config(c.glue, int(c.seed), dtype)
 
 
+def distill_of(ctx: RunContext, recipe: Recipe) -> DistillConfig:
+    cfg = DistillConfig.from_config(ctx.config.glue.distill)
+    return dataclasses.replace(cfg, teacher=ctx.teacher.spec, teacher_dtype=recipe.compute_dtype)
+
+
 def result_path(ctx: RunContext, model: str, task: str) -> str:
     return ctx.workdir.path("glue", model, f"{task}.json")
 
 
-def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str) -> bool:
-    """True when `path` holds a score of the same model source, recipe and data."""
+def weights_path(ctx: RunContext, task: str) -> str:
+    """The fine-tuned teacher's classifier (the picked grid point), reused by later runs and task distillation."""
+    return ctx.workdir.path("glue", "teacher", f"{task}.msgpack")
+
+
+def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, method: dict | None = None) -> bool:
+    """True when `path` holds a score of the same model source, recipe, data and method (fine-tune or distill)."""
     if not os.path.exists(path):
         return False
     try:
         old = read_json(path)
     except ValueError:
         return False
-    return old.get("recipe") == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
+    same = old.get("recipe") == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
+    return same and old.get("distill") == (method or {}).get("distill")
 
 
 def glue_root(ctx: RunContext) -> str:
@@ -236,43 +258,146 @@ def data_source(ctx: RunContext, task: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(glue_dir)), glue_data.TASKS[task].folder)
 
 
+class _Stage:
+    """One run of the stage: cached task data and fine-tuned teachers, and the rows it writes."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.recipe = recipe_of(ctx)
+        self.distill = distill_of(ctx, self.recipe)
+        self.tasks: dict[str, glue_data.TaskData] = {}
+        self.teachers: dict[str, dict] = {}
+        self.done: list[str] = []
+
+    def task(self, name: str) -> glue_data.TaskData:
+        if name not in self.tasks:
+            self.tasks[name] = glue_data.load_task(name, glue_root(self.ctx))
+        return self.tasks[name]
+
+    def methods(self, ref: ModelRef) -> list[tuple[str, dict | None]]:
+        """(row name, distill record) per row this ref makes: distilled students, plus their fine-tune-only twin."""
+        d = self.ctx.config.glue.distill
+        if ref.kind not in STUDENT_KINDS or not bool(d.enabled):
+            return [(ref.name, None)]
+        rows = [(ref.name, {"distill": self.distill.to_dict()})]
+        return rows + ([(f"{ref.name}-ft", None)] if bool(d.baseline) else [])
+
+    def teacher_current(self, task: str) -> bool:
+        ref = _teacher(self.ctx)[0]
+        path = result_path(self.ctx, "teacher", task)
+        return is_current(path, ref, self.recipe, data_source(self.ctx, task)) and os.path.exists(
+            weights_path(self.ctx, task)
+        )
+
+    def fine_tuned_teacher(self, task: str) -> dict:
+        """The teacher's picked classifier for `task`: from disk when its recipe matches, else fine-tuned now."""
+        if task not in self.teachers:
+            if not self.teacher_current(task):
+                self.score(_teacher(self.ctx)[0], task, "teacher", None)
+            with open(weights_path(self.ctx, task), "rb") as f:
+                self.teachers[task] = flax.serialization.msgpack_restore(f.read())
+        return self.teachers[task]
+
+    def distill_data(self, task: str) -> DistillData:
+        """A student's training set (subsampled as the recipe says, maybe augmented) with the teacher's logits."""
+        from kdjax.finetune import Head, predict_logits, subsample
+
+        ctx, recipe, cfg = self.ctx, self.recipe, self.distill
+        data, teacher = self.task(task), ctx.teacher
+        classifier = self.fine_tuned_teacher(task)
+        head = Head(teacher.spec, data.task.num_labels, recipe.compute_dtype, recipe.dropout_rate)
+        split = subsample(data.train, recipe.max_train_examples, recipe.seed)
+        train = glue_data.encode(teacher.tokenizer, split, recipe.max_seq_len)
+        batch = 4 * recipe.per_device_batch_size * ctx.mesh.size
+        pad = teacher.tokenizer.pad_token_id or 0
+
+        def logits(enc: glue_data.Encoded) -> np.ndarray:
+            return predict_logits(classifier, head, enc, batch, pad, recipe, ctx.mesh)
+
+        out = prepare(cfg, train, logits, for_teacher(teacher, cfg, recipe.seed))
+        if cfg.needs_states:
+            out.teacher_encoder = classifier["bert"]
+        return out
+
+    def score(self, ref: ModelRef, task: str, name: str, method: dict | None, model=None) -> None:
+        ctx, recipe = self.ctx, self.recipe
+        spec, params, tokenizer = model or load_model(ctx, ref)
+        distill = self.distill_data(task) if method else None
+        keep = ref.kind == "teacher"
+        label = "task-distilled" if method else "fine-tuned"
+        out = finetune(
+            spec=spec,
+            pretrained=params,
+            tokenizer=tokenizer,
+            task_data=self.task(task),
+            recipe=recipe,
+            mesh=ctx.mesh,
+            desc=f"glue {name} {task}",
+            distill=distill,
+            keep_params=keep,
+        )
+        if keep:
+            _write_bytes(weights_path(ctx, task), flax.serialization.msgpack_serialize(out.pop("params")))
+        record = {
+            **ref.to_dict(),
+            "model": name,
+            "method": "distill" if method else "finetune",
+            "task": task,
+            **out,
+            "params": spec.num_params,
+            "spec": spec.to_dict(),
+            "recipe": recipe.to_dict(),
+            "data": data_source(ctx, task),
+            **(method or {}),
+        }
+        if method:
+            record["distill_teacher"] = weights_path(ctx, task)
+        if name != ref.name:
+            record["twin"] = ref.name  # the distilled row this fine-tune-only baseline belongs to
+        write_json(result_path(ctx, name, task), record)
+        grid = ", ".join(f"{p['learning_rate']:g}:{_pct(p['score'])}" for p in out["grid"])
+        shown = ", ".join(f"{k}={100 * v:.2f}" for k, v in out["scores"].items())
+        print(
+            f"glue: {name} {task} ({label}): {shown} at lr {out['picked_lr']:g} [grid {grid}] "
+            f"({out['wall_s']:.1f} s, {out['num_train_examples']} train)"
+        )
+        self.done.append(f"{name}/{task}")
+        plan.glue_scored(task, float(out.get("wall_s", 0.0)))
+
+
+def _pct(x) -> str:
+    return "diverged" if x is None else f"{100 * x:.2f}"
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def run(ctx: RunContext) -> dict:
     tasks = split_list(ctx.config.glue.tasks)
     refs = resolve_models(ctx, split_list(ctx.config.glue.models))
-    recipe = recipe_of(ctx)
-    task_cache: dict[str, glue_data.TaskData] = {}
-    done, skipped = [], 0
+    stage = _Stage(ctx)
+    recipe, skipped = stage.recipe, 0
     for ref in refs:
-        pending = [t for t in tasks if not is_current(result_path(ctx, ref.name, t), ref, recipe, data_source(ctx, t))]
-        skipped += len(tasks) - len(pending)
-        if not pending:
+        rows = stage.methods(ref)
+        todo = []
+        for task in tasks:
+            for name, method in rows:
+                current = is_current(result_path(ctx, name, task), ref, recipe, data_source(ctx, task), method)
+                if ref.kind == "teacher":
+                    current = stage.teacher_current(task)
+                if current:
+                    skipped += 1
+                else:
+                    todo.append((task, name, method))
+        if not todo:
             print(f"glue: {ref.name}: all {len(tasks)} task(s) already scored with this recipe")
             continue
-        spec, params, tokenizer = load_model(ctx, ref)
-        for task in pending:
-            if task not in task_cache:
-                task_cache[task] = glue_data.load_task(task, glue_root(ctx))
-            out = finetune(
-                spec=spec,
-                pretrained=params,
-                tokenizer=tokenizer,
-                task_data=task_cache[task],
-                recipe=recipe,
-                mesh=ctx.mesh,
-                desc=f"glue {ref.name} {task}",
-            )
-            record = {
-                **ref.to_dict(),
-                "task": task,
-                **out,
-                "params": spec.num_params,
-                "spec": spec.to_dict(),
-                "recipe": recipe.to_dict(),
-                "data": data_source(ctx, task),
-            }
-            write_json(result_path(ctx, ref.name, task), record)
-            shown = ", ".join(f"{k}={100 * v:.2f}" for k, v in out["scores"].items())
-            print(f"glue: {ref.name} {task}: {shown} ({out['wall_s']:.1f} s, {out['num_train_examples']} train)")
-            done.append(f"{ref.name}/{task}")
-            plan.glue_scored(task, float(out.get("wall_s", 0.0)))
-    return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(done), "skipped": skipped}
+        model = load_model(ctx, ref)
+        for task, name, method in todo:
+            stage.score(ref, task, name, method, model)
+    return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(stage.done), "skipped": skipped}

@@ -223,7 +223,8 @@ class _EncoderBody(nn.Module):
 class SequenceClassifier(nn.Module):
     """Encoder + BERT pooler (dense + tanh on the first token) + dropout + linear head, for GLUE fine-tuning.
 
-    `num_labels` == 1 is regression (STS-B).
+    `num_labels` == 1 is regression (STS-B). `return_encoder` also returns the encoder's outputs (task distillation
+    matches hidden states and attention relations).
     """
 
     spec: ArchSpec
@@ -232,10 +233,20 @@ class SequenceClassifier(nn.Module):
     dropout_rate: float = 0.1
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, deterministic: bool = True):
+    def __call__(
+        self,
+        input_ids,
+        attention_mask,
+        token_type_ids=None,
+        *,
+        deterministic: bool = True,
+        return_encoder: bool = False,
+        return_qkv: bool = False,
+    ):
         out = Encoder(self.spec, self.dtype, self.dropout_rate, name="bert")(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, return_qkv=return_qkv
         )
         pooled = jnp.tanh(_dense(self.spec.hidden_size, self.dtype, "pooler")(out["hidden_states"][-1][:, 0]))
         pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
-        return _dense(self.num_labels, jnp.float32, "classifier")(pooled).astype(jnp.float32)
+        logits = _dense(self.num_labels, jnp.float32, "classifier")(pooled).astype(jnp.float32)
+        return (logits, out) if return_encoder else logits

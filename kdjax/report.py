@@ -2,10 +2,10 @@
 
 Inputs, all optional: W/glue/<model>/<task>.json (scores), W/teacher/latency.json, W/nas/history.jsonl (one row per
 candidate: strategy, arch_id, loss, latency_ms, speedup, reward), W/kd/<name>/result.json (KD losses), and the
-histories of sibling workdirs named in report.extra_workdirs. Outputs in W/report/: glue.json, glue.csv, glue.md,
-search.json (Table 1: best candidate and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png,
-fig_best_reward.png, fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md
-says why.
+histories of sibling workdirs named in report.extra_workdirs (labelled and put on one reward scale by
+kdjax/report_searches.py). Outputs in W/report/: glue.json, glue.csv, glue.md, search.json (Table 1: best candidate
+and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png, fig_best_reward.png,
+fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md says why.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 from kdjax.glue_data import TASKS
 from kdjax.latency import LatencyConfig
 from kdjax.metrics import task_score
+from kdjax.report_searches import load_histories, one_reward_scale
+from kdjax.reward import RewardConfig
 from kdjax.spec import ArchSpec
 from kdjax.workdir import read_json, write_json
 
@@ -55,46 +57,23 @@ def load_glue(root: str) -> dict[str, dict[str, dict]]:
     return out
 
 
-def read_history(path: str, label: str | None = None) -> list[dict]:
-    """Rows of a nas/history.jsonl; malformed lines are skipped with a warning. `label` prefixes the strategy."""
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                log.warning("%s:%d: not JSON, skipped", path, i)
-                continue
-            strategy = str(row.get("strategy", "unknown"))
-            row["series"] = f"{label}:{strategy}" if label else strategy
-            rows.append(row)
-    return rows
-
-
-def load_histories(root: str, extra_workdirs: list[str]) -> list[dict]:
-    """This workdir's nas/history.jsonl (and nas/*/history.jsonl), plus those of the extra workdirs."""
-    rows = []
-    for wd, label in [(root, None)] + [(w, os.path.basename(os.path.abspath(w))) for w in extra_workdirs]:
-        nas = os.path.join(wd, "nas")
-        paths = [os.path.join(nas, "history.jsonl")]
-        if os.path.isdir(nas):
-            paths += sorted(os.path.join(nas, d, "history.jsonl") for d in os.listdir(nas))
-        for p in paths:
-            if os.path.isfile(p):
-                rows += read_history(p, label)
-    return rows
+def teacher_latency(root: str, key: str | None) -> dict | None:
+    """The teacher's measured latency entry: by its full key (teacher identity, protocol, machine) when known,
+    else the only entry; never another teacher's (a workdir whose teacher changed holds several)."""
+    path = os.path.join(root, "teacher", "latency.json")
+    try:
+        cache = read_json(path) if os.path.exists(path) else {}
+    except ValueError:
+        log.warning("%s is damaged; the teacher's latency is left out", path)
+        return None
+    entry = cache.get(key) if key else None
+    if entry is None and not key and len(cache) == 1:
+        entry = next(iter(cache.values()))
+    return entry if isinstance(entry, dict) and _finite(entry.get("latency_ms")) else None
 
 
 def teacher_latency_ms(root: str, key: str | None) -> float | None:
-    path = os.path.join(root, "teacher", "latency.json")
-    if not os.path.exists(path):
-        return None
-    cache = read_json(path)
-    entry = cache.get(key) if key else None
-    if entry is None and cache:
-        entry = next(iter(cache.values()))
+    entry = teacher_latency(root, key)
     return float(entry["latency_ms"]) if entry else None
 
 
@@ -122,12 +101,17 @@ def build_rows(
     latency_key: str | None = None,
     history_rows: list[dict] | None = None,
     measure_latency: Callable[[ArchSpec], float] | None = None,
+    measure_torch: Callable[[str], float | None] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """One row per model: scores per task, GLUE average, % of teacher, params, latency, speed-up, KD loss, reward."""
     glue = load_glue(root)
     tasks = [t for t in TASKS if any(t in r for r in glue.values())]
     by_arch: dict[str, dict] = {}
+    # Only this workdir's candidates: a sibling's search timed and rewarded the same architecture under its settings.
+    own = os.path.abspath(root)
     for row in history_rows or []:
+        if row.get("workdir", own) != own:
+            continue
         arch = row.get("arch_id", "")
         best = by_arch.get(arch)
         if arch and (best is None or (_finite(row.get("reward")) or -1e9) > (_finite(best.get("reward")) or -1e9)):
@@ -143,30 +127,41 @@ def build_rows(
             "arch_id": arch_id,
             "source": first.get("source"),
             "params": first.get("params"),
+            "method": first.get("method", "finetune"),
+            "twin": first.get("twin"),
         }
         for t in tasks:
             if t in results:
                 row[t] = task_score(results[t]["scores"])
                 row[f"{t}_metrics"] = results[t]["scores"]
+                row[f"{t}_lr"] = results[t].get("picked_lr")
+                row[f"{t}_grid"] = [(p["learning_rate"], p.get("score")) for p in results[t].get("grid", [])]
+                row[f"{t}_std"] = results[t].get("score_std")
         present = [row[t] for t in tasks if t in row]
         row["glue_avg"] = float(np.mean(present)) if present else None
         row["num_tasks"] = len(present)
-        lat = None
+        lat, hist = None, by_arch.get(arch_id or "", {})
+        # Modelled latencies (what the reward read) stay in their own column; this one is always a measurement.
+        row["speedup_model"] = _finite(hist.get("speedup")) if hist.get("latency_source") == "model" else None
         if kind == "teacher":
             lat = t_lat
-        elif arch_id in by_arch and _finite(by_arch[arch_id].get("latency_ms")):
-            lat = float(by_arch[arch_id]["latency_ms"])
+        elif _finite(hist.get("latency_ms")) and hist.get("latency_source", "measured") == "measured":
+            lat = float(hist.get("measured_latency_ms") or hist["latency_ms"])
         elif measure_latency is not None and first.get("spec"):
             lat = measure_latency(ArchSpec.from_dict(first["spec"]))
         row["latency_ms"] = lat
         row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
-        row["kd_loss"] = kd_loss(root, model, kind, arch_id, by_arch) if kind != "teacher" else None
+        row["torch_ms"] = measure_torch(first.get("source") or "") if measure_torch else None
+        kd_name = first.get("twin") or model  # a fine-tune-only baseline shares its twin's distilled weights
+        row["kd_loss"] = kd_loss(root, kd_name, kind, arch_id, by_arch) if kind != "teacher" else None
         row["reward"] = _finite(by_arch.get(arch_id or "", {}).get("reward")) if kind != "teacher" else None
         row["recipe"] = first.get("recipe")
         rows.append(row)
     rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r.get("arch_id") or "", r["model"]))
     teacher = next((r for r in rows if r["kind"] == "teacher"), None)
+    t_torch = teacher.get("torch_ms") if teacher else None
     for r in rows:
+        r["torch_speedup"] = t_torch / r["torch_ms"] if t_torch and r.get("torch_ms") else None
         r["pct_teacher"] = None
         if teacher is None:
             continue
@@ -212,6 +207,9 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
         "params",
         "latency ms",
         "speed-up",
+        "modelled speed-up",
+        "torch ms",
+        "torch speed-up",
         *[_task_header(t, rows) for t in tasks],
         "GLUE avg",
         "% of teacher",
@@ -226,6 +224,9 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             _fmt(r["params"], 1, 1e-6, "M"),
             _fmt(r["latency_ms"]),
             _fmt(r["speedup"], 1, 1, "x"),
+            _fmt(r.get("speedup_model"), 1, 1, "x"),
+            _fmt(r.get("torch_ms")),
+            _fmt(r.get("torch_speedup"), 1, 1, "x"),
             *[_task_cell(r, t) for t in tasks],
             avg,
             _fmt(r["pct_teacher"], 1, 1, "%"),
@@ -236,7 +237,10 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
     out = ["### GLUE dev scores", "", *lines, ""]
     out.append(
         "Scores x100 on the full dev sets; a task with two metrics shows both and counts their mean in the "
-        "average (* = average over fewer tasks). Speed-up = teacher latency / model latency."
+        "average (* = average over fewer tasks). Speed-up = teacher latency / model latency, both measured under "
+        "XLA (batch and length as the search's protocol, low percentile of round-robin runs: see docs/performance.md); "
+        "modelled speed-up = what the search reward read (the fitted latency model); torch = the exported model "
+        "under PyTorch (`AutoModel`, batch 1), shown when torch is installed."
     )
     if any(r["kind"] == "teacher" for r in rows):
         out += [
@@ -251,7 +255,7 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             out.append(f"| {r['model']} | " + " | ".join(cells) + f" | {_fmt(r['pct_teacher'], 1, 1, '%')} |")
     groups: dict[str, dict[str, dict]] = {}
     for r in rows:
-        if r["kind"] in VARIANT_LABEL and r.get("arch_id"):
+        if r["kind"] in VARIANT_LABEL and r.get("arch_id") and not r.get("twin"):
             groups.setdefault(r["arch_id"], {})[r["kind"]] = r
     pairs = {a: g for a, g in groups.items() if len(g) == len(VARIANT_LABEL)}
     if pairs:
@@ -270,7 +274,46 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             out.append(
                 f"| {arch} | " + " | ".join(cells) + f" | {_pdt_cell(g['nas']['glue_avg'], g['pdt']['glue_avg'])} |"
             )
-    return "\n".join(out) + "\n"
+    return "\n".join(out + distill_table(rows, tasks) + grid_table(rows, tasks)) + "\n"
+
+
+def distill_table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """Each task-distilled student beside its fine-tune-only twin (`<model>-ft`)."""
+    by_name = {r["model"]: r for r in rows}
+    pairs = [(by_name[r["twin"]], r) for r in rows if r.get("twin") in by_name]
+    if not pairs:
+        return []
+    out = ["", "### Fine-tuned only vs task-distilled", "", "Cells: fine-tuned only / task-distilled (x100).", ""]
+    out += ["| model | " + " | ".join(tasks) + " | GLUE avg |", "|" + "---|" * (len(tasks) + 2)]
+    for td, ft in pairs:
+        cells = [f"{_fmt(ft.get(t), scale=100)} / {_fmt(td.get(t), scale=100)}" for t in tasks]
+        out.append(
+            f"| {td['model']} | " + " | ".join(cells) + f" | {_fmt(ft['glue_avg'], scale=100)} / "
+            f"{_fmt(td['glue_avg'], scale=100)} |"
+        )
+    return out
+
+
+def grid_table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """The learning rate each (model, task) picked by dev score, and the dev score at every grid point."""
+    if not any(r.get(f"{t}_grid") for r in rows for t in tasks):
+        return []
+    out = ["", "### Learning-rate grid (picked by dev score)", ""]
+    out += ["Cells: picked lr (score ± spread over seeds, if several); the score at each lr of the grid.", ""]
+    out += ["| model | " + " | ".join(tasks) + " |", "|" + "---|" * (len(tasks) + 1)]
+    for r in rows:
+        cells = []
+        for t in tasks:
+            grid = r.get(f"{t}_grid") or []
+            if not grid:
+                cells.append("-")
+                continue
+            std = r.get(f"{t}_std")
+            spread = f" ± {100 * std:.2f}" if std is not None else ""
+            points = ", ".join(f"{lr:g}: {_fmt(sc, scale=100)}" for lr, sc in grid)
+            cells.append(f"**{r[f'{t}_lr']:g}**{spread}; {points}")
+        out.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return out
 
 
 def search_rows(history: list[dict]) -> list[dict]:
@@ -328,6 +371,7 @@ def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
     cols = [
         "model",
         "kind",
+        "method",
         "arch_id",
         "params",
         "latency_ms",
@@ -343,12 +387,15 @@ def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
         metric_cols += [(t, n) for n in names]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(cols + [f"{t}_{n}" for t, n in metric_cols] + [f"{t}_pct" for t in tasks])
+        w.writerow(
+            cols + [f"{t}_{n}" for t, n in metric_cols] + [f"{t}_pct" for t in tasks] + [f"{t}_lr" for t in tasks]
+        )
         for r in rows:
             w.writerow(
                 [r.get(c) for c in cols]
                 + [r.get(f"{t}_metrics", {}).get(n) for t, n in metric_cols]
                 + [r.get(f"{t}_pct") for t in tasks]
+                + [r.get(f"{t}_lr") for t in tasks]
             )
 
 
@@ -432,7 +479,12 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
 
 
 def readme(
-    rows: list[dict], tasks: list[str], figures: dict[str, str], history: list[dict], searches: list[dict]
+    rows: list[dict],
+    tasks: list[str],
+    figures: dict[str, str],
+    history: list[dict],
+    searches: list[dict],
+    notes: tuple[str, ...] | list[str] = (),
 ) -> str:
     captions = {
         "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
@@ -440,9 +492,12 @@ def readme(
         "loss": "Fig. 3: mini-KD loss of each candidate, in evaluation order",
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
     }
+    if notes:
+        captions["reward"] += " (reward scales: see the note under the search table)"
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
     if searches:
         out += [search_table(searches)]
+    out += [*(f"{n}\n" for n in notes)]
     recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
@@ -463,31 +518,49 @@ def build_report(
     latency_cfg: LatencyConfig | None = None,
     extra_workdirs: Sequence[str] = (),
     measure_missing: bool = True,
+    reward_cfg: RewardConfig | None = None,
+    teacher_key: str | None = None,
 ) -> dict:
-    """Write every report file for workdir `root`; works with any subset of the inputs."""
+    """Write every report file for workdir `root`; works with any subset of the inputs.
+
+    Rewards of every search are put on `reward_cfg`'s scale (default: the settings recorded in W/config.json).
+    """
     from kdjax.latency import LatencyCache
 
     out_dir = os.path.join(root, "report")
     os.makedirs(out_dir, exist_ok=True)
     cfg = latency_cfg or LatencyConfig()
     # Models the search never timed (teacher-relative baselines, hub checkpoints) are measured once and cached here.
-    cache = LatencyCache(os.path.join(out_dir, "latency.json"), cfg)
+    cache = LatencyCache(cfg)
 
     def measure_latency(spec: ArchSpec) -> float:
         return float(cache.measure(spec)[0]["latency_ms"])
 
+    def measure_torch(folder: str) -> float | None:
+        from kdjax.torch_latency import measure_folder
+
+        res = measure_folder(folder, cfg, cache.machine)
+        return float(res["latency_ms"]) if res else None
+
     history = load_histories(root, list(extra_workdirs))
-    rows, tasks = build_rows(root, cfg.key, history, measure_latency if measure_missing else None)
-    t_ms = teacher_latency_ms(root, cfg.key)
+    notes = one_reward_scale(history, root, reward_cfg)
+    rows, tasks = build_rows(
+        root,
+        teacher_key,
+        history,
+        measure_latency if measure_missing else None,
+        measure_torch if measure_missing else None,
+    )
+    t_ms = teacher_latency_ms(root, teacher_key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
     searches = search_rows(history)
-    write_json(os.path.join(out_dir, "search.json"), {"searches": searches})
+    write_json(os.path.join(out_dir, "search.json"), {"searches": searches, "notes": notes})
     write_csv(os.path.join(out_dir, "glue.csv"), rows, tasks)
     with open(os.path.join(out_dir, "glue.md"), "w") as f:
         f.write(markdown_tables(rows, tasks))
     figures = make_figures(out_dir, rows, history, t_ms)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(readme(rows, tasks, figures, history, searches))
+        f.write(readme(rows, tasks, figures, history, searches, notes))
     drawn = sorted(v for v in figures.values() if v.endswith(".png"))
     return {"rows": len(rows), "tasks": tasks, "figures": drawn, "candidates": len(history)}
 
@@ -497,7 +570,14 @@ def run(ctx) -> dict:
     from kdjax.config import split_list
 
     extra = split_list(ctx.config.report.extra_workdirs) if "report" in ctx.config else []
-    info = build_report(ctx.workdir.root, latency_cfg=ctx.latency_cfg, extra_workdirs=extra)
+    t_key = ctx.teacher_latency()["key"]  # measured now if this workdir's teacher (or protocol) is new
+    info = build_report(
+        ctx.workdir.root,
+        latency_cfg=ctx.latency_cfg,
+        extra_workdirs=extra,
+        reward_cfg=RewardConfig.from_config(ctx.config.nas.reward),
+        teacher_key=t_key,
+    )
     print(
         f"report: {info['rows']} model(s) x {len(info['tasks'])} task(s), {len(info['figures'])} figure(s) in "
         f"{ctx.workdir.path('report')}"

@@ -218,6 +218,155 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(inputs):
     assert _tree_digest(workdir) == before
 
 
+# ---- Data and config faults (issue 11 item 5): each one line naming the field, or the file and line. ----------------
+
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+STSB_ROW = "0\tmain\tf\t2012\t0\tnone\tnone\tA man plays.\tA man is playing.\t{}\n"
+DATA_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "negative_seed": ([TINY, "--config.seed=-1"], ["seed=-1"]),
+    "nan_learning_rate": ([TINY, "--config.kd.learning_rate=nan"], ["kd.learning_rate=nan", "finite"]),
+    "infinite_glue_learning_rate": ([TINY, "--config.glue.learning_rate=inf"], ["glue.learning_rate=inf", "finite"]),
+    "positive_alpha": ([TINY, "--config.nas.reward.alpha=0.5"], ["nas.reward.alpha=0.5", "<= 0"]),
+    "config_field_typo": (
+        [TINY, "--config.kd.learnin_rate=1"],
+        ["unknown config field kd.learnin_rate", "did you mean --config.kd.learning_rate?"],
+    ),
+    "config_section_typo": ([TINY, "--config.kdd.learning_rate=1"], ["kdd", "did you mean --config.kd?"]),
+    "glue_tsv_not_utf8": (
+        [TINY, *GLUE_ARGS, "--config.teacher.name={teacher}", "--config.data.glue_dir={tmp}/glue_latin1"],
+        ["SST-2/train.tsv:3", "0xe9", "not UTF-8"],
+    ),
+    "stsb_nan_label": (
+        [
+            TINY,
+            "--config.stages=glue",
+            "--config.glue.models=teacher",
+            "--config.glue.tasks=stsb",
+            "--config.teacher.name={teacher}",
+            "--config.data.glue_dir={tmp}/glue_stsb_nan",
+        ],
+        ["STS-B/train.tsv:3", "'nan'", "not a finite number"],
+    ),
+    "corpus_zero_bytes": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.corpus={tmp}/zero.txt"],
+        ["zero.txt", "empty file"],
+    ),
+    "corpus_not_utf8": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.corpus={tmp}/latin1.txt"],
+        ["latin1.txt:2", "0xe9", "not UTF-8"],
+    ),
+    "corpus_truncated_gzip": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.corpus={tmp}/cut.gz"],
+        ["cut.gz:", "truncated or corrupt gzip"],
+    ),
+    "corpus_not_gzip": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.corpus={tmp}/plain.gz"],
+        ["plain.gz", "not gzip"],
+    ),
+    "max_seq_len_past_teacher_positions": (
+        [TINY, "--config.stages=kd", "--config.teacher.name={teacher}", "--config.data.max_seq_len=600"],
+        ["data.max_seq_len=600", "512 position embeddings"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def data_inputs(inputs):
+    """The broken GLUE folders and corpus files of DATA_CASES, next to the shared inputs."""
+    import gzip
+
+    tmp = inputs["tmp"]
+    os.makedirs(os.path.join(tmp, "glue_latin1", "SST-2"))
+    with open(os.path.join(tmp, "glue_latin1", "SST-2", "train.tsv"), "wb") as f:
+        f.write(b"sentence\tlabel\nnice film\t1\ncaf\xe9 society\t0\n")
+    _write(os.path.join(tmp, "glue_latin1", "SST-2", "dev.tsv"), "sentence\tlabel\nbad film\t0\n")
+    _write(
+        os.path.join(tmp, "glue_stsb_nan", "STS-B", "train.tsv"),
+        STSB_HEADER + STSB_ROW.format("4.2") + STSB_ROW.format("nan"),
+    )
+    _write(os.path.join(tmp, "glue_stsb_nan", "STS-B", "dev.tsv"), STSB_HEADER + STSB_ROW.format("3.0"))
+    _write(os.path.join(tmp, "zero.txt"), "")
+    with open(os.path.join(tmp, "latin1.txt"), "wb") as f:
+        f.write(b"a fine first line\nun caf\xe9 noir\nthird line\n")
+    packed = gzip.compress(b"".join(b"line %d of a corpus that is long enough\n" % i for i in range(5000)))
+    with open(os.path.join(tmp, "cut.gz"), "wb") as f:
+        f.write(packed[: len(packed) // 2])
+    _write(os.path.join(tmp, "plain.gz"), "plain text under a .gz name\n")
+    return inputs
+
+
+def _run_data_case(name: str, inputs: dict) -> dict:
+    args = [a.format(**inputs) for a in DATA_CASES[name][0]]
+    workdir = os.path.join(inputs["tmp"], "runs", name)
+    for rel, text in SEEDED.items():
+        _write(os.path.join(workdir, rel), text)
+    before = _tree_digest(workdir)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *args, f"--workdir={workdir}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    return {"proc": proc, "before": before, "after": _tree_digest(workdir)}
+
+
+@pytest.fixture(scope="module")
+def data_case_results(data_inputs):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(_run_data_case, name, data_inputs) for name in DATA_CASES}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CASES))
+def test_data_or_config_fault_is_one_clear_line(name, data_case_results):
+    result = data_case_results[name].result()
+    assert_one_error_line(result["proc"], DATA_CASES[name][1])
+    assert result["after"] == result["before"]
+
+
+def test_help_says_how_to_list_and_set_config_fields():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    run = lambda *a: subprocess.run(
+        [sys.executable, os.path.join(ROOT, "main.py"), *a], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    helped = run("--help")  # absl's --help exits with status 1 by design
+    assert "--config.<field>=<value>" in helped.stdout and "--print_config" in helped.stdout, helped.stdout
+    # The listing it points at works without a workdir, shows overrides applied, and names every field once.
+    listed = run(TINY, "--config.kd.learning_rate=0.003", "--print_config")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    lines = listed.stdout.splitlines()
+    assert "--config.kd.learning_rate=0.003  # Peak AdamW learning rate." in lines
+    assert any(line.startswith("--config.nas.reward.alpha=-0.07  # ") for line in lines)
+    from configs.bert_nas import get_config
+
+    def names(node, prefix=""):
+        for key, value in node.items():
+            yield from names(value, f"{prefix}{key}.") if hasattr(value, "items") else [f"--config.{prefix}{key}"]
+
+    assert sorted(line.split("=", 1)[0] for line in lines) == sorted(names(get_config("tiny")))
+    assert all("  # " in line for line in lines), [line for line in lines if "  # " not in line]
+
+
+def test_roberta_positions_start_after_the_padding_index():
+    from configs.bert_nas import get_config
+    from kdjax.config import ConfigError, check_positions
+    from kdjax.spec import ArchSpec
+
+    roberta = ArchSpec(2, 32, 2, 64, max_position_embeddings=514, family="roberta", pad_token_id=1)
+    c = get_config("tiny")
+    c.data.max_seq_len = 512
+    check_positions(c, roberta)
+    c.glue.max_seq_len = 513
+    with pytest.raises(ConfigError, match=r"glue.max_seq_len=513 .* 512 position embeddings"):
+        check_positions(c, roberta)
+
+
 # ---- workdir faults: damaged caches, a workdir in use, a full or read-only disk, other settings ----------------------
 # Each case prepares its seeded workdir, runs main.py (through FAULTY, which fails writes to paths containing a given
 # substring with a given errno, when the case asks for it), and must end in one line with the seeded files unchanged.

@@ -2,7 +2,8 @@
 
 Workers are separate processes running `kdjax.nas.optuna_search.search` with a synthetic, slow-ish objective (no
 JAX), so the test exercises the storage protocol itself: exactly `num_trials` COMPLETE trials, none trained twice,
-and a worker SIGKILLed mid-trial leaves a trial that a surviving worker retries (heartbeat + RetryFailedTrialCallback).
+and a worker SIGKILLed mid-trial leaves a trial that a surviving worker retries
+(heartbeat + RetryHeartbeatStaleTrialCallback).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def _scenario(url: str, log_path: str) -> dict:
 
 def _check(result: dict) -> None:
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     study, killed = result["study"], result["killed_trial"]
     trials = study.get_trials(deepcopy=False)
@@ -145,7 +146,7 @@ def _check(result: dict) -> None:
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
     # The only failures: the killed worker's trial, and racing trials that stopped before training.
     assert {t.number for t in failed if not t.user_attrs.get("surplus")} == {killed}
-    retried = [t for t in complete if RetryFailedTrialCallback.retried_trial_number(t) == killed]
+    retried = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
     assert len(retried) == 1, "the killed worker's trial is retried exactly once"
     assert retried[0].params == next(t for t in trials if t.number == killed).params
     # No trial trained twice; every COMPLETE trial trained exactly once; the killed one started but never finished.

@@ -90,3 +90,36 @@ def test_unreachable_hub_model_is_one_line(tmp_path, glue_dir):
     with pytest.raises(glue_stage.GlueStageError) as e:
         glue_stage.run(ctx)
     assert "\n" not in str(e.value) and "missing-model" in str(e.value)
+
+
+@pytest.mark.slow
+def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):
+    c = _config(glue_dir)
+    c.glue.tasks = "stsb"
+    c.glue.learning_rates = "1e-3"
+    ctx = RunContext(c, Workdir(str(tmp_path)))
+    assert glue_stage.run(ctx)["scored"] == 1
+    weights = glue_stage.weights_path(ctx, "stsb")
+    teacher_json = glue_stage.result_path(ctx, "teacher", "stsb")
+    stamp = (os.path.getmtime(weights), os.path.getmtime(teacher_json))
+    assert read_json(teacher_json)["grid"][0]["learning_rate"] == 1e-3
+
+    # A student of this run (here a copy of the tiny teacher under the 'kd' kind), named through a keyword.
+    student = glue_stage.ModelRef("kd-copy", "kd", ctx.teacher.source, ctx.teacher.spec.arch_id)
+    monkeypatch.setitem(glue_stage.KEYWORDS, "copy", lambda _ctx: [student])
+    ctx = RunContext(
+        _config(glue_dir, tasks="stsb", learning_rates="1e-3", models="teacher,copy"), Workdir(str(tmp_path))
+    )
+    capsys.readouterr()
+    info = glue_stage.run(ctx)
+    assert info["scored"] == 2 and info["skipped"] == 1  # distilled + fine-tune-only rows; the teacher is reused
+    assert (os.path.getmtime(weights), os.path.getmtime(teacher_json)) == stamp
+    assert "glue: teacher stsb" not in capsys.readouterr().out
+    td = read_json(glue_stage.result_path(ctx, "kd-copy", "stsb"))
+    ft = read_json(glue_stage.result_path(ctx, "kd-copy-ft", "stsb"))
+    assert td["method"] == "distill" and td["distill_teacher"] == weights and td["distill"]["temperature"] == 1.0
+    assert ft["method"] == "finetune" and ft["twin"] == "kd-copy" and "distill" not in ft
+    # Turning distillation off makes the plain row fine-tuned only: recomputed, since the method changed.
+    ctx.config.glue.distill.enabled = False
+    assert glue_stage.run(ctx)["scored"] == 1
+    assert read_json(glue_stage.result_path(ctx, "kd-copy", "stsb"))["method"] == "finetune"

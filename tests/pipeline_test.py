@@ -45,8 +45,8 @@ def test_second_run_skips_finished_stages(full_run):
 
     # A run with another config keeps the earlier config.json under configs/ instead of overwriting it.
     before = json.load(open(os.path.join(w, "config.json")))
-    proc = run_main([*ARGS, "--config.stages=report", "--config.glue.learning_rate=3e-5"], w)
+    proc = run_main([*ARGS, "--config.stages=report", "--config.glue.learning_rates=3e-5"], w)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.load(open(os.path.join(w, "config.json")))["glue"]["learning_rate"] == 3e-5
+    assert json.load(open(os.path.join(w, "config.json")))["glue"]["learning_rates"] == "3e-5"
     kept = [json.load(open(os.path.join(w, "configs", f))) for f in os.listdir(os.path.join(w, "configs"))]
     assert kept == [before]

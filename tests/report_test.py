@@ -8,12 +8,14 @@ import pytest
 
 from kdjax import report
 from kdjax.latency import LatencyConfig
+from kdjax.reward import RewardConfig, reward
 from kdjax.spec import ArchSpec
 from kdjax.workdir import read_json, write_json
 
 TASKS = {"rte": {"accuracy": 0.6}, "stsb": {"pearson": 0.8, "spearman": 0.78}, "mrpc": {"f1": 0.85, "accuracy": 0.8}}
 SPEC = ArchSpec(4, 64, 4, 128, vocab_size=100)
 ARCH, RAND = "2L-32H-2A-64F-gelu", "1L-32H-2A-64F-gelu"
+STRATEGIES = ("lstm", "optuna", "random")
 
 
 def _read(path) -> str:
@@ -109,14 +111,108 @@ def test_report_with_partial_inputs(tmp_path):
     assert info["rows"] == 2 and rows[1]["latency_ms"] > 0 and rows[1]["pct_teacher"] == pytest.approx(50.0)
 
 
-def test_sibling_workdir_histories(tmp_path):
-    a, b = synthetic_workdir(str(tmp_path / "alpha_a")), synthetic_workdir(str(tmp_path / "alpha_b"))
+def _sibling(root: str, alpha: float, latency_scale: float) -> str:
+    """A synthetic workdir whose search used `alpha` and timed every candidate `latency_scale` times slower."""
+    synthetic_workdir(root)
+    write_json(os.path.join(root, "config.json"), {"nas": {"reward": {"alpha": alpha, "beta": 0.6}}})
+    path = os.path.join(root, "nas", "history.jsonl")
+    rows = [json.loads(x) for x in _read(path).splitlines() if x.startswith("{")]
+    cfg = RewardConfig(alpha=alpha)
+    with open(path, "w") as f:
+        for r in rows:
+            r["latency_ms"] *= latency_scale
+            r["teacher_latency_ms"] = 60.0
+            r["speedup"] = 60.0 / r["latency_ms"]
+            r["reward"] = reward(r["loss"], r["latency_ms"], 60.0, cfg)
+            f.write(json.dumps(r) + "\n")
+    return root
+
+
+def test_sibling_workdirs_keep_their_own_numbers_on_one_reward_scale(tmp_path):
+    a = _sibling(str(tmp_path / "alpha_a"), -0.07, 1.0)
+    b = _sibling(str(tmp_path / "alpha_b"), -1.0, 3.0)
     rows = report.load_histories(a, [b])
-    assert {r["series"] for r in rows} == {
-        "lstm",
-        "optuna",
-        "random",
-        "alpha_b:lstm",
-        "alpha_b:optuna",
-        "alpha_b:random",
-    }
+    assert {r["series"] for r in rows} == {f"{w}:{s}" for w in ("alpha_a", "alpha_b") for s in STRATEGIES}
+    # Alone, a workdir's series are just its strategies.
+    assert {r["series"] for r in report.load_histories(a, [])} == set(STRATEGIES)
+
+    report.build_report(a, extra_workdirs=[b], measure_missing=False)
+    out = os.path.join(a, "report")
+    glue = {r["model"]: r for r in read_json(os.path.join(out, "glue.json"))["rows"]}
+    # The GLUE rows of workdir a use a's candidate 4 (latency 9 ms, alpha=-0.07), never b's record of the same arch.
+    kd = glue[f"kd-{ARCH}"]
+    assert kd["latency_ms"] == pytest.approx(9.0) and kd["speedup"] == pytest.approx(60.0 / 9.0)
+    assert kd["reward"] == pytest.approx(reward(0.42, 9.0, 60.0, RewardConfig(alpha=-0.07)))
+    # The search table: b's rewards recomputed with a's alpha from b's own losses and latencies, and the README says so.
+    searches = {r["search"]: r for r in read_json(os.path.join(out, "search.json"))["searches"]}
+    best_b = searches["alpha_b:random"]
+    assert best_b["best_arch"] == "3L-32H-2A-768F-gelu"
+    assert best_b["best_reward"] == pytest.approx(reward(0.5 - 0.22, 3.0 * 16, 60.0, RewardConfig(alpha=-0.07)))
+    readme = _read(os.path.join(out, "README.md"))
+    assert "recomputed on one scale (alpha=-0.07, beta=0.6" in readme
+    assert "alpha_b: alpha=-1, beta=0.6" in readme and "WARNING" not in readme
+    assert "| alpha_b:random | 4 |" in readme
+    assert "per strategy (reward scales: see the note under the search table)*" in readme
+
+
+def test_rewards_that_cannot_be_recomputed_are_flagged(tmp_path):
+    a = _sibling(str(tmp_path / "a"), -0.07, 1.0)
+    b = synthetic_workdir(str(tmp_path / "b"))  # no teacher latency per row, no recorded settings
+    report.build_report(a, extra_workdirs=[b], measure_missing=False)
+    readme = _read(os.path.join(a, "report", "README.md"))
+    assert "WARNING: rewards of b: unknown settings are as recorded" in readme
+    # Same settings everywhere: nothing to say.
+    c = _sibling(str(tmp_path / "c"), -0.07, 2.0)
+    report.build_report(a, extra_workdirs=[c], measure_missing=False)
+    assert "recomputed" not in _read(os.path.join(a, "report", "README.md"))
+
+
+def test_docs_sweep_commands_parse_on_a_fresh_clone():
+    """Every `python main.py` line of the sweep in docs/pipeline.md names real fields and needs no local data."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    text = _read(os.path.join(ROOT, "docs", "pipeline.md"))
+    block = text.split("## Example: a sweep over the latency weight", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [c for c in re.sub(r"\\\n\s*", "", block).splitlines() if c.strip().startswith("python main.py")]
+    assert len(commands) == 2
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    for command in commands:
+        args = [a.replace("$alpha", "-0.3") for a in shlex.split(command)[2:] if not a.startswith("--workdir=")]
+        # Either the self-contained :tiny variant, or explicit corpus and GLUE folders.
+        assert any(a.endswith(":tiny") for a in args) or {"--config.data.corpus", "--config.data.glue_dir"} <= {
+            a.split("=", 1)[0] for a in args
+        }, command
+        proc = subprocess.run(
+            [sys.executable, "main.py", *args, "--print_config"], cwd=ROOT, capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_report_shows_lr_grid_and_distilled_vs_fine_tuned(tmp_path):
+    root = str(tmp_path)
+    rates = [3e-4, 1e-4, 5e-5, 3e-5]
+    for model, factor, extra in (
+        ("teacher", 1.0, {}),
+        (f"kd-{ARCH}", 0.9, {"method": "distill"}),
+        (f"kd-{ARCH}-ft", 0.6, {"method": "finetune", "twin": f"kd-{ARCH}"}),
+    ):
+        grid = [{"learning_rate": lr, "score": factor * s} for lr, s in zip(rates, (0.5, 0.6, 0.55, 0.52))]
+        rec = {"model": model, "kind": "teacher" if model == "teacher" else "kd", "arch_id": ARCH, "params": 1}
+        rec |= {"scores": {"accuracy": factor * 0.6}, "picked_lr": 1e-4, "grid": grid, **extra}
+        write_json(os.path.join(root, "glue", model, "rte.json"), rec)
+    report.build_report(root, measure_missing=False)
+    md = _read(os.path.join(root, "report", "glue.md"))
+    assert "### Learning-rate grid (picked by dev score)" in md
+    assert "| teacher | **0.0001**; 0.0003: 50.00, 0.0001: 60.00, 5e-05: 55.00, 3e-05: 52.00 |" in md
+    assert "### Fine-tuned only vs task-distilled" in md and f"| kd-{ARCH} | 36.00 / 54.00 | 36.00 / 54.00 |" in md
+    # The baseline is not a PDT variant: with only kd rows, no with/without-PDT table.
+    assert "Without vs with post-distillation training" not in md
+    with open(os.path.join(root, "report", "glue.csv")) as f:
+        table = {r["model"]: r for r in csv.DictReader(f)}
+    assert table[f"kd-{ARCH}-ft"]["method"] == "finetune" and float(table["teacher"]["rte_lr"]) == 1e-4

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import zlib
 
 import numpy as np
 
@@ -43,6 +46,47 @@ def corpus_files(corpus: str) -> list[str]:
     return []
 
 
+def _file_problem(path: str) -> str | None:
+    """Why `datasets` could not read this text file: bytes that are not UTF-8, a truncated or corrupt gzip, or no text.
+
+    Run only after a failed load (the happy path never reads the corpus twice); the answer names file, line and cause.
+    """
+    opener = gzip.open if path.endswith(".gz") else open
+    line, has_text = 0, False
+    try:
+        with opener(path, "rb") as f:
+            for line, raw in enumerate(f, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    return (
+                        f"{path}:{line}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not UTF-8; "
+                        "re-encode the corpus as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                    )
+                has_text = has_text or bool(text.strip())
+    except gzip.BadGzipFile:
+        return f"{path}: not gzip data although the name ends in .gz; rename or re-compress it"
+    except (EOFError, zlib.error) as e:
+        return f"{path}:{line + 1}: truncated or corrupt gzip ({e}); re-create or re-download the file"
+    return None if has_text else f"{path}: empty file (no text)"
+
+
+def _load_problem(files: list[str], error: BaseException) -> str:
+    """One line for a failed local load: the first file that explains it, else the innermost cause."""
+    problems = [_file_problem(f) for f in files]
+    hard = [p for p in problems if p and not p.endswith("empty file (no text)")]
+    if hard:
+        return hard[0]
+    if all(problems):
+        return str(problems[0]) if len(files) == 1 else f"corpus is empty: none of its {len(files)} files has text"
+    root = error
+    while (inner := root.__cause__ or root.__context__) is not None:
+        root = inner
+    return f"cannot read corpus files ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): " + (
+        f"{type(root).__name__}: {root}"
+    )
+
+
 def _fingerprint(corpus: str, files: list[str], extra: dict) -> str:
     h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
     h.update(corpus.encode())
@@ -72,6 +116,8 @@ def load_text(
         except DataError:
             raise
         except Exception as e:
+            if files:
+                raise DataError(_load_problem(files, e)) from e
             raise DataError(f"cannot load corpus {corpus!r}: {type(e).__name__}: {e}") from e
         if text_column != "text":
             if text_column not in ds.column_names:
@@ -83,6 +129,24 @@ def load_text(
     if len(ds) == 0:
         raise DataError(f"corpus {corpus!r} is empty (no non-empty lines)")
     return ds
+
+
+def _plain_lines(corpus: str, files: list[str], max_lines: int, synthetic_lines: int, seed: int) -> list[str]:
+    """The lines `load_text` would give for the synthetic or a local text corpus, read without `datasets`."""
+    if corpus == "synthetic":
+        texts = list(synthetic.lines(synthetic_lines, seed))
+    else:
+        texts = []
+        for path in files:
+            try:
+                with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+                    texts += [t for t in f.read().splitlines() if t.strip()]
+            except (OSError, EOFError, UnicodeDecodeError) as e:
+                raise DataError(f"cannot read corpus file {path}: {e}") from e
+    texts = texts[:max_lines] if max_lines else texts
+    if not texts:
+        raise DataError(f"corpus {corpus!r} is empty (no non-empty lines)")
+    return texts
 
 
 def pack_rows(token_lists, max_seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> np.ndarray:
@@ -133,20 +197,25 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
         rows = _cached_rows(path, int(data_cfg.max_seq_len))
         if rows is not None:
             return rows
-    ds = load_text(
-        corpus,
-        text_column=str(data_cfg.text_column),
-        max_lines=int(data_cfg.max_lines),
-        synthetic_lines=int(data_cfg.synthetic_lines),
-        seed=seed,
-    )
+    if importlib.util.find_spec("datasets") is None and (corpus == "synthetic" or files):
+        # Local text needs no `datasets` (nor its pyarrow): machines without them still run from local corpora.
+        texts = _plain_lines(corpus, files, int(data_cfg.max_lines), int(data_cfg.synthetic_lines), seed)
+        token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    else:
+        ds = load_text(
+            corpus,
+            text_column=str(data_cfg.text_column),
+            max_lines=int(data_cfg.max_lines),
+            synthetic_lines=int(data_cfg.synthetic_lines),
+            seed=seed,
+        )
 
-    def tokenize(batch):
-        return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
+        def tokenize(batch):
+            return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
 
-    ds = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"])
+        token_lists = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"])["input_ids"]
     rows = pack_rows(
-        ds["input_ids"],
+        token_lists,
         int(data_cfg.max_seq_len),
         tokenizer.cls_token_id,
         tokenizer.sep_token_id,

@@ -21,7 +21,6 @@ from kdjax.data.corpus import proxy_subset
 from kdjax.errors import KdjaxError
 from kdjax.export import export_hf
 from kdjax.hooks import Prune
-from kdjax.latency import LatencyCache
 from kdjax.nas.history import History
 from kdjax.optim import OptimConfig
 from kdjax.pdt import STATE_FILE, save_minikd_state
@@ -61,8 +60,9 @@ class CandidateEvaluator:
         self.stop_after = int(nas.get("stop_after_evaluations", 0))
         self.progress = progress
         self.new_evaluations = 0
-        self.latency = LatencyCache(ctx.workdir.path("nas", "latency.json"), ctx.latency_cfg)
-        self.teacher_latency_ms = float(ctx.teacher_latency()["latency_ms"])
+        # Reward latencies: a fitted model (or side-by-side timing), so load on the machine cannot change decisions.
+        self.latency = ctx.search_latency()
+        self.teacher_latency_ms = self.latency.teacher_ms
         rows = proxy_subset(ctx.rows, float(nas.proxy_fraction), int(ctx.config.seed))
         self.batches = CappedBatches(
             rows, ctx.global_batch, ctx.masking, int(ctx.config.seed), int(nas.mini_kd_steps_per_epoch)
@@ -133,7 +133,9 @@ class CandidateEvaluator:
             log.warning("%s diverged: %s", spec.arch_id, e)
             diverged, train_s, compile_s, params = True, time.perf_counter() - t0, math.nan, None
         loss = select_loss(epoch_losses, self.loss_source) if epoch_losses and not diverged else math.nan
-        lat, lat_cached = self.latency.measure(spec, params["student"] if params is not None else None)
+        t_lat = time.perf_counter()
+        lat = self.latency.student(spec)
+        latency_s = time.perf_counter() - t_lat
         hf, export_s = None, 0.0
         if params is not None:
             t_exp = time.perf_counter()
@@ -158,7 +160,7 @@ class CandidateEvaluator:
             "spec": spec.searchable(),
             "params": spec.num_params,
             "flops_per_token": spec.flops_per_token(int(ctx.config.data.max_seq_len)),
-            "latency_ms": lat["latency_ms"],
+            **lat,
             "teacher_latency_ms": self.teacher_latency_ms,
             "speedup": self.teacher_latency_ms / lat["latency_ms"],
             "epoch_losses": epoch_losses,
@@ -170,7 +172,7 @@ class CandidateEvaluator:
             "mini_kd_steps": self.num_steps,
             "wall_s": train_s,
             "compile_s": None if math.isnan(compile_s) else compile_s,
-            "latency_s": 0.0 if lat_cached else lat.get("measure_s"),
+            "latency_s": latency_s,
             "export_s": export_s,
             "eval_s": time.perf_counter() - t0,
             "hf": hf,

@@ -8,11 +8,11 @@ Resuming and several workers: only COMPLETE and PRUNED trials count towards `num
 time until that many exist, with `MaxTrialsCallback` stopping workers that share one study. Before each trial the
 sampler is re-created with a seed derived from (seed, number of finished trials), so a resumed single-process study
 samples exactly what an unstopped one would have. With an RDB URL the storage gets heartbeats, and a trial whose
-worker died is retried by `RetryFailedTrialCallback`; when that worker was a process on this host that is gone (say a
-SIGKILLed single process, now resumed), its trial is failed and retried at once instead of after the heartbeat grace
-period. Workers that share a study finish exactly `num_trials`: a trial whose number makes it one too many (two
-workers raced for the last slot) stops before training and is recorded as FAIL with user attribute `surplus`; a worker
-with no open slot waits for the running trials or their heartbeats.
+worker died is retried by `RetryHeartbeatStaleTrialCallback`; when that worker was a process on this host that is
+gone (say a SIGKILLed single process, now resumed), its trial is failed and retried at once instead of after the
+heartbeat grace period. Workers that share a study finish exactly `num_trials`: a trial whose number makes it one
+too many (two workers raced for the last slot) stops before training and is recorded as FAIL with user attribute
+`surplus`; a worker with no open slot waits for the running trials or their heartbeats.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -48,12 +49,16 @@ def make_storage(url: str | None, heartbeat_interval: int = 60):
     if not url:
         return None
     if url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=int(heartbeat_interval),
-            grace_period=3 * int(heartbeat_interval),
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-        )
+        # The heartbeat API (optuna >= 4.9; `failed_trial_callback` / RetryFailedTrialCallback go away in v6) is
+        # marked experimental; its warning would be printed on every run without anything for the user to do.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=int(heartbeat_interval),
+                grace_period=3 * int(heartbeat_interval),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
     return url
 
 
@@ -182,8 +187,10 @@ def search(
             if not heartbeat:
                 break  # the other workers finish the study
             # Every open slot is being run by another worker: wait until it finishes, or until its heartbeat stops
-            # (its trial is then failed and re-queued by RetryFailedTrialCallback, and run here).
-            optuna.storages.fail_stale_trials(study)
+            # (its trial is then failed and re-queued by RetryHeartbeatStaleTrialCallback, and run here).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
             time.sleep(min(5.0, max(0.5, heartbeat_interval / 2)))
             continue
         position[0] = finished

@@ -1,7 +1,8 @@
 """The `nas` stage: derive the space, run the configured strategy, write history.jsonl and top_k.json.
 
-Workdir: `nas/history.jsonl` (every evaluated candidate; also the evaluation cache), `nas/latency.json` (student
-latencies), `nas/controller/` (LSTM controller checkpoints), `nas/optuna.db` (default Optuna storage),
+Workdir: `nas/history.jsonl` (every evaluated candidate; also the evaluation cache), `nas/latency.json` (the latency
+model or teacher timing the reward reads, pinned at the first start), `nas/controller/` (LSTM controller
+checkpoints), `nas/optuna.db` (default Optuna storage),
 `nas/candidates/<arch_id>/hf` (mini-KD students; only the top-k are kept at the end), `nas/top_k.json`.
 """
 
@@ -92,7 +93,8 @@ def run(ctx: RunContext) -> dict:
     print(
         f"nas: {strategy}, {_budget(nas)} candidates, mini-KD {evaluator.epochs} epochs x "
         f"{evaluator.batches.steps_per_epoch} steps on {len(evaluator.batches.rows)} proxy rows; "
-        f"teacher {evaluator.teacher_latency_ms:.2f} ms ({ctx.latency_cfg.key}); {len(history)} already evaluated"
+        f"teacher {evaluator.teacher_latency_ms:.2f} ms, {evaluator.latency.describe()}; "
+        f"{len(history)} already evaluated"
     )
     bar = tqdm(total=_budget(nas), desc=f"nas {strategy}", dynamic_ncols=True)
     best = [float("-inf")]

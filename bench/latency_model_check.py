@@ -1,0 +1,95 @@
+"""How well the fitted latency model predicts measured latencies, and XLA vs PyTorch batch-1 latency, on this machine.
+
+    python bench/latency_model_check.py [--timed-runs 30] [--seq-len 128] [--cache-dir DIR]
+
+Fits (or reuses from the machine cache) the latency model of the protocol, then times a few BERT-family shapes not in
+the calibration set under XLA (side by side, low percentile) and under PyTorch (`AutoModel.from_config`), and prints
+one JSON object: per shape the measured and modelled XLA latency, the model's relative error, the spread, and torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import common
+
+common.setup_env()
+# This checkout's kdjax, not an installed one.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SHAPES = ("12L-768H-12A-3072F-gelu", "6L-384H-12A-1536F-gelu", "4L-512H-8A-2048F-relu", "3L-256H-4A-1024F-gelu")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--timed-runs", type=int, default=30)
+    p.add_argument("--warmup-runs", type=int, default=5)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--cache-dir", default="")
+    args = p.parse_args()
+    import time
+
+    from kdjax.latency import LatencyConfig, MachineCache, spec_key
+    from kdjax.latency_model import load_or_fit
+    from kdjax.spec import ArchSpec, parse_arch_id
+    from kdjax.torch_latency import available, measure_folder
+
+    cfg = LatencyConfig(
+        seq_len=args.seq_len, warmup_runs=args.warmup_runs, timed_runs=args.timed_runs, cache_dir=args.cache_dir
+    )
+    cache = MachineCache(cfg)
+    t0 = time.perf_counter()
+    model = load_or_fit(cache)
+    fit_s = time.perf_counter() - t0
+    base = ArchSpec(12, 768, 12, 3072)
+    specs = [parse_arch_id(a, base) for a in SHAPES]
+    t0 = time.perf_counter()
+    measured = cache.measure_specs(specs)
+    rows = []
+    for s in specs:
+        m = measured[spec_key(s)]
+        pred = model.predict(s)
+        row = {
+            "arch": s.arch_id,
+            "xla_ms": m["latency_ms"],
+            "xla_p50_ms": m["p50_ms"],
+            "xla_spread_p90_over_p10": m["spread"],
+            "model_ms": pred,
+            "model_rel_err": (pred - m["latency_ms"]) / m["latency_ms"],
+        }
+        if available():
+            with tempfile.TemporaryDirectory() as d:
+                conf = {
+                    "model_type": "bert",
+                    "vocab_size": s.vocab_size,
+                    "hidden_size": s.hidden_size,
+                    "num_hidden_layers": s.num_layers,
+                    "num_attention_heads": s.num_heads,
+                    "intermediate_size": s.ffn_size,
+                    "hidden_act": s.activation,
+                }
+                with open(os.path.join(d, "config.json"), "w") as f:
+                    json.dump(conf, f)
+                t = measure_folder(d, cfg, cache)
+            row.update(torch_ms=t["latency_ms"], torch_spread_p90_over_p10=t["spread"])
+        rows.append(row)
+    common.print_json(
+        {
+            "protocol": cfg.key,
+            "machine": cache.machine,
+            "fit": model.fit,
+            "fit_s": fit_s,
+            "measure_s": time.perf_counter() - t0,
+            "shapes": rows,
+            "load_avg": os.getloadavg(),
+            "date": common.stamp(),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""PyTorch batch-1 latency of exported folders, and the report's measured / modelled / torch speed-up columns."""
+
+import json
+import os
+
+import pytest
+
+import kdjax.latency as latency
+from kdjax import report
+from kdjax.latency import LatencyConfig
+from kdjax.spec import ArchSpec
+from kdjax.torch_latency import available, measure_folder
+from kdjax.workdir import read_json, write_json
+
+pytest.importorskip("torch")
+
+TEACHER = ArchSpec(2, 64, 2, 128, vocab_size=100, max_position_embeddings=32)
+STUDENT = ArchSpec(1, 32, 2, 64, vocab_size=100, max_position_embeddings=32)
+
+
+def hf_folder(path, spec: ArchSpec) -> str:
+    """A folder as the export writes it, config only (the timing never reads weights)."""
+    conf = {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": spec.num_heads,
+        "intermediate_size": spec.ffn_size,
+        "hidden_act": spec.activation,
+        "max_position_embeddings": spec.max_position_embeddings,
+    }
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(conf, f)
+    return str(path)
+
+
+def cfg(tmp_path) -> LatencyConfig:
+    return LatencyConfig(seq_len=16, warmup_runs=1, timed_runs=5, cache_dir=str(tmp_path / "mc"))
+
+
+def test_torch_latency_is_measured_once_per_machine(tmp_path, monkeypatch):
+    assert available()
+    folder = hf_folder(tmp_path / "s" / "hf", STUDENT)
+    res = measure_folder(folder, cfg(tmp_path))
+    assert res["latency_ms"] > 0 and res["runs"] == 5 and res["device"] == "cpu" and res["p90_ms"] >= res["latency_ms"]
+
+    def fail(run):
+        raise AssertionError("re-timed a cached folder")
+
+    monkeypatch.setattr(latency, "_timed_run", fail)
+    assert measure_folder(folder, cfg(tmp_path)) == res
+    assert measure_folder(str(tmp_path / "no-such-folder"), cfg(tmp_path)) is None
+
+
+def test_report_speedup_columns(tmp_path):
+    root = str(tmp_path / "w")
+    c = cfg(tmp_path)
+    folders = {"teacher": hf_folder(tmp_path / "t", TEACHER), "nas": hf_folder(tmp_path / "s" / "hf", STUDENT)}
+    key = "teacher-id|proto|machine"
+    write_json(os.path.join(root, "teacher", "latency.json"), {key: {"latency_ms": 50.0}, "old|x|y": {"latency_ms": 1}})
+    for model, kind, spec in (("teacher", "teacher", TEACHER), (f"nas-{STUDENT.arch_id}", "nas", STUDENT)):
+        rec = {
+            "model": model,
+            "kind": kind,
+            "arch_id": spec.arch_id,
+            "source": folders[kind],
+            "task": "rte",
+            "scores": {"accuracy": 0.6},
+            "params": spec.num_params,
+            "spec": spec.to_dict(),
+        }
+        write_json(os.path.join(root, "glue", model, "rte.json"), rec)
+    os.makedirs(os.path.join(root, "nas"))
+    with open(os.path.join(root, "nas", "history.jsonl"), "w") as f:
+        row = {"arch_id": STUDENT.arch_id, "latency_ms": 1.0, "speedup": 7.0, "latency_source": "model", "reward": 0.5}
+        f.write(json.dumps({"strategy": "lstm", "loss": 0.3, **row}) + "\n")
+    report.build_report(root, latency_cfg=c, teacher_key=key)
+    rows = {r["kind"]: r for r in read_json(os.path.join(root, "report", "glue.json"))["rows"]}
+    s, t = rows["nas"], rows["teacher"]
+    assert t["latency_ms"] == 50.0  # this teacher's entry, not the old one's
+    assert s["speedup_model"] == 7.0 and s["latency_ms"] != 1.0  # modelled latency is not shown as measured
+    assert s["speedup"] == pytest.approx(50.0 / s["latency_ms"])
+    assert (
+        t["torch_ms"] > 0 and s["torch_ms"] > 0 and s["torch_speedup"] == pytest.approx(t["torch_ms"] / s["torch_ms"])
+    )
+    md = open(os.path.join(root, "report", "glue.md")).read()
+    assert "torch speed-up" in md and "modelled speed-up" in md and "7.0x" in md
+    # Without the key the report cannot tell which of two teachers is this workdir's: no teacher latency.
+    assert report.teacher_latency_ms(root, None) is None
