@@ -74,7 +74,11 @@ class Checkpointer:
         self._closed = False
         self._final_steps: list[int] = []
         if settings is not None:
-            self._check_settings(settings)
+            try:
+                self._check_settings(settings)
+            except BaseException:
+                self.close()  # Orbax's background threads must not outlive a refused or failed start
+                raise
 
     def _check_settings(self, settings: dict) -> None:
         """Record `settings` beside fresh checkpoints; refuse to resume checkpoints made with other settings."""
