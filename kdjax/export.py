@@ -37,9 +37,28 @@ def hf_config(spec: ArchSpec, teacher_config: dict, extra: dict | None = None) -
         pad_token_id=spec.pad_token_id,
         layer_norm_eps=spec.layer_norm_eps,
     )
+    # The version that wrote this file, not the one that wrote the teacher's (transformers reads it for warnings).
+    cfg["transformers_version"] = _transformers_version()
     if extra:
         cfg["kdjax"] = extra
     return cfg
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def teacher_label(source: str) -> str:
+    """How a published card names the teacher: the hub id as typed, or only the folder's name (a local path means
+    nothing to readers and leaks the author's file layout)."""
+    if not source:
+        return ""
+    path = os.path.expanduser(source)
+    if os.path.isdir(path) or source.startswith((".", "~", os.sep)):
+        return os.path.basename(os.path.normpath(path))
+    return source
 
 
 def torch_state_dict(encoder_params: dict, pooler: dict | None = None) -> dict[str, np.ndarray]:
@@ -63,11 +82,12 @@ def torch_state_dict(encoder_params: dict, pooler: dict | None = None) -> dict[s
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def _model_card(spec: ArchSpec, teacher_source: str, info: dict) -> str:
+def _model_card(spec: ArchSpec, teacher: str, info: dict) -> str:
+    origin = f" from `{teacher}`" if teacher else ""
     lines = [
         f"# kdjax student {spec.arch_id}",
         "",
-        f"Distilled with [kdjax](https://github.com/) from `{teacher_source}`.",
+        f"Distilled with kdjax (search, knowledge distillation and GLUE scoring of BERT-family students){origin}.",
         "",
         "| field | value |",
         "|---|---|",
@@ -100,7 +120,7 @@ def export_hf(
 
     tmp = directory.rstrip("/") + ".tmp"
     os.makedirs(tmp, exist_ok=True)
-    info = dict(info or {})
+    info = {k: teacher_label(str(v)) if k == "teacher" else v for k, v in (info or {}).items()}
     with open(os.path.join(tmp, "config.json"), "w") as f:
         json.dump(hf_config(spec, teacher_config, {"arch_id": spec.arch_id, **info}), f, indent=2)
     save_file(
@@ -108,7 +128,7 @@ def export_hf(
     )
     tokenizer.save_pretrained(tmp)
     with open(os.path.join(tmp, "README.md"), "w") as f:
-        f.write(_model_card(spec, teacher_source, info))
+        f.write(_model_card(spec, teacher_label(teacher_source), info))
     if os.path.exists(directory):
         import shutil
 

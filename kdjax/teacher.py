@@ -1,37 +1,51 @@
-"""Load a pretrained HF Flax teacher (hub id or local folder) and convert it to kdjax's encoder layout.
+"""Load a pretrained teacher (hub id, local folder or built-in random one) and convert it to kdjax's encoder layout.
 
-This is the only module that imports transformers' model classes. The teacher then runs through
-`kdjax.models.Encoder` with its converted weights, so a distillation step computes no vocabulary logits unless a
-logit loss is on, and uses fused attention.
+This is the only module that imports transformers' model classes. A hub id is first resolved to its local snapshot
+folder (`kdjax.hub`), so hub ids and folders take one code path: the weight file is checked, the pretrained pooler read
+from it, and the body converted by transformers' Flax classes. The teacher then runs through `kdjax.models.Encoder`
+with its converted weights, so a distillation step computes no vocabulary logits unless a logit loss is on, and uses
+fused attention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.config import RANDOM_TEACHERS
-from kdjax.errors import KdjaxError
+from kdjax.hub import (
+    TOKENIZER_FILES,
+    WEIGHT_FILES,
+    TeacherError,
+    looks_like_hub_id,
+    pickle_refused,
+    snapshot_folder,
+)
 from kdjax.spec import ACTIVATIONS, ArchSpec
 
-# Quiet transformers' Flax deprecation banner and hub chatter; real errors still raise.
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
+__all__ = ["Teacher", "TeacherError", "load_teacher", "resolve_source", "spec_from_hf_config"]
 
 _ACT_ALIASES = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "relu": "relu"}
 _ACT_ALIASES |= {"silu": "silu", "swish": "silu"}
 # Prefix of the base model inside the masked-LM class, and the MLM head's key.
 _PREFIX = {"bert": ("bert", "cls"), "roberta": ("roberta", "lm_head"), "albert": ("albert", "predictions")}
-
-
-class TeacherError(KdjaxError, ValueError):
-    """The teacher cannot be loaded (unknown id, missing files, unsupported architecture)."""
+_REQUIRED = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+)
 
 
 @dataclasses.dataclass
@@ -43,11 +57,30 @@ class Teacher:
     params: dict
     tokenizer: Any
     hf_config: dict
+    # What the user named: a hub id, or the folder's path (the materialised folder for a random teacher).
     source: str
+    # The local folder the files were read from (a hub id's snapshot in the hub cache; else `source`).
+    folder: str = ""
 
     @property
     def has_mlm_head(self) -> bool:
         return "mlm_head" in self.params
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' Flax deprecation banner and load chatter for one call; real errors still raise."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
 
 
 def spec_from_hf_config(cfg: dict) -> ArchSpec:
@@ -56,6 +89,9 @@ def spec_from_hf_config(cfg: dict) -> ArchSpec:
     family = mtype if mtype in _PREFIX else None
     if family is None:
         raise TeacherError(f"unsupported teacher model_type {mtype!r}; kdjax supports bert, roberta and albert")
+    missing = [k for k in _REQUIRED if not isinstance(cfg.get(k), int) or cfg[k] <= 0]
+    if missing:
+        raise TeacherError(f"teacher config.json lacks a positive integer {missing[0]!r}")
     act = _ACT_ALIASES.get(cfg.get("hidden_act", "gelu"))
     if act is None or act not in ACTIVATIONS:
         raise TeacherError(f"unsupported activation {cfg.get('hidden_act')!r}")
@@ -92,6 +128,12 @@ def _albert_layer_to_bert(layer: dict) -> dict:
     }
 
 
+def _pooler_of(base: dict) -> dict | None:
+    """BERT/RoBERTa nest the pooler's Dense as `pooler/dense`; ALBERT's pooler is the Dense itself."""
+    p = base.get("pooler")
+    return None if p is None else dict(p.get("dense", p))
+
+
 def convert_hf_params(family: str, hf_params: dict) -> dict:
     """transformers Flax params (base model or masked-LM class) -> {'encoder', 'mlm_head'?, 'pooler'?}."""
     base_key, head_key = _PREFIX[family]
@@ -106,8 +148,9 @@ def convert_hf_params(family: str, hf_params: dict) -> dict:
     else:
         enc["encoder"] = {"layer": base["encoder"]["layer"]}
     out = {"encoder": enc}
-    if "pooler" in base:
-        out["pooler"] = base["pooler"]["dense"]
+    pooler = _pooler_of(base)
+    if pooler is not None:
+        out["pooler"] = pooler
     head = hf_params.get(head_key)
     if head is not None:
         if family == "bert":
@@ -120,52 +163,68 @@ def convert_hf_params(family: str, hf_params: dict) -> dict:
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
 
 
-def _weight_keys(folder: str) -> tuple[str, set[str]]:
-    """(format, parameter names) of the weights in a local folder; format in msgpack|safetensors|pickle."""
-    if os.path.exists(os.path.join(folder, "flax_model.msgpack")):
-        from flax.serialization import msgpack_restore
-        from flax.traverse_util import flatten_dict
-
-        with open(os.path.join(folder, "flax_model.msgpack"), "rb") as f:
-            tree = msgpack_restore(f.read())
-        return "msgpack", {"/".join(k) for k in flatten_dict(tree)}
-    if os.path.exists(os.path.join(folder, "model.safetensors")):
-        from safetensors import safe_open
-
-        with safe_open(os.path.join(folder, "model.safetensors"), "np") as f:
-            return "safetensors", set(f.keys())
-    if os.path.exists(os.path.join(folder, "pytorch_model.bin")):
-        return "pickle", set()
+def _weight_file(folder: str) -> tuple[str, str]:
+    """(format, path) of the weights kdjax reads from `folder`; format in msgpack|safetensors|pickle."""
+    for fmt, name in WEIGHT_FILES:
+        if os.path.exists(os.path.join(folder, name)):
+            return fmt, os.path.join(folder, name)
     raise TeacherError(f"teacher folder {folder} has no flax_model.msgpack, model.safetensors or pytorch_model.bin")
 
 
-def _read_pooler(folder: str, fmt: str, family: str) -> dict | None:
-    """The pretrained pooler (dense + tanh on [CLS]) straight from the weight file, for GLUE fine-tuning."""
-    base = _PREFIX[family][0]
-    if fmt == "safetensors":
-        from safetensors import safe_open
-
-        with safe_open(os.path.join(folder, "model.safetensors"), "np") as f:
-            for prefix in (f"{base}.pooler.dense", "pooler.dense"):
-                if f"{prefix}.weight" in f:
-                    return {"kernel": f.get_tensor(f"{prefix}.weight").T, "bias": f.get_tensor(f"{prefix}.bias")}
-    elif fmt == "msgpack":
-        from flax.serialization import msgpack_restore
-
-        with open(os.path.join(folder, "flax_model.msgpack"), "rb") as f:
-            tree = msgpack_restore(f.read())
-        tree = tree.get(base, tree)
-        if "pooler" in tree:
-            return dict(tree["pooler"]["dense"])
+def _torch_pooler(tensors: dict, base: str) -> dict | None:
+    """The pooler from PyTorch names: `bert.pooler.dense.*`, ALBERT's `albert.pooler.*`, or a base model's."""
+    for prefix in (f"{base}.pooler.dense", "pooler.dense", f"{base}.pooler", "pooler"):
+        if f"{prefix}.weight" in tensors and f"{prefix}.bias" in tensors:
+            return {"kernel": np.asarray(tensors[f"{prefix}.weight"]).T, "bias": np.asarray(tensors[f"{prefix}.bias"])}
     return None
 
 
-def _has_head(family: str, fmt: str, keys: set[str]) -> bool:
-    head = {"bert": "cls.predictions", "roberta": "lm_head", "albert": "predictions"}[family]
-    sep_head = head.replace(".", "/")
+def _inspect_weights(path: str, fmt: str, family: str) -> tuple[set[str], dict | None]:
+    """(parameter names, pretrained pooler or None) read straight from the weight file; damage is one error line."""
+    base = _PREFIX[family][0]
     if fmt == "pickle":
-        return True  # cannot tell without unpickling; transformers warns if it is missing
-    return any(k.startswith(head) or k.startswith(sep_head) for k in keys)
+        try:
+            import torch
+        except ImportError as e:
+            raise TeacherError(f"reading {path} needs PyTorch (pip install torch); or convert it to safetensors") from e
+    try:
+        if fmt == "msgpack":
+            from flax.serialization import msgpack_restore
+            from flax.traverse_util import flatten_dict
+
+            with open(path, "rb") as f:
+                tree = msgpack_restore(f.read())
+            if not isinstance(tree, dict):
+                raise ValueError("not a parameter tree")
+            return {"/".join(k) for k in flatten_dict(tree)}, _pooler_of(tree.get(base, tree))
+        if fmt == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, "np") as f:
+                keys = set(f.keys())
+                wanted = [k for k in keys if ".pooler" in f".{k}"]
+                return keys, _torch_pooler({k: f.get_tensor(k) for k in wanted}, base)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError("not a state dict")
+        pooler = {k: v.float().numpy() for k, v in state.items() if ".pooler" in f".{k}"}
+        return set(state), _torch_pooler(pooler, base)
+    except TeacherError:
+        raise
+    except Exception as e:
+        raise TeacherError(
+            f"teacher weights {path} are damaged or truncated ({_first_line(e)}); download or save them again"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _has_head(family: str, keys: set[str]) -> bool:
+    head = {"bert": "cls.predictions", "roberta": "lm_head", "albert": "predictions"}[family]
+    return any(k.startswith((head, head.replace(".", "/"))) for k in keys)
 
 
 def _random_teacher(name: str, save_dir: str, seed: int) -> str:
@@ -183,85 +242,97 @@ def _random_teacher(name: str, save_dir: str, seed: int) -> str:
         f.write("\n".join(vocab) + "\n")
     tok = BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True)
     cfg = BertConfig(vocab_size=len(vocab), max_position_embeddings=512, **RANDOM_TEACHERS[name])
-    model = FlaxBertForMaskedLM(cfg, seed=seed)
+    with _quiet():
+        model = FlaxBertForMaskedLM(cfg, seed=seed)
     model.save_pretrained(save_dir)
     tok.save_pretrained(save_dir)
     return save_dir
 
 
-def resolve_source(name: str, random_dir: str | None = None, seed: int = 0) -> str:
-    """The local folder or hub id that `name` stands for (random teachers are materialised into `random_dir`)."""
+def resolve_source(name: str, random_dir: str | None = None, seed: int = 0, allow_pickle: bool = False) -> str:
+    """The local folder `name` stands for: a random teacher materialised into `random_dir`, a folder, or the
+    local snapshot of a hub id (downloaded if missing and the hub is reachable)."""
     if name in RANDOM_TEACHERS:
         if random_dir is None:
             raise TeacherError(f"random teacher {name!r} needs a folder to be written to")
         return _random_teacher(name, os.path.join(random_dir, name), seed)
-    return os.path.expanduser(name)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise TeacherError(f"teacher {name} is a file; give the folder that holds config.json and the weights")
+    if not looks_like_hub_id(name):
+        raise TeacherError(f"teacher folder {name} does not exist")
+    return snapshot_folder(name, allow_pickle)
 
 
-def load_config_dict(source: str) -> dict:
-    """The teacher's config.json as a dict (local folder or hub)."""
-    if os.path.isdir(source):
-        path = os.path.join(source, "config.json")
-        if not os.path.exists(path):
-            raise TeacherError(f"teacher folder {source} has no config.json")
-        with open(path) as f:
-            return json.load(f)
-    from transformers import AutoConfig
-
+def load_config_dict(folder: str) -> dict:
+    """The teacher's config.json as a dict; a missing or malformed file is one error line."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        raise TeacherError(f"teacher folder {folder} has no config.json")
     try:
-        return AutoConfig.from_pretrained(source).to_dict()
-    except Exception as e:
-        if os.path.sep in source or source.startswith("."):
-            raise TeacherError(f"teacher folder {source} does not exist") from e
-        raise TeacherError(f"cannot load teacher {source!r}: not a local folder and not reachable on the hub") from e
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise TeacherError(f"teacher config {path} is not valid JSON: {_first_line(e)}") from e
+    if not isinstance(cfg, dict):
+        raise TeacherError(f"teacher config {path} is not a JSON object")
+    return cfg
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(folder: str):
+    """The teacher's tokenizer from `folder`; a folder without tokenizer files is one error line, not a TypeError."""
     from transformers import AutoTokenizer
 
+    vocab_files = [n for n in TOKENIZER_FILES if n == "tokenizer.json" or n.endswith((".txt", ".model"))]
+    if not any(os.path.exists(os.path.join(folder, n)) for n in vocab_files):
+        raise TeacherError(
+            f"teacher folder {folder} has no tokenizer (tokenizer.json, vocab.txt, vocab.json + merges.txt or "
+            "spiece.model); copy the tokenizer files of the model it was trained from into it"
+        )
     try:
-        return AutoTokenizer.from_pretrained(source)
+        with _quiet():
+            return AutoTokenizer.from_pretrained(folder)
     except Exception as e:
-        raise TeacherError(f"cannot load the tokenizer of {source!r}: {e}") from e
+        raise TeacherError(f"cannot load the tokenizer in {folder}: {_first_line(e)}") from e
+
+
+def _load_hf_params(folder: str, fmt: str, family: str, has_head: bool) -> dict:
+    """The weights through transformers' Flax class (PyTorch names converted by transformers' own mapping)."""
+    from transformers import FlaxAutoModel, FlaxAutoModelForMaskedLM
+
+    # Without a head the base class keeps the pooler; with one, the pooler is read from the file.
+    model_cls = FlaxAutoModelForMaskedLM if has_head else FlaxAutoModel
+    try:
+        with _quiet():
+            if fmt == "msgpack":
+                # Flax weights: skip transformers' random init before loading (seconds per load; from_pt needs it).
+                _, hf_params = model_cls.from_pretrained(folder, _do_init=False)
+                return hf_params
+            return model_cls.from_pretrained(folder, from_pt=True).params
+    except Exception as e:
+        raise TeacherError(f"cannot load teacher weights from {folder}: {_first_line(e)}") from e
 
 
 def load_teacher(name: str, *, allow_pickle: bool = False, random_dir: str | None = None, seed: int = 0) -> Teacher:
     """Load a teacher by hub id, local folder, or built-in random name; return it in kdjax's layout."""
-    import transformers
-    from transformers import FlaxAutoModel, FlaxAutoModelForMaskedLM
-
-    transformers.logging.set_verbosity_error()
-    source = resolve_source(name, random_dir, seed)
-    cfg = load_config_dict(source)
+    folder = resolve_source(name, random_dir, seed, allow_pickle)
+    cfg = load_config_dict(folder)
     spec = spec_from_hf_config(cfg)
-    kwargs: dict[str, Any] = {}
-    has_head, pooler, fmt = True, None, None
-    if os.path.isdir(source):
-        fmt, keys = _weight_keys(source)
-        if fmt == "pickle" and not allow_pickle:
-            raise TeacherError(
-                f"teacher folder {source} only has pickle weights (pytorch_model.bin); "
-                "convert them to safetensors or set --config.teacher.allow_pickle=true"
-            )
-        kwargs["from_pt"] = fmt != "msgpack"
-        has_head = _has_head(spec.family, fmt, keys)
-        pooler = _read_pooler(source, fmt, spec.family) if has_head else None
-    # Without a head the base class keeps the pooler; with one, the pooler is read from the file above.
-    model_cls = FlaxAutoModelForMaskedLM if has_head else FlaxAutoModel
+    tokenizer = load_tokenizer(folder)  # before the weights: a missing tokenizer fails in a second
+    fmt, path = _weight_file(folder)
+    if fmt == "pickle" and not allow_pickle:
+        raise pickle_refused(name if not os.path.isdir(os.path.expanduser(name)) else f"folder {folder}")
+    keys, pooler = _inspect_weights(path, fmt, spec.family)
+    has_head = _has_head(spec.family, keys)
+    hf_params = _load_hf_params(folder, fmt, spec.family, has_head)
     try:
-        if kwargs.get("from_pt") is False:
-            # Flax weights: skip transformers' random init before loading (seconds per load; from_pt needs it).
-            _, hf_params = model_cls.from_pretrained(source, _do_init=False)
-        else:
-            hf_params = model_cls.from_pretrained(source, **kwargs).params
-    except Exception as e:
-        if os.path.isdir(source):
-            raise TeacherError(f"cannot load teacher weights from {source}: {e}") from e
-        try:  # hub checkpoints without Flax weights
-            hf_params = model_cls.from_pretrained(source, from_pt=True).params
-        except Exception as e2:
-            raise TeacherError(f"cannot load teacher {source!r}: {e2}") from e2
-    params = convert_hf_params(spec.family, hf_params)
+        params = convert_hf_params(spec.family, hf_params)
+    except (KeyError, TypeError) as e:
+        missing = _first_line(e)
+        raise TeacherError(f"teacher weights in {folder} lack parameter {missing} of a {spec.family} model") from e
     if pooler is not None:
         params["pooler"] = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), pooler)
-    return Teacher(spec=spec, params=params, tokenizer=load_tokenizer(source), hf_config=cfg, source=source)
+    source = folder if name in RANDOM_TEACHERS or os.path.isdir(os.path.expanduser(name)) else name
+    return Teacher(spec=spec, params=params, tokenizer=tokenizer, hf_config=cfg, source=source, folder=folder)
