@@ -103,8 +103,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
     del argv
-    from kdjax import pipeline
-    from kdjax.errors import KdjaxError
+    try:
+        from kdjax import pipeline
+        from kdjax.errors import KdjaxError
+    except KeyboardInterrupt:
+        print(
+            "kdjax: error: interrupted before any stage started; run the same command to start again", file=sys.stderr
+        )
+        sys.exit(2)
 
     # Our progress lines at INFO; library chatter (orbax, absl, transformers) only from WARNING up.
     absl_logging.set_verbosity(absl_logging.WARNING)

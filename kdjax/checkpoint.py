@@ -1,17 +1,24 @@
 """Orbax checkpointing (the only module that imports orbax): one `Checkpointer` per stage.
 
 Each checkpoint holds a pytree `state` (what changes: student, projection, optimizer, step; or controller and
-baseline) and a JSON `meta` (data position, history length, anything a resume needs). Orbax writes into a temporary
-folder and renames it when complete, so a kill during a save never leaves a step that looks finished. A step whose
-files are damaged anyway is skipped with a warning naming it, and the previous good step is restored.
+baseline) and a JSON `meta` (data position, history length, anything a resume needs). Orbax decides which steps are
+saved (every `interval_steps` and the final step), writes them in a background thread, and renames a step's temporary
+folder when it is complete, so a kill during a save never leaves a step that looks finished. A step whose files are
+damaged anyway is skipped with a warning naming it, and the previous good step is restored.
+
+`settings.json` beside the steps records what the checkpoints were made with (architecture, optimiser and schedule,
+corpus, seed); a run with other settings stops instead of resuming from them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import glob
+import json
 import logging
 import os
+import shutil
 import sys
 import time
 from typing import Any
@@ -19,51 +26,122 @@ from typing import Any
 import orbax.checkpoint as ocp
 
 from kdjax.errors import KdjaxError
+from kdjax.interrupts import deferred
 
 log = logging.getLogger(__name__)
+
+TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(KdjaxError, RuntimeError):
     """No checkpoint could be restored although some exist."""
 
 
+class SettingsMismatchError(KdjaxError):
+    """The checkpoints on disk were made with other settings than this run's."""
+
+
 class Checkpointer:
     """Thin wrapper over `ocp.CheckpointManager` with keep-N, interval, and fallback to older steps on restore."""
 
-    def __init__(self, directory: str, *, keep: int = 3, interval_steps: int = 1, async_save: bool = False):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int = 3,
+        interval_steps: int = 1,
+        final_step: int | None = None,
+        settings: dict | None = None,
+        async_save: bool = True,
+    ):
         self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
+        # Orbax's default policy also saves the very first step of a fresh run; spelled out, only the interval and
+        # the final step are saved (a step-1 save would also flush a metrics row the log interval did not ask for).
+        policies: list = [ocp.checkpoint_managers.FixedIntervalPolicy(max(1, int(interval_steps)))]
+        if final_step:
+            policies.append(ocp.checkpoint_managers.SpecificStepsPolicy(frozenset({int(final_step)})))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
-            save_interval_steps=interval_steps,
+            save_interval_steps=max(1, int(interval_steps)),
+            save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # The newest step the caller has reached (asked `should_save` about or saved): where an interrupt stopped it.
+        self.reached: int | None = None
+        self._closed = False
+        self._final_steps: list[int] = []
+        if settings is not None:
+            try:
+                self._check_settings(settings)
+            except BaseException:
+                self.close()  # Orbax's background threads must not outlive a refused or failed start
+                raise
+
+    def _check_settings(self, settings: dict) -> None:
+        """Record `settings` beside fresh checkpoints; refuse to resume checkpoints made with other settings."""
+        path = os.path.join(self.directory, "settings.json")
+        current = json.loads(json.dumps(settings))
+        old = None
+        if self.steps() and os.path.exists(path):
+            try:
+                with open(path) as f:
+                    old = json.load(f)
+            except (OSError, ValueError):
+                log.warning("%s is unreadable; assuming its checkpoints match this run's settings", path)
+        if isinstance(old, dict):
+            diffs = [
+                f"{key} = {_show(old.get(key))} (this run: {_show(current.get(key))})"
+                for key in old.keys() | current.keys()
+                if old.get(key) != current.get(key)
+            ]
+            if diffs:
+                raise SettingsMismatchError(
+                    f"the checkpoints in {self.directory} were made with other settings: {'; '.join(sorted(diffs))}; "
+                    "run with --config.force=true to start again from scratch, or use another --workdir"
+                )
+            return
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(current, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
 
     def steps(self) -> list[int]:
+        if self._closed:
+            return list(self._final_steps)
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def save(self, step: int, state: Any, meta: dict | None = None, *, force: bool = False) -> bool:
-        """Save `state` (pytree) and `meta` (JSON) at `step`; returns whether a checkpoint was written."""
+    def should_save(self, step: int) -> bool:
+        """Whether Orbax's policy saves `step` (the caller prepares `meta` only then); also records progress."""
+        self.reached = step
+        return bool(self._manager.should_save(step))
+
+    def save(self, step: int, state: Any, meta: dict | None = None) -> bool:
+        """Save `state` (pytree) and `meta` (JSON) at `step` if the policy says so; returns whether it saves.
+
+        The write goes on in the background: Orbax waits for it before the next save, and `close` waits at the end.
+        Orbax copies the arrays to host memory in the blocking part of the save, so `state` may be donated next.
+        """
+        self.reached = step
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
-        if step in self._manager.all_steps():
-            # Only after a fallback past a damaged step: the run re-reaches it and replaces it.
-            log.warning("replacing checkpoint step %d in %s", step, self.directory)
-            self._manager.delete(step)
-        saved = self._manager.save(step, args=args, force=force)
-        self._manager.wait_until_finished()
-        return bool(saved)
+        # Ctrl-C or SIGTERM in the middle of starting a save would leave a temporary folder that a background thread
+        # still writes to; they take effect once the save is handed to that thread (`close` then waits for it).
+        with deferred():
+            return bool(self._manager.save(step, args=args))
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
         """Restore (step, state, meta) from `step` or the newest good step; None when there is no checkpoint.
 
         `abstract_state` is a pytree of arrays or `jax.ShapeDtypeStruct`s (with shardings) giving the target layout.
         """
+        self._manager.wait_until_finished()  # a save of this manager still being written is read complete
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:
             return None
@@ -86,7 +164,10 @@ class Checkpointer:
                 except Exception as e:
                     failures.append((s, e))
             if failures:
-                time.sleep(1.0)
+                # Abandoned reads may still be finishing (later under load): from now on their tracebacks are
+                # filtered out of stderr for the rest of the process instead of muting it for a guessed time.
+                _filter_event_loop_tracebacks()
+                time.sleep(0.2)
                 _drop_orphaned_read_errors()
         for s, err in failures:
             # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
@@ -95,11 +176,31 @@ class Checkpointer:
         if result is None:
             detail = "; ".join(f"step {s}: {type(e).__name__}" for s, e in failures)
             raise CheckpointError(f"no readable checkpoint in {self.directory} ({detail})")
+        for s, _ in failures:
+            if s > result[0]:
+                # The run goes on from an older step and re-reaches this one; Orbax saves only steps past the newest.
+                log.warning("removing unreadable checkpoint step %d (resuming from step %d)", s, result[0])
+                self._manager.delete(s)
         return result
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for a save still being written, then drop temporary folders a save cut short left behind."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with deferred():
+                self._manager.wait_until_finished()
+            self._manager.reload()  # a save an interrupt cut into may have landed without the manager listing it
+            self._final_steps = sorted(self._manager.all_steps())
+            self._manager.close()
+        finally:
+            for tmp in glob.glob(os.path.join(self.directory, f"*{TMP_MARK}*")):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
 def _quiet_abandoned_futures(record: logging.LogRecord) -> bool:
@@ -126,6 +227,67 @@ def _stderr_muted():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+_DROP = b"RuntimeError: Event loop is closed"
+_HEAD = b"Traceback (most recent call last):"
+_relay: list = []
+
+
+def _filter_event_loop_tracebacks() -> None:
+    """Relay file descriptor 2 through a pipe that drops 'Event loop is closed' tracebacks, until the process ends.
+
+    Everything else (log lines, progress bars, the final error line) passes through unchanged; traceback blocks are
+    held until their last line shows which exception they report. An `atexit` hook drains the pipe, so nothing
+    written before exit is lost.
+    """
+    if _relay:
+        return
+    import atexit
+    import threading
+
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        pending, block = b"", b""
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            out = b""
+            for line in lines:
+                if block:
+                    block += line + b"\n"
+                    if line[:1] not in (b" ", b"\t"):  # the exception line ends the block
+                        out += b"" if line.startswith(_DROP) else block
+                        block = b""
+                elif line.startswith(_HEAD):
+                    block = line + b"\n"
+                else:
+                    out += line + b"\n"
+            if pending and not block and not _HEAD.startswith(pending[: len(_HEAD)]):
+                out, pending = out + pending, b""  # progress bars redraw without a newline: pass them on now
+            if out:
+                os.write(real, out)
+        os.write(real, block + pending)
+        os.close(read_end)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the pump reads to the end and stops
+        thread.join(timeout=5)
+
+    atexit.register(drain)
+    _relay.append(thread)
 
 
 def _drop_orphaned_read_errors() -> None:

@@ -63,6 +63,8 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.stages = ",".join(STAGES)
     # Re-run stages that already finished (otherwise they are skipped).
     c.force = False
+    # When another process holds the workdir's lock: wait for it (true) or stop at once naming it (false).
+    c.wait_for_lock = False
 
     c.teacher = ml_collections.ConfigDict()
     # Hub id, local folder, or a built-in random teacher (see kdjax.config.RANDOM_TEACHERS).

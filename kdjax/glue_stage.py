@@ -38,6 +38,7 @@ from kdjax.config import split_list
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
+from kdjax.nas.topk import read_top_k
 from kdjax.search_space import SearchSpace
 from kdjax.sharding import compute_dtype
 from kdjax.spec import ArchSpec, is_arch_id
@@ -117,7 +118,7 @@ def _top_k(ctx: RunContext) -> list[ModelRef]:
         print("glue: 'top_k' needs nas/top_k.json (run the nas stage); skipping it")
         return []
     refs = []
-    for entry in read_json(path).get("top_k", []):
+    for entry in read_top_k(ctx.workdir.path("nas"), ctx.config.nas):
         refs += variants(ctx, entry["arch_id"])
     return refs
 

@@ -77,7 +77,8 @@ class LogMetrics(Hook):
 
 @dataclasses.dataclass
 class SaveCheckpoints(Hook):
-    """Saves every `every` steps and after the last step; restores the newest good checkpoint before the first."""
+    """Offers every report to the checkpointer, whose Orbax policy saves every `every` steps and the last step (the
+    checkpointer's interval; `every` makes those report steps); restores the newest good checkpoint first."""
 
     checkpointer: Checkpointer
     every: int = 0
@@ -86,8 +87,8 @@ class SaveCheckpoints(Hook):
         return self.checkpointer.restore(state)
 
     def __call__(self, report: Report) -> None:
-        if report.step == report.num_steps or (self.every and report.step % self.every == 0):
-            self.checkpointer.save(report.step, report.state, report.resume_meta, force=True)
+        if self.checkpointer.should_save(report.step):
+            self.checkpointer.save(report.step, report.state, report.resume_meta)
 
 
 @dataclasses.dataclass

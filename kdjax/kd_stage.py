@@ -3,9 +3,14 @@ the search winners when kd.pdt_steps > 0 (kdjax/pdt.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 import os
+
+import jax
+import numpy as np
 
 from kdjax import pdt, plan
 from kdjax.checkpoint import Checkpointer
@@ -14,6 +19,8 @@ from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
 from kdjax.hooks import LogMetrics, SaveCheckpoints
+from kdjax.interrupts import Interrupted
+from kdjax.nas.topk import read_top_k
 from kdjax.optim import OptimConfig
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params, initial_projection
@@ -26,12 +33,55 @@ log = logging.getLogger(__name__)
 
 def chosen_arch(ctx: RunContext) -> tuple[str, str]:
     """(arch id, where it came from): the search's best when nas/top_k.json exists, else config.kd.arch."""
-    path = ctx.workdir.path("nas", "top_k.json")
-    if os.path.exists(path):
-        top = read_json(path)
-        if top.get("top_k"):
-            return top["top_k"][0]["arch_id"], "nas/top_k.json"
+    top = read_top_k(ctx.workdir.path("nas"), ctx.config.nas)
+    if top:
+        return top[0]["arch_id"], "nas/top_k.json"
     return str(ctx.config.kd.arch), "config.kd.arch"
+
+
+_digests: dict[int, str] = {}
+
+
+def _digest(tree) -> str:
+    """A fingerprint of a pytree of arrays: paths, shapes, dtypes and the first 4096 values of each leaf."""
+    key = id(tree)
+    if key not in _digests:
+        h = hashlib.blake2b(digest_size=8)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            arr = np.asarray(jax.device_get(leaf))
+            h.update(f"{jax.tree_util.keystr(path)}:{arr.shape}:{arr.dtype}".encode())
+            h.update(np.ascontiguousarray(arr.reshape(-1)[:4096]).tobytes())
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def _rows_digest(rows: np.ndarray) -> str:
+    key = id(rows)
+    if key not in _digests:
+        _digests[key] = hashlib.blake2b(np.ascontiguousarray(rows).tobytes(), digest_size=8).hexdigest()
+    return _digests[key]
+
+
+def kd_settings(ctx: RunContext, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
+    """What a KD checkpoint depends on, under the names a user changes it by: a resume with other values is refused."""
+    kd, data = ctx.config.kd, ctx.config.data
+    loss = {f"kd.loss.{k}": v for k, v in dataclasses.asdict(ctx.loss_cfg).items()}
+    return {
+        "arch": spec.arch_id,
+        "teacher (architecture:weights)": f"{ctx.teacher.spec.arch_id}:{_digest(ctx.teacher.params)}",
+        "kd.init": "weights passed in" if given_init else str(kd.init),
+        "total steps (kd.num_train_steps, or kd.num_epochs x steps per epoch)": opt.total_steps,
+        "kd.learning_rate": opt.learning_rate,
+        "warmup steps (kd.warmup_fraction x total steps)": opt.warmup_steps,
+        "kd.schedule": opt.schedule,
+        "kd.weight_decay": opt.weight_decay,
+        "kd.grad_clip_norm": opt.grad_clip_norm,
+        **loss,
+        "global batch (kd.per_device_batch_size x devices)": ctx.global_batch,
+        "data.mlm_probability": float(data.mlm_probability),
+        "corpus (data.*; fingerprint of the packed rows)": _rows_digest(ctx.rows),
+        "seed": int(ctx.config.seed),
+    }
 
 
 def num_steps(kd_cfg, steps_per_epoch: int) -> int:
@@ -54,8 +104,10 @@ def distill_arch(
 
     Starts from `student_params` / `projection_params` when given (PDT), else from `kd.init`; `extra` is added to
     result.json; `eta` = (steps of the stage before this run, steps of the whole stage) reports progress to the plan.
+    A resume must find checkpoints made with the same settings (`kd_settings`); otherwise it stops with one line.
     """
     kd = ctx.config.kd
+    given_init = student_params is not None
     if student_params is None:
         student_params = initial_params(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
     if projection_params is None:
@@ -63,9 +115,15 @@ def distill_arch(
     batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed)
     steps = steps or num_steps(kd, batches.steps_per_epoch)
     opt = OptimConfig.from_config(kd, steps)
-    ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"), keep=int(kd.keep_checkpoints))
-    writer = MetricWriter(out_dir)
     every = int(kd.checkpoint_every_steps)
+    ckpt = Checkpointer(
+        os.path.join(out_dir, "checkpoints"),
+        keep=int(kd.keep_checkpoints),
+        interval_steps=every,
+        final_step=steps,
+        settings=kd_settings(ctx, spec, opt, given_init),
+    )
+    writer = MetricWriter(out_dir)
     hooks = [LogMetrics(writer), SaveCheckpoints(ckpt, every=every)]
     guard = GuardConfig.from_config(kd)
     if guard.mode != "off":  # after SaveCheckpoints: a collapsed student's checkpoint is kept
@@ -84,6 +142,9 @@ def distill_arch(
             report_every=int(kd.log_every_steps),
             desc=f"{desc} {spec.arch_id}",
         )
+    except KeyboardInterrupt:
+        ckpt.close()  # a save still being written lands first, so the message names the step a resume starts at
+        raise Interrupted(f"{desc} {spec.arch_id}", step=ckpt.reached, checkpoint=ckpt.latest_step()) from None
     finally:
         writer.close()
         ckpt.close()
@@ -103,6 +164,20 @@ def distill_arch(
         teacher_source=ctx.teacher.source,
         info=info,
     )
+    timing = {
+        "wall_s": result.wall_s,
+        "compile_s": result.compile_s,
+        "corpus_tokens": result.tokens,
+        "corpus_tokens_per_s": result.tokens_per_s if result.tokens else None,
+    }
+    result_path = os.path.join(out_dir, "result.json")
+    if result.resumed_from == steps and os.path.exists(result_path):
+        # Nothing was trained (the final checkpoint was already there): keep the timing of the run that trained it.
+        try:
+            old = read_json(result_path)
+            timing = {k: old.get(k, v) for k, v in timing.items()}
+        except ValueError:
+            pass
     summary = {
         "arch_id": spec.arch_id,
         "spec": spec.to_dict(),
@@ -110,14 +185,11 @@ def distill_arch(
         "steps": steps,
         "final_loss": result.final_loss,
         "epoch_losses": result.epoch_losses,
-        "wall_s": result.wall_s,
-        "compile_s": result.compile_s,
-        "corpus_tokens": result.tokens,
-        "corpus_tokens_per_s": result.tokens_per_s if result.tokens else None,
+        **timing,
         "resumed_from": result.resumed_from,
         **(extra or {}),
     }
-    write_json(os.path.join(out_dir, "result.json"), summary)
+    write_json(result_path, summary)
     if not math.isfinite(result.final_loss):
         log.warning("%s finished with a non-finite loss", spec.arch_id)
     return summary
@@ -127,6 +199,9 @@ def run(ctx: RunContext) -> dict:
     arch_id, origin = chosen_arch(ctx)
     spec = ctx.student_spec(arch_id)
     log.info("kd: distilling %s (%s, %.1fM params)", arch_id, origin, spec.num_params / 1e6)
+    if ctx.config.force:
+        # A forced re-run trains from scratch; the earlier outputs stay in W/.previous/kd until it finishes.
+        ctx.workdir.set_aside("kd", ctx.workdir.path("kd", spec.arch_id))
     out = ctx.workdir.subdir("kd", spec.arch_id)
     steps = num_steps(ctx.config.kd, Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed).steps_per_epoch)
     stage_steps = steps + pdt.planned_steps(ctx)

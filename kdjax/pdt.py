@@ -91,6 +91,8 @@ def run(ctx: RunContext, steps_before: int = 0, stage_steps: int = 0) -> list[di
         spec = ctx.student_spec(arch_id)
         state = load_minikd_state(state_path)
         print(f"kd: PDT of {arch_id} from its mini-KD student and projection, {steps} steps")
+        if ctx.config.force:  # a forced kd stage re-runs PDT from scratch too (see kd_stage.run)
+            ctx.workdir.set_aside("kd", ctx.workdir.path("kd", f"{arch_id}-pdt"))
         summary = distill_arch(
             ctx,
             spec,

@@ -1,4 +1,4 @@
-"""Run the configured stages in order; a finished stage is skipped unless `config.force`."""
+"""Run the configured stages in order under the workdir's lock; a finished stage is skipped unless `config.force`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import time
 from kdjax import kd_stage, plan
 from kdjax.config import check_data, validate
 from kdjax.context import RunContext
-from kdjax.workdir import Workdir, read_json, write_json
+from kdjax.errors import KdjaxError
+from kdjax.interrupts import Interrupted, disk_error, disk_error_message, interrupted_message, signals_as_interrupts
+from kdjax.workdir import Workdir, WorkdirLock, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ STAGES = {
 }
 
 
+# What a forced stage must not resume from, set aside before it runs (the kd stage sets aside its own arch folder).
+FRESH_OUTPUTS = {"nas": ("nas",)}
+
+
 def enable_compilation_cache(directory: str) -> None:
     """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing); a cache folder
     already chosen (JAX_COMPILATION_CACHE_DIR, as the tests set one for all their runs) is kept."""
@@ -87,21 +93,43 @@ def record_config(workdir: Workdir, cfg: dict) -> None:
 
 
 def run(config, workdir: str) -> None:
-    """Validate `config`, then run each selected stage in pipeline order."""
+    """Validate `config`, lock the workdir, then run each selected stage in pipeline order."""
     validate(config)
     check_data(config)
-    ctx = RunContext(config, Workdir(workdir))
-    enable_compilation_cache(ctx.workdir.subdir("cache", "xla"))
-    record_config(ctx.workdir, config.to_dict())
-    # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-    plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not ctx.workdir.is_done(s))])
-    for name in STAGES:
-        if name not in ctx.stages:
-            continue
-        if ctx.workdir.is_done(name) and not config.force:
-            print(f"{name}: already finished in {ctx.workdir.root}, skipping (--config.force=true to re-run)")
-            continue
-        log.info("stage %s", name)
-        info = STAGES[name](ctx) or {}
-        ctx.workdir.mark_done(name, info)
-        plan.stage_done(name)
+    wd = Workdir(workdir)
+    stage = "startup"
+    try:
+        with WorkdirLock(wd.root, wait=bool(config.wait_for_lock)), signals_as_interrupts():
+            ctx = RunContext(config, wd)
+            enable_compilation_cache(wd.subdir("cache", "xla"))
+            record_config(wd, config.to_dict())
+            # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
+            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not wd.is_done(s))])
+            for name in STAGES:
+                if name not in ctx.stages:
+                    continue
+                if wd.is_done(name) and not config.force:
+                    print(f"{name}: already finished in {wd.root}, skipping (--config.force=true to re-run)")
+                    continue
+                stage = name
+                if config.force:
+                    # Until it finishes, a forced stage is unfinished: an interrupted one resumes instead of skipping.
+                    wd.clear(name)
+                    for rel in FRESH_OUTPUTS.get(name, ()):
+                        wd.set_aside(name, wd.path(rel))
+                log.info("stage %s", name)
+                info = STAGES[name](ctx) or {}
+                wd.mark_done(name, info)
+                plan.stage_done(name)
+                wd.drop_previous(name)
+    except (KeyboardInterrupt, Interrupted) as e:
+        if stage == "startup":
+            raise KdjaxError("interrupted before any stage started; run the same command to start again") from None
+        raise KdjaxError(interrupted_message(stage, e, forced=bool(config.force))) from None
+    except KdjaxError:
+        raise
+    except Exception as e:
+        err = disk_error(e)
+        if err is None:
+            raise
+        raise KdjaxError(disk_error_message(stage, err, wd.root)) from e

@@ -1,12 +1,20 @@
-"""Layout of one run's workdir and the markers that let a finished stage be skipped on re-run."""
+"""Layout of one run's workdir, its one-writer lock, and the markers that let a finished stage be skipped on re-run."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
+import shutil
+import socket
 import time
 
 from kdjax.errors import KdjaxError
+
+log = logging.getLogger(__name__)
 
 
 class Workdir:
@@ -16,7 +24,7 @@ class Workdir:
         self.root = os.path.abspath(os.path.expanduser(root))
         try:
             os.makedirs(self.root, exist_ok=True)
-            probe = os.path.join(self.root, ".write-test")
+            probe = os.path.join(self.root, f".write-test-{os.getpid()}")  # two runs may start together
             with open(probe, "w") as f:
                 f.write("ok")
             os.remove(probe)
@@ -49,6 +57,109 @@ class Workdir:
     def clear(self, stage: str) -> None:
         if self.is_done(stage):
             os.remove(self._marker(stage))
+
+    def set_aside(self, stage: str, path: str) -> None:
+        """Move a forced stage's earlier outputs at `path` to W/.previous/<stage>/ (replacing an older copy there).
+
+        A forced re-run must not resume from them, but an interrupted forced re-run should not have destroyed the
+        last finished results either: they are deleted only once the stage finishes (`drop_previous`).
+        """
+        if not os.path.lexists(path):
+            return
+        rel = os.path.relpath(path, self.root)
+        if rel.startswith(os.pardir) or os.path.isabs(rel):
+            raise ValueError(f"{path} is outside the workdir {self.root}")
+        dest = self.path(".previous", stage, rel)
+        if os.path.lexists(dest):
+            # An earlier forced re-run never finished: `dest` still holds the last finished outputs; keep those and
+            # drop what the unfinished re-run left.
+            _remove(path)
+            log.info("%s: outputs of an unfinished forced re-run removed; %s still holds the earlier ones", stage, dest)
+            return
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(path, dest)
+        log.info("%s: earlier outputs moved to %s (deleted when the stage finishes)", stage, dest)
+
+    def drop_previous(self, stage: str) -> None:
+        shutil.rmtree(self.path(".previous", stage), ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+class WorkdirBusyError(KdjaxError):
+    """Another process holds the workdir's lock."""
+
+
+class WorkdirLock:
+    """One writer per workdir: an exclusive `flock` on W/.lock, which holds the owner's pid and host.
+
+    The kernel drops a `flock` when its process dies (even by SIGKILL), so a lock left by a dead run is simply taken
+    over; the file is emptied on a clean release, so leftover content means the previous holder did not end cleanly.
+    Locks on network file systems are only as reliable as the file system's `flock`.
+    """
+
+    def __init__(self, root: str, *, wait: bool = False):
+        self.path = os.path.join(root, ".lock")
+        self.wait = wait
+        self._fd: int | None = None
+
+    def _holder(self) -> str:
+        try:
+            with open(self.path) as f:
+                info = json.loads(f.read() or "{}")
+        except (OSError, ValueError):
+            return ""
+        if not isinstance(info, dict) or "pid" not in info:
+            return ""
+        return f"pid {info.get('pid')} on host {info.get('host', '?')} (since {info.get('since', '?')})"
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = self._holder() or "another process"
+                if not self.wait:
+                    raise WorkdirBusyError(
+                        f"workdir {os.path.dirname(self.path)} is in use by {holder}; wait for it to end, pass "
+                        "--config.wait_for_lock=true to wait, or use another --workdir"
+                    ) from None
+                print(f"waiting for {holder} to release {self.path}", flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            stale = self._holder()
+            if stale:
+                log.warning("workdir lock of %s was left by a run that did not end cleanly; taking it over", stale)
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)  # a clean end: the next holder finds no stale owner
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> WorkdirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def write_json(path: str, obj) -> None:

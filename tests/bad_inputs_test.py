@@ -501,3 +501,118 @@ def test_teacher_fault_is_one_clear_line(name, teacher_case_results):
     assert result["after"] == result["before"]
     # No retry storm or library warnings ahead of the line (was: 24 duplicated retry warnings over 30 s).
     assert "retry" not in result["proc"].stderr.lower(), result["proc"].stderr[-3000:]
+
+
+# ---- workdir faults: damaged caches, a workdir in use, a full or read-only disk, other settings ----------------------
+# Each case prepares its seeded workdir, runs main.py (through FAULTY, which fails writes to paths containing a given
+# substring with a given errno, when the case asks for it), and must end in one line with the seeded files unchanged.
+FAULTY = """
+import builtins, errno, os, runpy, sys
+sub, code = sys.argv[1], getattr(errno, sys.argv[2])
+real_open, real_makedirs = builtins.open, os.makedirs
+def fail(path):
+    if sub in str(path):
+        raise OSError(code, os.strerror(code), str(path))
+def fopen(file, *a, **k):
+    if any(c in (a[0] if a else k.get("mode", "r")) for c in "wax+"):
+        fail(file)
+    return real_open(file, *a, **k)
+def makedirs(name, *a, **k):
+    fail(name)
+    return real_makedirs(name, *a, **k)
+builtins.open, os.makedirs = fopen, makedirs
+sys.argv = ["main.py", *sys.argv[3:]]
+runpy.run_path("main.py", run_name="__main__")
+"""
+KD_TEACHER = [TINY, "--config.stages=kd", "--config.teacher.name={teacher}"]
+
+
+def _holder(workdir: str) -> subprocess.Popen:
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from kdjax.workdir import WorkdirLock;"
+        "WorkdirLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT, workdir], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _damaged_top_k(workdir: str) -> None:
+    _write(os.path.join(workdir, "nas", "top_k.json"), '{"strategy": "lstm", "top_k": [{"arch_')
+
+
+# name -> (args, FAULTY (path substring, errno) or None, prepare(workdir) -> process to end afterwards, needles)
+FAULT_CASES = {
+    "damaged_top_k_without_history": (KD_TEACHER, None, _damaged_top_k, ["nas/top_k.json", "damaged", "force"]),
+    "workdir_in_use": (KD_TEACHER, None, _holder, ["in use by pid", "wait_for_lock"]),
+    "disk_full": (
+        KD_TEACHER,
+        ("checkpoints/settings.json", "ENOSPC"),
+        None,
+        ["kd: cannot write", "settings.json", "No space left on device", "resume"],
+    ),
+    "read_only_kd_folder": (KD_TEACHER, ("/kd/2L", "EROFS"), None, ["kd: cannot write", "Read-only file system"]),
+}
+
+
+def _run_fault(name: str, inputs: dict) -> dict:
+    args, faulty, prepare, _ = FAULT_CASES[name]
+    workdir = os.path.join(inputs["tmp"], "runs", name)
+    for rel, text in SEEDED.items():
+        _write(os.path.join(workdir, rel), text)
+    before = _tree_digest(workdir)
+    holder = prepare(workdir) if prepare else None
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+    argv = [a.format(**inputs) for a in args] + [f"--workdir={workdir}"]
+    cmd = ["-c", FAULTY, *faulty, *argv] if faulty else [os.path.join(ROOT, "main.py"), *argv]
+    try:
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        if isinstance(holder, subprocess.Popen):
+            holder.kill()
+            holder.wait()
+    return {"proc": proc, "before": before, "after": _tree_digest(workdir), "holder": holder}
+
+
+@pytest.fixture(scope="module")
+def fault_results(inputs):
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    futures = {name: pool.submit(_run_fault, name, inputs) for name in FAULT_CASES}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("name", sorted(FAULT_CASES))
+def test_workdir_fault_is_one_clear_line(name, fault_results):
+    result = fault_results[name].result()
+    line = assert_one_error_line(result["proc"], FAULT_CASES[name][3])
+    if isinstance(result["holder"], subprocess.Popen):
+        assert f"pid {result['holder'].pid}" in line
+    assert result["after"] == result["before"]
+
+
+@pytest.mark.slow
+def test_damaged_corpus_cache_and_other_settings(inputs):
+    """A truncated packed-corpus cache is rebuilt with a warning; a resume with another seed is one line."""
+    workdir = os.path.join(inputs["tmp"], "runs", "settings")
+    args = [a.format(**inputs) for a in KD_TEACHER] + [f"--workdir={workdir}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+
+    def main(*extra):
+        return subprocess.run(
+            [sys.executable, os.path.join(ROOT, "main.py"), *args, *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+
+    assert main().returncode == 0
+    (cache,) = [f for f in os.listdir(os.path.join(workdir, "cache")) if f.startswith("packed-")]
+    with open(os.path.join(workdir, "cache", cache), "r+b") as f:
+        f.truncate(100)
+    os.remove(os.path.join(workdir, ".stages", "kd.json"))
+    proc = main()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "packed-corpus cache" in proc.stderr and "rebuilding" in proc.stderr and "Traceback" not in proc.stderr
+    os.remove(os.path.join(workdir, ".stages", "kd.json"))
+    assert_one_error_line(main("--config.seed=1"), ["were made with", "seed = 0 (this run: 1)", "--config.force"])

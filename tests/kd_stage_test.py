@@ -18,7 +18,8 @@ def test_kd_stage_writes_checkpoints_metrics_and_export(kd_run):
     w, proc = kd_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = os.path.join(w, "kd", "2L-32H-2A-64F-gelu")
-    assert sorted(os.listdir(os.path.join(out, "checkpoints")))[-1] == "6"
+    names = os.listdir(os.path.join(out, "checkpoints"))
+    assert max(int(n) for n in names if n.isdigit()) == 6 and "settings.json" in names
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [2, 3, 4, 6] and all("hidden_mse" in r and "grad_norm" in r for r in rows)
     result = json.load(open(os.path.join(out, "result.json")))

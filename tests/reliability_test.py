@@ -145,8 +145,10 @@ def kd_scenario(tmp_path_factory):
     for s, how in zip(none_steps, ("delete_meta", "delete_data", "truncate"), strict=True):
         damage(os.path.join(ckpt_dir(none_w), str(s)), how)
     second = Run(KD_ARGS, kill_w, kill_when=mid_save(12, 18), name="second")
-    # The stage is marked finished in the copy, so force it to run (and restore) again.
-    none_left = Run([*KD_ARGS, "--config.force=true"], none_w, name="none_left")
+    # The stage is marked finished in the copy: unmark it so that it runs (and restores) again. (A forced run would
+    # start from scratch instead of restoring.)
+    os.remove(os.path.join(none_w, ".stages", "kd.json"))
+    none_left = Run(KD_ARGS, none_w, name="none_left")
     wait_all(second, none_left)
     steps_after_second = finished_steps(kill_w)
 
@@ -192,9 +194,8 @@ def test_resumed_run_matches_uninterrupted(kd_scenario):
     print(f"kill points: {s['first'].killed_at}; {s['second'].killed_at}; scenario {s['wall_s']:.0f}s")
     # The damaged step is named in one warning line, the one before it restored, and the damaged one rewritten.
     assert f"checkpoint step {s['damaged']} in" in third.stderr and "unreadable" in third.stderr
-    # Known: under heavy load Orbax/TensorStore may still print a traceback for a sibling read that the failed
-    # restore abandoned (it names only orbax frames); what must never appear is a kdjax frame or an error line.
-    assert "kdjax/" not in "".join(ln for ln in third.stderr.splitlines(True) if ln.lstrip().startswith("File "))
+    # The sibling reads the failed restore abandoned print no 'Event loop is closed' tracebacks, however late.
+    assert "Traceback" not in third.stderr and "Exception ignored" not in third.stderr, third.stderr[-3000:]
     assert "kdjax: error" not in third.stderr
     assert f"resumed from step {s['damaged'] - 3}" in third.stderr
     res = result(s["kill_w"])
@@ -242,7 +243,7 @@ def three_checkpoints(tmp_path):
     state = {"w": jnp.arange(2000, dtype=jnp.float32), "b": jnp.ones((4, 4))}
     ck = Checkpointer(str(tmp_path / "ck"), keep=5)
     for s in (1, 2, 3):
-        ck.save(s, {k: v * s for k, v in state.items()}, {"step": s}, force=True)
+        ck.save(s, {k: v * s for k, v in state.items()}, {"step": s})
     ck.close()
     return str(tmp_path / "ck"), state
 
@@ -262,7 +263,7 @@ def test_damaged_checkpoint_warns_and_falls_back(three_checkpoints, how, caplog)
     assert any("checkpoint step 3 " in w for w in warnings), warnings
     assert all("\n" not in w for w in warnings)
     # The run goes on from step 2 and writes step 3 again over the damaged one.
-    ck.save(3, {k: v * 30 for k, v in state.items()}, {"step": 3}, force=True)
+    ck.save(3, {k: v * 30 for k, v in state.items()}, {"step": 3})
     step, restored, _ = ck.restore(state)
     assert step == 3
     np.testing.assert_array_equal(np.asarray(restored["w"]), np.asarray(state["w"]) * 30)
@@ -296,10 +297,10 @@ def test_half_written_checkpoint_is_invisible(three_checkpoints):
     assert ck.steps() == [1, 2, 3]
     step, _, meta = ck.restore(state)
     assert step == 3 and meta["step"] == 3
-    ck.save(4, state, {"step": 4}, force=True)
+    ck.save(4, state, {"step": 4})
     assert ck.steps() == [1, 2, 3, 4]
+    ck.close()  # the save is written in the background; closing waits for it
     assert not [n for n in os.listdir(directory) if TMP_MARK in n]
-    ck.close()
 
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):

@@ -91,14 +91,19 @@ def test_resume_continues_from_checkpoint_and_logs_as_an_unbroken_run(setup, tmp
     """Report steps are the union of report_every, each hook's `every` and the last step, so a checkpoint step
     always closes a logging window: a resumed run logs exactly the rows of an unbroken one."""
     full_rows, rows = Rows(), Rows()
-    full = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "a")), hooks=[LogMetrics(full_rows)], report_every=3)
+    full_ck = Checkpointer(str(tmp_path / "a"), interval_steps=4, final_step=8)
+    full = _run(setup, 8, ckpt=full_ck, hooks=[LogMetrics(full_rows)], report_every=3)
+    full_ck.close()
     assert sorted(full_rows.rows) == [3, 4, 6, 8]  # 3, 6: report_every; 4, 8: checkpoints; 8: the last step
-    ck = Checkpointer(str(tmp_path / "b"))
+    ck = Checkpointer(str(tmp_path / "b"), interval_steps=4, final_step=8)
     # "Stopped" after step 4 (same schedule as the 8-step run) ...
     _run(setup, 4, ckpt=ck, total=8, hooks=[LogMetrics(rows)], report_every=3)
+    ck.close()  # saves are written in the background: their owner waits for them before another manager opens
     assert ck.latest_step() == 4
     rows.rows[6] = {"loss": -1.0}  # ... after logging step 6, as a run killed at step 7 would have
-    resumed = _run(setup, 8, ckpt=Checkpointer(str(tmp_path / "b")), hooks=[LogMetrics(rows)], report_every=3)
+    ck = Checkpointer(str(tmp_path / "b"), interval_steps=4, final_step=8)
+    resumed = _run(setup, 8, ckpt=ck, hooks=[LogMetrics(rows)], report_every=3)
+    ck.close()
     assert resumed.resumed_from == 4
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)

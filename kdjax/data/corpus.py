@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import zlib
 
@@ -14,6 +16,8 @@ import numpy as np
 
 from kdjax.data import synthetic
 from kdjax.errors import KdjaxError
+
+log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".gz", ".tokens", ".raw")
 
@@ -190,7 +194,9 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
     key = _fingerprint(corpus, files, extra)
     path = os.path.join(cache_dir, f"packed-{key}.npy") if cache_dir else None
     if path and os.path.exists(path):
-        return np.load(path)
+        rows = _cached_rows(path, int(data_cfg.max_seq_len))
+        if rows is not None:
+            return rows
     if importlib.util.find_spec("datasets") is None and (corpus == "synthetic" or files):
         # Local text needs no `datasets` (nor its pyarrow): machines without them still run from local corpora.
         texts = _plain_lines(corpus, files, int(data_cfg.max_lines), int(data_cfg.synthetic_lines), seed)
@@ -223,6 +229,21 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
         np.save(tmp, rows)
         os.replace(tmp, path)
     return rows
+
+
+def _cached_rows(path: str, max_seq_len: int) -> np.ndarray | None:
+    """The packed rows cached at `path`, or None (with a warning) when the file is damaged and must be rebuilt."""
+    try:
+        rows = np.load(path, allow_pickle=False)
+        if rows.ndim != 2 or rows.shape[1] != max_seq_len or rows.dtype != np.int32 or len(rows) == 0:
+            raise ValueError(f"holds a {rows.dtype} array of shape {rows.shape}")
+        return rows
+    except (OSError, ValueError, EOFError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        log.warning("packed-corpus cache %s is damaged (%s); rebuilding it", path, reason)
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        return None
 
 
 def proxy_subset(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:

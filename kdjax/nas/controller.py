@@ -174,7 +174,7 @@ def search(
             rewards.append(float(rec["reward"]))
         state = _update(state, valid, actions, np.asarray(rewards, np.float32), space, cfg)
         if checkpointer is not None:
-            checkpointer.save(episode + 1, state, {"episode": episode + 1}, force=True)
+            checkpointer.save(episode + 1, state, {"episode": episode + 1})
     return records
 
 

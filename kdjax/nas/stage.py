@@ -8,6 +8,7 @@ checkpoints), `nas/optuna.db` (default Optuna storage),
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -19,7 +20,6 @@ from kdjax.nas import controller, optuna_search, random_search, topk
 from kdjax.nas.history import History
 from kdjax.nas.minikd import CandidateEvaluator, keep_only
 from kdjax.search_space import SearchSpace
-from kdjax.workdir import write_json
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,15 @@ def _budget(nas) -> int:
 
 def _run_lstm(ctx: RunContext, space: SearchSpace, evaluate) -> None:
     nas = ctx.config.nas
-    ckpt = Checkpointer(ctx.workdir.path("nas", "controller"), keep=2)
+    cfg = controller.ControllerConfig.from_config(nas.controller)
+    # A resumed controller must have been trained on the same space, candidates per episode, settings and seed.
+    settings = {
+        "search space (teacher and nas.space)": f"{space.values} max_params={space.max_params} {space.head_dims}",
+        "nas.candidates_per_episode": int(nas.candidates_per_episode),
+        "nas.controller": dataclasses.asdict(cfg),
+        "seed": int(ctx.config.seed),
+    }
+    ckpt = Checkpointer(ctx.workdir.path("nas", "controller"), keep=2, settings=settings)
     try:
         controller.search(
             space,
@@ -40,7 +48,7 @@ def _run_lstm(ctx: RunContext, space: SearchSpace, evaluate) -> None:
             num_episodes=int(nas.num_episodes),
             candidates_per_episode=int(nas.candidates_per_episode),
             seed=int(ctx.config.seed),
-            cfg=controller.ControllerConfig.from_config(nas.controller),
+            cfg=cfg,
             checkpointer=ckpt,
         )
     finally:
@@ -111,14 +119,8 @@ def run(ctx: RunContext) -> dict:
         bar.close()
 
     history.refresh()
-    if strategy == "optuna" and nas.multi_objective:
-        chosen = topk.pareto_front(history.rows)
-    else:
-        chosen = topk.distinct_budgets(history.rows, int(nas.top_k), float(nas.top_k_latency_gap))
-    for r in chosen:
-        if r.get("hf") and not os.path.isdir(r["hf"]):
-            r["hf"] = None  # export removed by an earlier run's top-k cleanup
-    write_json(os.path.join(nas_dir, "top_k.json"), {"strategy": strategy, "top_k": [topk.summary(r) for r in chosen]})
+    chosen = topk.choose(history.rows, nas)
+    topk.write_top_k(nas_dir, strategy, chosen)
     removed = keep_only(export_root, {r["arch_id"] for r in chosen})
     print(("Pareto front" if nas.multi_objective and strategy == "optuna" else "top-k") + ":")
     print(topk.table(chosen))

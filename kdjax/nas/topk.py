@@ -8,7 +8,14 @@ slower). If fewer than k candidates pass, the rest are filled by reward and mark
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+
+from kdjax.errors import KdjaxError
+
+log = logging.getLogger(__name__)
 
 
 def finished(rows: list[dict]) -> list[dict]:
@@ -68,3 +75,52 @@ def table(rows: list[dict]) -> str:
             f"{r['params'] / 1e6:7.2f}M {r['latency_ms']:7.2f}ms"
         )
     return "\n".join(lines)
+
+
+def choose(rows: list[dict], nas_cfg) -> list[dict]:
+    """The configured selection: the Pareto front for multi-objective Optuna, else top-k at distinct budgets."""
+    if str(nas_cfg.strategy) == "optuna" and bool(nas_cfg.multi_objective):
+        chosen = pareto_front(rows)
+    else:
+        chosen = distinct_budgets(rows, int(nas_cfg.top_k), float(nas_cfg.top_k_latency_gap))
+    for r in chosen:
+        if r.get("hf") and not os.path.isdir(r["hf"]):
+            r["hf"] = None  # export removed by an earlier run's top-k cleanup
+    return chosen
+
+
+def write_top_k(nas_dir: str, strategy: str, chosen: list[dict]) -> None:
+    from kdjax.workdir import write_json
+
+    write_json(os.path.join(nas_dir, "top_k.json"), {"strategy": strategy, "top_k": [summary(r) for r in chosen]})
+
+
+def read_top_k(nas_dir: str, nas_cfg) -> list[dict]:
+    """The entries of `nas_dir/top_k.json` ([] when there is none); a damaged file is rebuilt from history.jsonl.
+
+    The file is only a summary of history.jsonl, so it is rebuilt with a warning; when the history has no finished
+    candidate either, the run stops with one line saying how to get a new one.
+    """
+    path = os.path.join(nas_dir, "top_k.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            entries = json.load(f)["top_k"]
+        if not isinstance(entries, list) or not all(isinstance(e["arch_id"], str) for e in entries):
+            raise ValueError("top_k is not a list of entries with an arch_id")
+        return entries
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]
+    from kdjax.nas.history import History
+
+    history = History(os.path.join(nas_dir, "history.jsonl"))
+    chosen = choose(history.rows, nas_cfg)
+    if not chosen:
+        raise KdjaxError(
+            f"{path} is damaged ({reason}) and {history.path} has no finished candidate to rebuild it from; re-run "
+            "the search (--config.stages=nas --config.force=true) or delete the file to distil config.kd.arch"
+        )
+    log.warning("%s was damaged (%s); rebuilt it from %s", path, reason, history.path)
+    write_top_k(nas_dir, str(nas_cfg.strategy), chosen)
+    return [summary(r) for r in chosen]
