@@ -4,14 +4,14 @@
 # client, ml_collections, optuna and its SQL stack), and .gpudata/ with a small corpus, GLUE slice and MiniLM's
 # tokenizer/config (no weights: gpu_check.sh writes random MiniLM-shaped weights, which is enough for throughput).
 #
-#   bash bench/gpu_wheels.sh [DATA_DIR]      # DATA_DIR: folder with corpus/ and glue/ (default ../shared/data)
+#   bash bench/gpu_wheels.sh [DATA_DIR]      # DATA_DIR: folder with corpus/ and glue/ (default $KDJAX_DATA, else ~/.cache/kdjax/data)
 #
 # Wheels are for CPython 3.12 on manylinux x86_64 (PY_VERSION=3.11 etc. to change). `datasets` and pyarrow are not
 # carried: kdjax reads local text corpora and GLUE TSVs without them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY_VERSION="${PY_VERSION:-3.12}"
-DATA_DIR="${1:-../shared/data}"
+DATA_DIR="${1:-${KDJAX_DATA:-$HOME/.cache/kdjax/data}}"
 mkdir -p .whl
 # Pure-python wheels (any platform).
 PURE=(
