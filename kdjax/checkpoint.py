@@ -68,24 +68,26 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
         )
+        # Settings first: Orbax's manager starts background threads (temporary-folder clean-up) that would print
+        # tracebacks at exit if a refused or failed start (other settings, disk full) ended the process under them.
+        if settings is not None:
+            self._check_settings(settings)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         # The newest step the caller has reached (asked `should_save` about or saved): where an interrupt stopped it.
         self.reached: int | None = None
         self._closed = False
         self._final_steps: list[int] = []
-        if settings is not None:
-            try:
-                self._check_settings(settings)
-            except BaseException:
-                self.close()  # Orbax's background threads must not outlive a refused or failed start
-                raise
 
     def _check_settings(self, settings: dict) -> None:
         """Record `settings` beside fresh checkpoints; refuse to resume checkpoints made with other settings."""
         path = os.path.join(self.directory, "settings.json")
         current = json.loads(json.dumps(settings))
         old = None
-        if self.steps() and os.path.exists(path):
+        # Orbax names a finished step's folder by the bare step number (temporary folders carry a suffix).
+        has_steps = any(
+            n.isdigit() and os.path.isdir(os.path.join(self.directory, n)) for n in os.listdir(self.directory)
+        )
+        if has_steps and os.path.exists(path):
             try:
                 with open(path) as f:
                     old = json.load(f)

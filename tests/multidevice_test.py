@@ -87,7 +87,7 @@ def test_glue_step_on_four_devices_matches_one(tiny_teacher, tmp_path):
     out = {}
     for n in (1, 4):
         recipe = Recipe(
-            learning_rate=1e-3,
+            learning_rates=(1e-3,),
             per_device_batch_size=GLOBAL_BATCH // n,
             num_epochs=2,
             warmup_fraction=0.1,
