@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, run_main
 
 TINY = "--config=configs/bert_nas.py:tiny"
 SEEDED = {
@@ -301,16 +301,7 @@ def _run_data_case(name: str, inputs: dict) -> dict:
     for rel, text in SEEDED.items():
         _write(os.path.join(workdir, rel), text)
     before = _tree_digest(workdir)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *args, f"--workdir={workdir}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = run_main(args, workdir, timeout=300, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     return {"proc": proc, "before": before, "after": _tree_digest(workdir)}
 
 
