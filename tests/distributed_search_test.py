@@ -22,7 +22,9 @@ import pytest
 from helpers import ROOT
 
 NUM_TRIALS = 6
-HEARTBEAT_S = 1
+# Grace = 3 heartbeats. 1 s (a 3 s grace) failed a live worker's trial on a loaded 2-core CI machine, whose heartbeat
+# write waited behind SQLite's lock; the killed worker is found by its pid at once whatever the interval.
+HEARTBEAT_S = 5
 
 WORKER = r"""
 import json, os, sys, time
@@ -169,3 +171,37 @@ def test_workers_share_the_default_sqlite_file(tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
     result = _scenario(url, str(tmp_path / "events.jsonl"))
     _check(result)
+
+
+def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path):
+    """A live worker's trial failed as stale by another worker (and re-queued) does not stop this worker."""
+    import ml_collections
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from kdjax.nas import optuna_search
+    from kdjax.search_space import DIMENSIONS, SearchSpace
+    from kdjax.spec import ArchSpec
+
+    cfg = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
+    cfg.max_params_fraction = 1.0
+    space = SearchSpace.from_teacher(ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072), cfg)
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    stolen: list[int] = []
+
+    def evaluate(spec, optuna_trial=None, **where):
+        if not stolen:  # what fail_stale_trials does in another worker: FAIL, then re-queue the parameters
+            stolen.append(optuna_trial)
+            study = optuna.load_study(study_name="kdjax-nas", storage=optuna_search.make_storage(url, 60))
+            t = study.get_trials(deepcopy=False)[optuna_trial]
+            study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            study._storage.get_heartbeat_stale_trial_callback()(study, study._storage.get_trial(t._trial_id))
+        r = 1.0 / (1.0 + spec.num_params / 1e8)
+        return {"reward": r, "loss": 1.0 - r, "latency_ms": 1.0}
+
+    study = optuna_search.search(space, evaluate, num_trials=3, seed=0, storage=url, heartbeat_interval=60)
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3
+    assert [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL] == stolen
+    assert [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in complete].count(stolen[0]) == 1

@@ -144,6 +144,16 @@ def search(
     population = max(4, min(50, num_trials // 4))
 
     def objective(trial: optuna.Trial):
+        ours[:] = [trial._trial_id, trial.number, "running"]
+        try:
+            value = run_trial(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            ours[2] = "lost"  # another worker failed this trial while it ran here
+            raise
+        ours[2] = "returned"
+        return value
+
+    def run_trial(trial: optuna.Trial):
         # The owner, so that a resumed process can tell this trial's worker is gone (fail_orphaned_trials).
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -175,6 +185,7 @@ def search(
 
     stop = optuna.study.MaxTrialsCallback(num_trials, states=FINISHED)
     position = [0]
+    ours: list = [None, None, None]  # (storage id, number, how the objective ended) of this worker's latest trial
     heartbeat = isinstance(store, optuna.storages.RDBStorage) and store.get_heartbeat_interval() is not None
     while True:
         fail_orphaned_trials(study)
@@ -195,5 +206,17 @@ def search(
             continue
         position[0] = finished
         study.sampler = make_sampler(seed, finished, multi_objective, n_startup_trials, population)
-        study.optimize(objective, n_trials=1, callbacks=[stop], gc_after_trial=False, catch=(SurplusTrial,))
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[stop], gc_after_trial=False, catch=(SurplusTrial,))
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # A worker whose heartbeat thread was starved for the grace period (a saturated machine, a long SQLite
+            # lock) has its trial failed and re-queued by another worker; Optuna then cannot tell the result here.
+            # The re-queued copy is run by whoever takes it, so this worker only goes on.
+            if ours[2] not in ("lost", "returned") or _state(study, ours[0]) != optuna.trial.TrialState.FAIL:
+                raise
+            log.warning("optuna trial %d was failed by another worker (no heartbeat seen); it is retried", ours[1])
     return study
+
+
+def _state(study: optuna.Study, trial_id: int | None):
+    return None if trial_id is None else study._storage.get_trial(trial_id).state
