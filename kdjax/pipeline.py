@@ -68,6 +68,30 @@ STAGES = {
 FRESH_OUTPUTS = {"nas": ("nas",)}
 
 
+def glue_request(config) -> dict:
+    """What a glue stage was asked to score (models, tasks, recipe, data), as JSON reads it back."""
+    request = {"glue": config.glue.to_dict(), "glue_dir": config.data.glue_dir, "seed": config.seed}
+    return json.loads(json.dumps(request))
+
+
+# Stages whose marker records their request: a finished one runs again (without force) when the request changed.
+# The glue stage keeps every (model, task) already scored with the same recipe, so asking for another task, model or
+# recipe on a finished workdir scores just what is new instead of skipping the request.
+STAGE_REQUEST = {"glue": glue_request}
+
+
+def finished(wd: Workdir, name: str, config) -> bool:
+    """The stage finished, for this request where the stage records one."""
+    if not wd.is_done(name):
+        return False
+    if name not in STAGE_REQUEST:
+        return True
+    try:
+        return read_json(wd.path(".stages", f"{name}.json")).get("request") == STAGE_REQUEST[name](config)
+    except ValueError:  # an unreadable marker: run the stage again
+        return False
+
+
 def enable_compilation_cache(directory: str) -> None:
     """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing); a cache folder
     already chosen (JAX_COMPILATION_CACHE_DIR, as the tests set one for all their runs) is kept."""
@@ -104,11 +128,11 @@ def run(config, workdir: str) -> None:
             enable_compilation_cache(wd.subdir("cache", "xla"))
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not wd.is_done(s))])
+            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not finished(wd, s, config))])
             for name in STAGES:
                 if name not in ctx.stages:
                     continue
-                if wd.is_done(name) and not config.force:
+                if not config.force and finished(wd, name, config):
                     print(f"{name}: already finished in {wd.root}, skipping (--config.force=true to re-run)")
                     continue
                 stage = name
@@ -119,6 +143,8 @@ def run(config, workdir: str) -> None:
                         wd.set_aside(name, wd.path(rel))
                 log.info("stage %s", name)
                 info = STAGES[name](ctx) or {}
+                if name in STAGE_REQUEST:
+                    info = {**info, "request": STAGE_REQUEST[name](config)}
                 wd.mark_done(name, info)
                 plan.stage_done(name)
                 wd.drop_previous(name)
