@@ -8,7 +8,7 @@ import logging
 import jax
 import numpy as np
 
-from kdjax.config import check_positions, split_list
+from kdjax.config import check_positions, split_list, validate
 from kdjax.data.batches import MaskingSpec
 from kdjax.data.corpus import packed_corpus
 from kdjax.latency import LatencyConfig
@@ -26,6 +26,7 @@ class RunContext:
         self.config = config
         self.workdir = workdir
         self.stages = split_list(config.stages)
+        self.settings = validate(config)
 
     @functools.cached_property
     def teacher(self) -> Teacher:
@@ -37,7 +38,7 @@ class RunContext:
             random_dir=self.workdir.subdir("teacher"),
             seed=self.config.seed,
         )
-        check_positions(self.config, teacher.spec)
+        check_positions(self.settings, teacher.spec)
         return teacher
 
     @functools.cached_property
