@@ -25,13 +25,13 @@ def _teacher_stage(ctx: RunContext) -> dict:
         "spec": t.spec.to_dict(),
         "params": t.spec.num_params,
         "has_mlm_head": t.has_mlm_head,
-        "latency": {ctx.latency_cfg.key: lat},
+        "latency": {ctx.settings.nas.latency.key: lat},
         "devices": ctx.devices_summary(),
     }
     write_json(ctx.workdir.path("teacher", "info.json"), info)
     print(
         f"teacher: {t.source} {t.spec.arch_id} ({t.spec.num_params / 1e6:.1f}M params), "
-        f"{lat['latency_ms']:.2f} ms ({ctx.latency_cfg.key})"
+        f"{lat['latency_ms']:.2f} ms ({ctx.settings.nas.latency.key})"
     )
     return {"params": t.spec.num_params}
 
@@ -100,7 +100,7 @@ def run(config, workdir: str) -> None:
     stage = "startup"
     try:
         with WorkdirLock(wd.root, wait=settings.wait_for_lock), signals_as_interrupts():
-            ctx = RunContext(config, wd)
+            ctx = RunContext(settings, wd)
             enable_compilation_cache(wd.subdir("cache", "xla"))
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
