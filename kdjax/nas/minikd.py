@@ -66,8 +66,8 @@ class CandidateEvaluator:
     """Mini-KD + latency + reward of one spec; every new result appended to `history` (which is also the cache).
 
     Its inputs are explicit: the teacher, the proxy `batches`, the reward's `latency` (a fitted model or side-by-side
-    timing), the search settings `nas`, and the KD settings `kd` (init, loss, optimiser) with the run's `seed`,
-    compute `dtype`, `mesh` and corpus `seq_len`."""
+    timing), the search settings `nas`, the KD settings `kd` (init, loss, optimiser) with the run's `seed`, compute
+    `dtype`, `mesh` and corpus `seq_len`, and the `teacher_cache` of teacher outputs shared by candidates (or None)."""
 
     def __init__(
         self,
@@ -81,6 +81,7 @@ class CandidateEvaluator:
         dtype,
         mesh,
         seq_len: int,
+        teacher_cache: TeacherOutputCache | None,
         strategy: str,
         history: History,
         export_root: str,
@@ -100,9 +101,7 @@ class CandidateEvaluator:
         self.settings = DistillSettings(
             loss=kd.loss, opt=kd.optim(self.num_steps), num_steps=self.num_steps, seed=seed, dtype=dtype, mesh=mesh
         )
-        # Every candidate sees the same batches: the teacher runs once per step for the whole search.
-        mb = nas.teacher_cache_mb
-        self.teacher_cache = TeacherOutputCache(mb * 2**20) if mb > 0 else None
+        self.teacher_cache = teacher_cache
 
     def _reward(self, loss: float, latency_ms: float) -> float:
         return reward(loss, latency_ms, self.teacher_latency_ms, self.reward_cfg)

@@ -22,6 +22,7 @@ from kdjax.nas import controller, optuna_search, random_search, topk
 from kdjax.nas.history import History
 from kdjax.nas.minikd import CandidateEvaluator, keep_only, proxy_batches
 from kdjax.search_space import SearchSpace
+from kdjax.steps import TeacherOutputCache
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ STRATEGIES: dict[str, Runner] = {"lstm": _run_lstm, "optuna": _run_optuna, "rand
 
 
 def evaluator(ctx: RunContext, history: History, export_root: str, progress: bool = True) -> CandidateEvaluator:
-    """The candidate evaluator of this run: its teacher, proxy batches, reward latencies and settings."""
+    """The candidate evaluator of this run: its teacher, proxy batches, reward latencies, settings and teacher cache."""
     s = ctx.settings
+    # Every candidate sees the same batches: with a cache the teacher runs once per step for the whole search.
+    mb = s.nas.teacher_cache_mb
     return CandidateEvaluator(
         ctx.teacher,
         proxy_batches(ctx.rows, ctx.global_batch, ctx.masking, s.seed, s.nas),
@@ -88,6 +91,7 @@ def evaluator(ctx: RunContext, history: History, export_root: str, progress: boo
         dtype=ctx.dtype,
         mesh=ctx.mesh,
         seq_len=s.data.max_seq_len,
+        teacher_cache=TeacherOutputCache(mb * 2**20) if mb > 0 else None,
         strategy=s.nas.strategy,
         history=history,
         export_root=export_root,
