@@ -5,7 +5,7 @@ docs/results_yardstick.sh writes (one per learning rate and budget: ROOT/lr<rate
 
 One row per (workdir, model, task): the budget actually run (training examples used / available, epochs, steps), every
 grid point's dev score, the picked rate, the wall seconds the glue stage recorded, and the published anchor beside the
-teacher's rows (docs ANCHORS: MiniLM 6L-384H GLUE dev; STS-B from BERT-Small 4L-512H, test set).
+teacher's rows (MiniLM 6L-384H GLUE dev; STS-B: BERT-Small 4L-512H, test set, as MiniLM publishes none).
 """
 
 from __future__ import annotations
