@@ -1,7 +1,7 @@
 """Linear probes on a frozen teacher: how much of a GLUE single-sentence task's signal sits in [CLS], in the
 pretrained pooler's output and in the mean-pooled last hidden state (docs/results.md, the CoLA verdict).
 
-    python docs/pooling_probe.py TEACHER_DIR GLUE_DIR [TASK=cola] [N_TRAIN=3000]
+    PYTHONPATH=. python docs/pooling_probe.py TEACHER_DIR GLUE_DIR [TASK=cola] [N_TRAIN=3000]
 
 Logistic regression (balanced classes, standardised features) on N_TRAIN seeded training sentences, scored on the full
 dev set (MCC for CoLA, accuracy otherwise); also the per-dimension std over sentences and the mean pairwise cosine of
