@@ -61,7 +61,7 @@ def winners(ctx: RunContext) -> list[str]:
 
 
 def _ready(ctx: RunContext) -> list[str]:
-    return [a for a in winners(ctx) if os.path.exists(ctx.workdir.path("nas", "candidates", a, STATE_FILE))]
+    return [a for a in winners(ctx) if os.path.exists(os.path.join(ctx.workdir.candidate_dir(a), STATE_FILE))]
 
 
 def planned_steps(ctx: RunContext) -> int:
@@ -84,7 +84,7 @@ def run(ctx: RunContext, steps_before: int = 0, stage_steps: int = 0) -> list[di
         return []
     out, done = [], steps_before
     for arch_id in arch_ids:
-        state_path = ctx.workdir.path("nas", "candidates", arch_id, STATE_FILE)
+        state_path = os.path.join(ctx.workdir.candidate_dir(arch_id), STATE_FILE)
         if not os.path.exists(state_path):
             print(f"kd: PDT skips {arch_id}: no {STATE_FILE} (searched by an older kdjax; re-run nas with force)")
             continue
@@ -92,11 +92,11 @@ def run(ctx: RunContext, steps_before: int = 0, stage_steps: int = 0) -> list[di
         state = load_minikd_state(state_path)
         print(f"kd: PDT of {arch_id} from its mini-KD student and projection, {steps} steps")
         if ctx.config.force:  # a forced kd stage re-runs PDT from scratch too (see kd_stage.run)
-            ctx.workdir.set_aside("kd", ctx.workdir.path("kd", f"{arch_id}-pdt"))
+            ctx.workdir.set_aside("kd", ctx.workdir.pdt_dir(arch_id))
         summary = distill_arch(
             ctx,
             spec,
-            out_dir=ctx.workdir.subdir("kd", f"{arch_id}-pdt"),
+            out_dir=ctx.workdir.pdt_dir(arch_id),
             steps=steps,
             student_params=state["student"],
             projection_params=state["projection"],

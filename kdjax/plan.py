@@ -50,7 +50,8 @@ def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = 
 def build(ctx, stages: list[str]) -> list[StagePlan]:
     """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
     from kdjax import pdt
-    from kdjax.kd_stage import chosen_arch, num_steps
+    from kdjax.glue_models import chosen_arch, kd_targets
+    from kdjax.kd_stage import num_steps
 
     c, teacher = ctx.config, ctx.teacher.spec
     seq, batch = int(c.data.max_seq_len), ctx.global_batch
@@ -90,17 +91,22 @@ def build(ctx, stages: list[str]) -> list[StagePlan]:
             what = "the search's best (estimated as " + what + ")"
         if winners:
             what += f"; PDT of {winners} winner(s) x {pdt_steps} steps"
-        plans.append(StagePlan("kd", what, total, total * batch, _kd_step_flops(kd_spec, teacher, batch, seq) * total))
+        flops = _kd_step_flops(kd_spec, teacher, batch, seq) * total
+        # The random baselines and arch ids of glue.models, distilled with the same budget (the best's is done).
+        extra = [ctx.student_spec(r.arch_id) for r in kd_targets(ctx) if r.arch_id != kd_spec.arch_id]
+        if extra:
+            what += f"; KD of {len(extra)} model(s) glue.models names x {steps} steps"
+            flops += sum(_kd_step_flops(s, teacher, batch, seq) * steps for s in extra)
+            total += len(extra) * steps
+        plans.append(StagePlan("kd", what, total, total * batch, flops))
     if "glue" in stages:
-        plans.append(_glue_plan(ctx, stages, kd_spec, top_k, rows))
+        plans.append(_glue_plan(ctx, stages, kd_spec, top_k))
     if "report" in stages:
         plans.append(StagePlan("report", "tables and figures", 0, 0, 0.0))
     return plans
 
 
-def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StagePlan:
-    from kdjax.kd_stage import num_steps
-
+def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int) -> StagePlan:
     g, c = ctx.config.glue, ctx.config
     variants = 1 + ("kd" in stages) + (int(c.kd.pdt_steps) > 0)  # mini-KD export, full KD, PDT
     counts = {"teacher": 1, "best": variants, "top_k": top_k * variants, "random": int(g.num_random_baselines)}
@@ -128,12 +134,6 @@ def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StageP
     what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {int(g.num_epochs)} epochs"
     if grid > 1:
         what += f" x {grid} learning rates"
-    if "random" in models and rows:
-        # Random baselines are distilled with the kd.* budget first (once).
-        kd_steps = num_steps(c.kd, max(1, rows // ctx.global_batch))
-        n = int(g.num_random_baselines)
-        flops += n * kd_steps * _kd_step_flops(kd_spec, ctx.teacher.spec, ctx.global_batch, int(c.data.max_seq_len))
-        what += f"; first KD of {n} random baseline(s) x {kd_steps} steps"
     return StagePlan("glue", what, steps, int(examples), flops, units, n_student + has_teacher)
 
 

@@ -126,7 +126,7 @@ def test_pdt_starts_from_the_mini_kd_student_and_projection(pdt_run, monkeypatch
 @pytest.mark.slow
 def test_glue_models_can_name_one_export(pdt_run):
     from kdjax.context import RunContext
-    from kdjax.glue_stage import GlueStageError, resolve_models
+    from kdjax.glue_models import GlueStageError, resolve_models
     from kdjax.workdir import Workdir
 
     w, c = pdt_run
