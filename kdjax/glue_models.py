@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kdjax.config import split_list
+from kdjax.config.settings import SpaceSettings
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.nas.topk import read_top_k
@@ -71,21 +71,21 @@ def _made(ctx: RunContext, kind: str, arch_id: str, name: str, by_kd: bool = Fal
     return ModelRef(name, kind, folder, arch_id, by_kd)
 
 
-def random_specs(ctx: RunContext, n: int) -> list[ArchSpec]:
-    """`n` distinct architectures drawn reproducibly (from the seed) from the teacher-derived search space."""
-    pool = SearchSpace.from_teacher(ctx.teacher.spec, ctx.config.nas.space).all_specs()
+def random_specs(teacher: ArchSpec, space: SpaceSettings, seed: int, n: int) -> list[ArchSpec]:
+    """`n` distinct architectures drawn reproducibly (from `seed`) from the search space of `teacher` and `space`."""
+    pool = SearchSpace.from_teacher(teacher, space).all_specs()
     pool = sorted(set(pool), key=lambda s: s.arch_id)
-    pick = np.random.default_rng([int(ctx.config.seed), 104729]).permutation(len(pool))[:n]
+    pick = np.random.default_rng([seed, 104729]).permutation(len(pool))[:n]
     return [pool[i] for i in pick]
 
 
 def chosen_arch(ctx: RunContext) -> tuple[str, str]:
     """(arch id, where it came from) of the kd stage's student: the search's best when nas/top_k.json exists, else
     config.kd.arch."""
-    top = read_top_k(ctx.workdir.path("nas"), ctx.config.nas)
+    top = read_top_k(ctx.workdir.path("nas"), ctx.settings.nas)
     if top:
         return top[0]["arch_id"], "nas/top_k.json"
-    return str(ctx.config.kd.arch), "config.kd.arch"
+    return ctx.settings.kd.arch, "config.kd.arch"
 
 
 def _best(ctx: RunContext) -> list[ModelRef]:
@@ -101,18 +101,19 @@ def _top_k(ctx: RunContext) -> list[ModelRef]:
         print("glue: 'top_k' needs nas/top_k.json (run the nas stage); skipping it")
         return []
     refs = []
-    for entry in read_top_k(ctx.workdir.path("nas"), ctx.config.nas):
+    for entry in read_top_k(ctx.workdir.path("nas"), ctx.settings.nas):
         refs += variants(ctx, entry["arch_id"])
     return refs
 
 
 def _random(ctx: RunContext) -> list[ModelRef]:
-    specs = random_specs(ctx, int(ctx.config.glue.num_random_baselines))
+    st = ctx.settings
+    specs = random_specs(ctx.teacher.spec, st.nas.space, st.seed, st.glue.num_random_baselines)
     return [_made(ctx, "random", s.arch_id, ctx.workdir.random_name(i, s.arch_id), True) for i, s in enumerate(specs)]
 
 
 def _teacher(ctx: RunContext) -> list[ModelRef]:
-    return [ModelRef("teacher", "teacher", str(ctx.config.teacher.name), ctx.teacher.spec.arch_id)]
+    return [ModelRef("teacher", "teacher", ctx.settings.teacher.name, ctx.teacher.spec.arch_id)]
 
 
 def teacher_ref(ctx: RunContext) -> ModelRef:
@@ -184,7 +185,7 @@ def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
 def kd_targets(ctx: RunContext) -> list[ModelRef]:
     """The rows of glue.models the kd stage distils (random baselines, hand-picked arch ids), in order."""
     refs: list[ModelRef] = []
-    for item in split_list(ctx.config.glue.models):
+    for item in ctx.settings.glue.models:
         if item == "random":
             refs += _random(ctx)
         elif is_arch_id(item) and not _VARIANT_RE.match(item):
@@ -210,7 +211,7 @@ def load_model(ctx: RunContext, ref: ModelRef):
     from kdjax.teacher import load_teacher
 
     try:
-        m = load_teacher(ref.source, allow_pickle=bool(ctx.config.teacher.allow_pickle))
+        m = load_teacher(ref.source, allow_pickle=ctx.settings.teacher.allow_pickle)
     except KdjaxError as e:
         raise GlueStageError(f"glue.models: cannot load {ref.name} ({ref.source}): {e}") from e
     return m.spec, m.params, m.tokenizer

@@ -23,7 +23,6 @@ import numpy as np
 
 from kdjax import glue_data, model_latency, plan
 from kdjax.augment import for_teacher
-from kdjax.config import split_list
 from kdjax.context import RunContext
 from kdjax.finetune import Recipe, finetune
 from kdjax.glue_models import STUDENT_KINDS, ModelRef, check_distilled, load_model, resolve_models, teacher_ref
@@ -36,13 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def recipe_of(ctx: RunContext) -> Recipe:
-    c = ctx.config
-    dtype = jnp.dtype(compute_dtype(str(c.glue.get("compute_dtype", "float32")))).name
-    return Recipe.from_config(c.glue, int(c.seed), dtype)
+    """The configured recipe with its compute dtype resolved on this machine ('auto': bfloat16 on GPU/TPU)."""
+    recipe = ctx.settings.glue.recipe
+    return dataclasses.replace(recipe, compute_dtype=jnp.dtype(compute_dtype(recipe.compute_dtype)).name)
 
 
 def distill_of(ctx: RunContext, recipe: Recipe) -> DistillConfig:
-    cfg = DistillConfig.from_config(ctx.config.glue.distill)
+    """The configured task distillation against this run's teacher, in the recipe's compute dtype."""
+    cfg = ctx.settings.glue.distill.loss
     return dataclasses.replace(cfg, teacher=ctx.teacher.spec, teacher_dtype=recipe.compute_dtype)
 
 
@@ -69,14 +69,14 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, metho
 
 def glue_root(ctx: RunContext) -> str:
     """`data.glue_dir` as a folder; 'synthetic' is generated once into W/cache/glue-synthetic; '' means the hub."""
-    glue_dir = str(ctx.config.data.glue_dir)
+    glue_dir = ctx.settings.data.glue_dir
     if glue_dir != "synthetic":
         return glue_dir
     root = ctx.workdir.path("cache", "glue-synthetic")
     if not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
         from kdjax.data.synthetic_glue import write_glue_dir
 
-        write_glue_dir(root, n_train=64, n_dev=32, seed=int(ctx.config.seed))
+        write_glue_dir(root, n_train=64, n_dev=32, seed=ctx.settings.seed)
     return root
 
 
@@ -105,11 +105,11 @@ class _Stage:
 
     def methods(self, ref: ModelRef) -> list[tuple[str, dict | None]]:
         """(row name, distill record) per row this ref makes: distilled students, plus their fine-tune-only twin."""
-        d = self.ctx.config.glue.distill
-        if ref.kind not in STUDENT_KINDS or not bool(d.enabled):
+        d = self.ctx.settings.glue.distill
+        if ref.kind not in STUDENT_KINDS or not d.enabled:
             return [(ref.name, None)]
         rows = [(ref.name, {"distill": self.distill.to_dict()})]
-        return rows + ([(f"{ref.name}-ft", None)] if bool(d.baseline) else [])
+        return rows + ([(f"{ref.name}-ft", None)] if d.baseline else [])
 
     def teacher_current(self, task: str) -> bool:
         ref = teacher_ref(self.ctx)
@@ -211,19 +211,19 @@ def record_latency(ctx: RunContext, ref: ModelRef, spec: ArchSpec | None, scored
     """Time a scored model once: nothing to do when it is recorded under this protocol (by the kd stage, or by an
     earlier run of this stage). Without `spec`, the architecture is read from the score file `scored`."""
     path = ctx.workdir.latency_path(ref.kind, ref.arch_id, ref.name)
-    if model_latency.is_current(path, ctx.latency_cfg):
+    if model_latency.is_current(path, ctx.settings.nas.latency):
         return
     spec = spec or ArchSpec.from_dict(read_json(scored)["spec"])
     if ref.kind == "teacher":
         # Timed by the teacher stage under its identity; only the PyTorch time of its folder is new here.
-        model_latency.record(path, spec, ctx.latency_cfg, ctx.teacher.folder, xla=ctx.teacher_latency())
+        model_latency.record(path, spec, ctx.settings.nas.latency, ctx.teacher.folder, xla=ctx.teacher_latency())
     else:
-        model_latency.record(path, spec, ctx.latency_cfg, ref.source if os.path.isdir(ref.source) else None)
+        model_latency.record(path, spec, ctx.settings.nas.latency, ref.source if os.path.isdir(ref.source) else None)
 
 
 def run(ctx: RunContext) -> dict:
-    tasks = split_list(ctx.config.glue.tasks)
-    refs = resolve_models(ctx, split_list(ctx.config.glue.models))
+    tasks = list(ctx.settings.glue.tasks)
+    refs = resolve_models(ctx, list(ctx.settings.glue.models))
     check_distilled(refs)
     stage = _Stage(ctx)
     recipe, skipped = stage.recipe, 0

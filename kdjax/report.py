@@ -308,17 +308,16 @@ def build_report(
 
 def run(ctx) -> dict:
     """Stage entry point."""
-    from kdjax.config import split_list
     from kdjax.latency import MachineCache
     from kdjax.search_latency import teacher_key
 
-    extra = split_list(ctx.config.report.extra_workdirs) if "report" in ctx.config else []
+    s = ctx.settings
     # Which entry of teacher/latency.json is this teacher's under this protocol on this machine (none is timed here).
-    t_key = teacher_key(ctx.teacher_identity, ctx.latency_cfg, MachineCache(ctx.latency_cfg))
+    t_key = teacher_key(ctx.teacher_identity, s.nas.latency, MachineCache(s.nas.latency))
     info = build_report(
         ctx.workdir.root,
-        extra_workdirs=extra,
-        reward_cfg=RewardConfig.from_config(ctx.config.nas.reward),
+        extra_workdirs=list(s.report.extra_workdirs),
+        reward_cfg=s.nas.reward,
         teacher_key=t_key,
     )
     print(
