@@ -67,6 +67,23 @@ STAGES = {
 # What a forced stage must not resume from, set aside before it runs (the kd stage sets aside its own arch folder).
 FRESH_OUTPUTS = {"nas": ("nas",)}
 
+# Outputs a finished stage has not made yet (models glue.models names that the kd stage distils): it runs again for
+# them instead of being skipped.
+PENDING = {"kd": kd_stage.pending}
+
+
+def _skipped(ctx: RunContext, name: str, config) -> bool:
+    """A finished stage is skipped unless forced or asked for outputs it has not made (then it says so)."""
+    if ctx.settings.force or not ctx.workdir.is_done(name):
+        return False
+    if not finished(ctx.workdir, name, config):
+        print(f"{name}: finished before for another request; running again for what is new")
+        return False
+    missing = PENDING[name](ctx) if name in PENDING else []
+    if missing:
+        print(f"{name}: finished before; running again for {', '.join(missing)} (named since in glue.models)")
+    return not missing
+
 
 def glue_request(config) -> dict:
     """What a glue stage was asked to score (models, tasks, recipe, data), as JSON reads it back."""
@@ -86,10 +103,8 @@ def finished(wd: Workdir, name: str, config) -> bool:
         return False
     if name not in STAGE_REQUEST:
         return True
-    try:
-        return read_json(wd.path(".stages", f"{name}.json")).get("request") == STAGE_REQUEST[name](config)
-    except ValueError:  # an unreadable marker: run the stage again
-        return False
+    # An unreadable marker reads as {}: the stage runs again.
+    return wd.stage_info(name).get("request") == STAGE_REQUEST[name](config)
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -128,11 +143,12 @@ def run(config, workdir: str) -> None:
             enable_compilation_cache(wd.subdir("cache", "xla"))
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (settings.force or not finished(wd, s, config))])
+            skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s, config)}
+            plan.start(ctx, [s for s in STAGES if s in ctx.stages and s not in skipped])
             for name in STAGES:
                 if name not in ctx.stages:
                     continue
-                if not settings.force and finished(wd, name, config):
+                if name in skipped:
                     print(f"{name}: already finished in {wd.root}, skipping (--config.force=true to re-run)")
                     continue
                 stage = name

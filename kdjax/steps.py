@@ -77,26 +77,28 @@ def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, los
     return jax.lax.stop_gradient(out)
 
 
+class StepSettings(NamedTuple):
+    """What a compiled KD step is specialised on, one hashable static argument: specs, loss, optimiser, dtype."""
+
+    student: ArchSpec
+    teacher: ArchSpec
+    loss: LossConfig
+    opt: OptimConfig
+    dtype_name: str
+
+
 def student_step(
-    state: TrainState,
-    t_out: dict,
-    batch: dict,
-    rng: jax.Array,
-    *,
-    student: ArchSpec,
-    teacher: ArchSpec,
-    loss_cfg: LossConfig,
-    opt: OptimConfig,
-    dtype: Any,
+    state: TrainState, t_out: dict, batch: dict, rng: jax.Array, *, settings: StepSettings
 ) -> tuple[TrainState, dict]:
     """One AdamW step of the student (and projection) towards precomputed teacher outputs."""
     del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
+    student, teacher, loss_cfg, opt = settings.student, settings.teacher, settings.loss, settings.opt
     heads = (
         relation_heads(loss_cfg, student.hidden_size, teacher.hidden_size, student.num_heads, teacher.num_heads)
         if loss_cfg.needs_qkv
         else 1
     )
-    s_model = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits)
+    s_model = Encoder(student, dtype=jnp.dtype(settings.dtype_name), with_mlm_head=loss_cfg.needs_logits)
 
     def loss_fn(params):
         s_out = cast(
@@ -112,27 +114,17 @@ def student_step(
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads, opt)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": opt.schedule_fn()(state.step), **parts}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": state.learning_rate(opt), **parts}
     return new_state, metrics
 
 
 def train_step(
-    state: TrainState,
-    teacher_params: dict,
-    batch: dict,
-    rng: jax.Array,
-    *,
-    student: ArchSpec,
-    teacher: ArchSpec,
-    loss_cfg: LossConfig,
-    opt: OptimConfig,
-    dtype: Any,
+    state: TrainState, teacher_params: dict, batch: dict, rng: jax.Array, *, settings: StepSettings
 ) -> tuple[TrainState, dict]:
     """One KD step: teacher forward, then the student update (the two halves `distill` compiles separately)."""
-    t_out = teacher_forward(teacher_params, batch, teacher=teacher, loss_cfg=loss_cfg, dtype=dtype)
-    return student_step(
-        state, t_out, batch, rng, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=dtype
-    )
+    dtype = jnp.dtype(settings.dtype_name)
+    t_out = teacher_forward(teacher_params, batch, teacher=settings.teacher, loss_cfg=settings.loss, dtype=dtype)
+    return student_step(state, t_out, batch, rng, settings=settings)
 
 
 def _merge_head(t_vars: dict) -> dict:
@@ -154,12 +146,10 @@ def teacher_inputs(teacher_params: dict, loss_cfg: LossConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_fused_step(student, teacher, loss_cfg, opt, dtype_name, mesh):
+def jitted_fused_step(settings: StepSettings, mesh: Mesh):
     """The fused step (teacher + student in one program), for benchmarks and single runs."""
     data, rep = shardings(mesh)
-    step = functools.partial(
-        train_step, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=jnp.dtype(dtype_name)
-    )
+    step = functools.partial(train_step, settings=settings)
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
@@ -169,11 +159,9 @@ def _jitted_teacher(teacher, loss_cfg, dtype_name, mesh):
     return jax.jit(fwd, in_shardings=(rep, data), out_shardings=data)
 
 
-def _jitted_student(student, teacher, loss_cfg, opt, dtype_name, mesh):
+def _jitted_student(settings: StepSettings, mesh: Mesh):
     data, rep = shardings(mesh)
-    step = functools.partial(
-        student_step, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=jnp.dtype(dtype_name)
-    )
+    step = functools.partial(student_step, settings=settings)
     return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
@@ -224,7 +212,8 @@ def compile_programs(
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
     t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
-    s_key = ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes)
+    settings = StepSettings(student, teacher, loss_cfg, opt, dname)
+    s_key = ("student", settings, mesh, shapes)
     if s_key in _COMPILED:
         s_fn, s_s = _compile(s_key, None)
     else:
@@ -234,7 +223,7 @@ def compile_programs(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),
             jax.eval_shape(t_jit, teacher_params, batch),
         )
-        s_jit = _jitted_student(student, teacher, loss_cfg, opt, dname, mesh)
+        s_jit = _jitted_student(settings, mesh)
         s_fn, s_s = _compile(s_key, s_jit, state, t_out, batch, rng)
     return Programs(t_fn, s_fn), t_s + s_s
 
