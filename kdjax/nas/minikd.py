@@ -74,6 +74,7 @@ class CandidateEvaluator:
         # Every candidate sees the same batches: the teacher runs once per step for the whole search.
         mb = int(nas.teacher_cache_mb)
         self.teacher_cache = TeacherOutputCache(mb * 2**20) if mb > 0 else None
+        self.scan_layers = bool(nas.get("scan_layers", False))
 
     def _reward(self, loss: float, latency_ms: float) -> float:
         return reward(loss, latency_ms, self.teacher_latency_ms, self.reward_cfg)
@@ -114,6 +115,7 @@ class CandidateEvaluator:
                     seed=int(ctx.config.seed),
                     dtype=ctx.dtype,
                     mesh=ctx.mesh,
+                    scan_layers=self.scan_layers,
                 ),
                 hooks=[Prune(self.batches.steps_per_epoch, on_epoch)] if on_epoch is not None else [],
                 report_every=self.batches.steps_per_epoch,
