@@ -2,45 +2,34 @@
 
 `finetune` trains a fresh head once per learning rate of `Recipe.learning_rates` (and per seed for small tasks),
 scores every full dev split after each run, and keeps the grid point with the best mean dev score, as the compact
-BERTs' recipe does (Turc et al. 2019: lr from {3e-4, 1e-4, 5e-5, 3e-5}, 4 epochs). The peak learning rate lives in
-the train state as an array and the optimiser's schedule peaks at 1, so one compiled `train_step` per
-(head, bucketed length) serves every grid point. The batch is sharded over the mesh's 'data' axis, state and key are
-replicated, and the state is donated. Dropout draws from `fold_in(key, step)`, data order from
-`default_rng([seed, epoch])`, so a run is reproducible from the recipe alone. STS-B is regression (one output, MSE);
-every other task is softmax cross-entropy; with `distill` the loss is kdjax.task_distill's instead.
+BERTs' recipe does (Turc et al. 2019: lr from {3e-4, 1e-4, 5e-5, 3e-5}, 4 epochs). Every grid point runs the same
+compiled steps (kdjax.finetune_steps: the peak rate is an array in the train state). Data order is drawn from
+`default_rng([seed, epoch])` and dropout from `fold_in(key, step)`, so a run is reproducible from the recipe alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import time
-from typing import Any, cast
+from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from kdjax import glue_data
-from kdjax.errors import KdjaxError
+from kdjax.finetune_steps import FinetuneError, Head, init_params, jitted_logits_step, jitted_train_step
 from kdjax.losses import init_projection
 from kdjax.metrics import task_score, task_scores
-from kdjax.models import SequenceClassifier
-from kdjax.optim import OptimConfig
-from kdjax.sharding import make_mesh, replicate, shard_batch, shardings
+from kdjax.optim import OptimConfig, TrainState
+from kdjax.sharding import make_mesh, replicate, shard_batch
 from kdjax.spec import ArchSpec
-from kdjax.task_distill import DistillConfig, DistillData, intermediate_loss, prediction_loss
+from kdjax.task_distill import DistillData
 
 log = logging.getLogger(__name__)
-
-
-class FinetuneError(KdjaxError, RuntimeError):
-    """Fine-tuning diverged (non-finite loss)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,120 +95,6 @@ def parse_rates(text) -> tuple[float, ...]:
     return tuple(float(t) for t in str(text).split(",") if t.strip())
 
 
-@dataclasses.dataclass(frozen=True)
-class Head:
-    """Static description of the fine-tuned network (a hashable argument of the jitted steps)."""
-
-    spec: ArchSpec
-    num_labels: int
-    dtype_name: str = "float32"
-    dropout_rate: float = 0.1
-
-    @property
-    def regression(self) -> bool:
-        return self.num_labels == 1
-
-    def module(self) -> SequenceClassifier:
-        return SequenceClassifier(self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate)
-
-
-@flax.struct.dataclass
-class FTState:
-    step: jax.Array
-    # Peak learning rate of this grid point: an array, so every grid point runs the same compiled step.
-    lr: jax.Array
-    params: dict  # {'model': SequenceClassifier params, 'projection': Linear(Hs, 2*Ht) when hidden states are matched}
-    opt_state: Any
-
-
-def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
-    """A fresh classifier whose encoder (and pooler, when the checkpoint has one) are the pretrained weights."""
-    ids = jnp.zeros((1, 8), jnp.int32)
-    params = dict(head.module().init(rng, ids, jnp.ones_like(ids))["params"])
-    fresh = jax.tree.structure(params["bert"])
-    # jaxlib's PyTreeDef type stub declares no comparison, though PyTreeDefs compare by structure.
-    if jax.tree.structure(pretrained["encoder"]) != fresh:  # type: ignore[operator]
-        raise FinetuneError("pretrained encoder parameters do not match the architecture spec")
-    # Copies: the train step donates its state, which must never free the caller's pretrained arrays.
-    params["bert"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), pretrained["encoder"])
-    if "pooler" in pretrained:
-        params["pooler"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), dict(pretrained["pooler"]))
-    return params
-
-
-def weighted_loss(logits: jax.Array, labels: jax.Array, weights: jax.Array, regression: bool) -> jax.Array:
-    """Mean MSE (regression) or cross-entropy over the real rows of a batch (filler rows have weight 0)."""
-    if regression:
-        per = jnp.square(logits[:, 0] - labels.astype(jnp.float32))
-    else:
-        per = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.sum(per * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
-def train_step(
-    state: FTState,
-    batch: dict,
-    key: jax.Array,
-    teacher_encoder: dict | None,
-    *,
-    head: Head,
-    opt: OptimConfig,
-    distill: DistillConfig | None,
-) -> tuple[FTState, dict]:
-    """One AdamW step (schedule peaking at 1, scaled by `state.lr`) with dropout keyed by fold_in(key, step)."""
-    rng = jax.random.fold_in(key, state.step)
-    states = distill is not None and distill.needs_states
-    relations = distill is not None and distill.attention_relation_weight > 0
-
-    def loss_fn(params: dict) -> tuple[jax.Array, dict]:
-        out: Any = head.module().apply(
-            {"params": params["model"]},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            deterministic=False,
-            return_encoder=states,
-            return_qkv=states and relations,
-            rngs={"dropout": rng},
-        )
-        logits, enc = out if states else (out, None)
-        if distill is None:
-            return weighted_loss(logits, batch["labels"], batch["weights"], head.regression), {}
-        loss, parts = prediction_loss(logits, batch, distill, head.regression)
-        if states:
-            assert enc is not None and teacher_encoder is not None
-            extra, more = intermediate_loss(enc, teacher_encoder, params.get("projection"), batch, distill, head.spec)
-            loss, parts = loss + extra, {**parts, **more}
-        return loss, parts
-
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = opt.make().update(grads, state.opt_state, state.params)
-    # AdamW's update (weight decay included) is linear in the learning rate: scaling by the peak is exact.
-    updates = jax.tree.map(lambda u: u * state.lr, updates)
-    params = optax.apply_updates(state.params, updates)
-    lr = state.lr * opt.schedule_fn()(state.step)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": lr, **parts}
-    return FTState(step=state.step + 1, lr=state.lr, params=params, opt_state=opt_state), metrics
-
-
-def logits_step(params: dict, batch: dict, *, head: Head) -> jax.Array:
-    out = head.module().apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    return cast(jax.Array, out)
-
-
-@functools.lru_cache(maxsize=32)
-def jitted_train_step(head: Head, opt: OptimConfig, distill: DistillConfig | None, mesh: Mesh):
-    data, rep = shardings(mesh)
-    fn = functools.partial(train_step, head=head, opt=opt, distill=distill)
-    return jax.jit(fn, in_shardings=(rep, data, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
-
-
-@functools.lru_cache(maxsize=32)
-def jitted_logits_step(head: Head, mesh: Mesh):
-    data, rep = shardings(mesh)
-    return jax.jit(functools.partial(logits_step, head=head), in_shardings=(rep, data), out_shardings=data)
-
-
 def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:
     """A seeded random subset of `n` training examples (training files are often sorted)."""
     if n <= 0 or n >= len(split):
@@ -282,7 +157,7 @@ def _train_one(ctx: dict, lr: float, seed: int, bar) -> tuple[Any, list[float], 
     if cfg is not None and cfg.hidden_weight > 0:
         params["projection"] = init_projection(proj_key, head.spec.hidden_size, cfg.teacher.hidden_size)
     opt = ctx["opt"]
-    state = FTState(jnp.zeros((), jnp.int32), jnp.asarray(lr, jnp.float32), params, opt.make().init(params))
+    state = TrainState.create(params, opt, lr=jnp.asarray(lr, jnp.float32))
     state = replicate(state, mesh)
     key = replicate(dropout_key, mesh)
     teacher = replicate(distill.teacher_encoder, mesh) if cfg is not None and cfg.needs_states else None
@@ -351,7 +226,7 @@ def finetune(
     dev = {s: glue_data.encode(tokenizer, split, recipe.max_seq_len) for s, split in task_data.dev.items()}
     per_epoch = glue_data.steps_per_epoch(len(train), batch_size)
     total = per_epoch * recipe.num_epochs
-    # Unit peak: the grid point's rate is FTState.lr, so this (hashable) config and the compiled step are shared.
+    # Unit peak: the grid point's rate is TrainState.lr, so this (hashable) config and the compiled step are shared.
     opt = OptimConfig(
         learning_rate=1.0,
         total_steps=total,

@@ -300,7 +300,8 @@ class _Stage:
 
     def distill_data(self, task: str) -> DistillData:
         """A student's training set (subsampled as the recipe says, maybe augmented) with the teacher's logits."""
-        from kdjax.finetune import Head, predict_logits, subsample
+        from kdjax.finetune import predict_logits, subsample
+        from kdjax.finetune_steps import Head
 
         ctx, recipe, cfg = self.ctx, self.recipe, self.distill
         data, teacher = self.task(task), ctx.teacher

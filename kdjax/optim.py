@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -66,25 +65,53 @@ class OptimConfig:
         return tx
 
 
-@flax.struct.dataclass
+@jax.tree_util.register_pytree_with_keys_class
+@dataclasses.dataclass(frozen=True)
 class TrainState:
     """Everything training changes, and so everything a checkpoint saves.
 
-    `params` is the trained pytree: {'student', 'projection'} in distillation, the classifier's {'bert', 'pooler',
-    'classifier'} in fine-tuning. The optimiser itself is not a field: it is rebuilt from the hashable `OptimConfig`,
+    `params` is the trained pytree: {'student', 'projection'} in distillation, the classifier's {'model',
+    'projection'} in fine-tuning. The optimiser itself is not a field: it is rebuilt from the hashable `OptimConfig`,
     a static argument of the jitted steps, so the state stays a plain pytree for Orbax and `jax.jit`.
+
+    `lr` (fine-tuning's learning-rate grid) is the peak learning rate as an array, scaling an `OptimConfig` whose
+    schedule peaks at 1, so every grid point runs the same compiled step. Without it (distillation) the state has
+    exactly the three children it always had, so checkpoints written before the field existed still restore.
     """
 
     step: jax.Array
     params: dict
     opt_state: Any
+    lr: jax.Array | None = None
+    # Whether `lr` is a child. Kept apart from `lr is None` because tree maps (Orbax's among them) rebuild the
+    # state with None or abstract leaves, which must keep the layout they came from.
+    scaled: bool = False
+
+    def tree_flatten_with_keys(self) -> tuple[list, bool]:
+        names = ("step", "params", "opt_state", "lr") if self.scaled else ("step", "params", "opt_state")
+        return [(jax.tree_util.GetAttrKey(n), getattr(self, n)) for n in names], self.scaled
 
     @classmethod
-    def create(cls, params: dict, opt: OptimConfig) -> TrainState:
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.make().init(params))
+    def tree_unflatten(cls, scaled: bool, children: list) -> TrainState:
+        step, params, opt_state, *lr = children
+        return cls(step, params, opt_state, lr[0] if scaled else None, scaled)
+
+    @classmethod
+    def create(cls, params: dict, opt: OptimConfig, lr: jax.Array | None = None) -> TrainState:
+        """Step 0 with a fresh optimiser state; `lr` makes it a learning-rate-scaled state (see the class)."""
+        step = jnp.zeros((), jnp.int32)
+        return cls(step, params, opt.make().init(params), lr, scaled=lr is not None)
+
+    def learning_rate(self, opt: OptimConfig) -> jax.Array:
+        """The learning rate this step applies."""
+        rate = opt.schedule_fn()(self.step)
+        return rate * self.lr if self.scaled else rate
 
     def apply_gradients(self, grads: dict, opt: OptimConfig) -> TrainState:
         """One optimiser step: the next state (step + 1)."""
         updates, opt_state = opt.make().update(grads, self.opt_state, self.params)
+        if self.scaled:
+            # AdamW's update (weight decay included) is linear in the learning rate: scaling by the peak is exact.
+            updates = jax.tree.map(lambda u: u * self.lr, updates)
         params = optax.apply_updates(self.params, updates)
-        return TrainState(step=self.step + 1, params=params, opt_state=opt_state)
+        return dataclasses.replace(self, step=self.step + 1, params=params, opt_state=opt_state)

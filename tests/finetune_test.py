@@ -8,7 +8,8 @@ import pytest
 
 from kdjax import glue_data
 from kdjax.data.synthetic_glue import write_glue_dir
-from kdjax.finetune import Head, Recipe, finetune, init_params, weighted_loss
+from kdjax.finetune import Recipe, finetune
+from kdjax.finetune_steps import Head, init_params, weighted_loss
 from kdjax.sharding import make_mesh
 
 
@@ -101,8 +102,8 @@ def test_learning_rate_grid_records_every_point_and_compiles_once(tiny_teacher, 
     # batch length, not once per rate.
     info = factory.cache_info()
     assert info.misses == 1 and info.hits == len(rates) - 1
-    head = ft.Head(tiny_teacher.spec, 2, recipe.compute_dtype, recipe.dropout_rate)
-    fn = factory(head, _unit_opt(data, recipe), None, ft.make_mesh())
+    head = Head(tiny_teacher.spec, 2, recipe.compute_dtype, recipe.dropout_rate)
+    fn = factory(head, _unit_opt(data, recipe), None, make_mesh())
     assert factory.cache_info().misses == 1
     train = glue_data.encode(tiny_teacher.tokenizer, data.train, recipe.max_seq_len)
     lengths = {

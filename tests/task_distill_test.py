@@ -8,7 +8,8 @@ import pytest
 
 from kdjax import augment, glue_data
 from kdjax.data.synthetic_glue import write_glue_dir
-from kdjax.finetune import Head, Recipe, finetune, init_params, predict_logits
+from kdjax.finetune import Recipe, finetune, predict_logits
+from kdjax.finetune_steps import Head, init_params
 from kdjax.sharding import make_mesh
 from kdjax.steps import init_student
 from kdjax.task_distill import DistillConfig, kl_to_teacher, prediction_loss, prepare
