@@ -8,7 +8,7 @@ Every setting is a config field, set on the command line with --config.<field>=<
 List every field with its current value and meaning (no --workdir needed, nothing is run):
   python main.py --config=configs/bert_nas.py:tiny --print_config
 Add overrides to that command to see their effect. Variants: ':tiny' (seconds on CPU, no downloads),
-':minilm' (offline MiniLM teacher and local data). The fields are defined, with comments, in kdjax/config.py.
+':minilm' (offline MiniLM teacher and local data). The fields are defined, with comments, in kdjax/config/schema.py.
 """
 
 import logging

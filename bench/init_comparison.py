@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from kdjax.config import _minilm_dir
+from kdjax.config.settings import DataSettings
 from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.corpus import packed_corpus
 from kdjax.losses import LossConfig
@@ -48,8 +48,14 @@ def main() -> None:
     args = p.parse_args()
 
     teacher = load_teacher(args.teacher)
-    data = ml_collections.ConfigDict(
-        dict(corpus=args.corpus, text_column="text", max_seq_len=128, max_lines=args.max_lines, synthetic_lines=2000)
+    data = DataSettings(
+        corpus=args.corpus,
+        text_column="text",
+        max_seq_len=128,
+        mlm_probability=0.15,
+        max_lines=args.max_lines,
+        synthetic_lines=2000,
+        glue_dir="",
     )
     rows = packed_corpus(data, teacher.tokenizer, "/tmp/kdjax-bench-cache")
     masking = MaskingSpec.from_tokenizer(teacher.tokenizer)

@@ -87,10 +87,6 @@ class GuardConfig:
     std_ratio: float = 0.2
     cls_cosine: float = 0.98
 
-    @classmethod
-    def from_config(cls, kd_cfg) -> GuardConfig:
-        return cls(str(kd_cfg.collapse_guard), float(kd_cfg.collapse_std_ratio), float(kd_cfg.collapse_cls_cosine))
-
 
 def diagnose(student: dict, teacher: dict, cfg: GuardConfig) -> list[str]:
     """Why `student` counts as collapsed against `teacher` (empty when healthy)."""

@@ -1,6 +1,7 @@
 """Help for the command line: every config field with its meaning (`--print_config`), and typo suggestions.
 
-The meanings are the comments above each field in `kdjax/config.py::base_config`, so they cannot drift from the schema.
+The meanings are the comments above each field in `kdjax/config/schema.py::base_config`, so they cannot drift from
+the schema.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 
 import ml_collections
 
-from kdjax import config
+from kdjax.config import schema
 
 
 def unknown_field(c: ml_collections.ConfigDict, path: str) -> str | None:
@@ -35,7 +36,7 @@ def describe(c: ml_collections.ConfigDict) -> list[str]:
     comments: dict[str, str] = {}
     block: list[str] = []
     after_comment = False
-    with open(config.__file__) as f:
+    with open(schema.__file__) as f:
         for line in f:
             text = line.strip()
             m = re.match(r"c\.([\w.]+) = ", text)

@@ -1,4 +1,9 @@
-"""Everything a stage needs, built lazily once per run: validated config, workdir, teacher, packed corpus."""
+"""Everything a stage needs, built lazily once per run: typed settings, workdir, teacher, packed corpus.
+
+A stage's `run(ctx)` reads the context and hands the pieces further down as explicit arguments (settings sections,
+the teacher, batches, optimiser and loss settings, caches): the code that trains, searches and fine-tunes
+(`distill_arch`, `CandidateEvaluator`, `finetune`) never sees the context.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,10 @@ import logging
 import jax
 import numpy as np
 
-from kdjax.config import check_positions, split_list
+from kdjax.config import check_positions
+from kdjax.config.settings import Settings
 from kdjax.data.batches import MaskingSpec
 from kdjax.data.corpus import packed_corpus
-from kdjax.latency import LatencyConfig
-from kdjax.losses import LossConfig
 from kdjax.sharding import compute_dtype, make_mesh
 from kdjax.spec import ArchSpec
 from kdjax.teacher import Teacher, load_teacher
@@ -22,36 +26,40 @@ log = logging.getLogger(__name__)
 
 
 class RunContext:
-    def __init__(self, config, workdir: Workdir):
-        self.config = config
+    """The settings `validate` returned and the workdir; the teacher is loaded on first use unless one is given
+    (a test reusing a teacher it loaded once)."""
+
+    def __init__(self, settings: Settings, workdir: Workdir, teacher: Teacher | None = None):
+        self.settings = settings
         self.workdir = workdir
-        self.stages = split_list(config.stages)
+        self.stages = settings.stages
+        if teacher is not None:
+            check_positions(settings, teacher.spec)
+            self.teacher = teacher
 
     @functools.cached_property
     def teacher(self) -> Teacher:
-        c = self.config.teacher
-        log.info("loading teacher %s", c.name)
+        t = self.settings.teacher
+        log.info("loading teacher %s", t.name)
         teacher = load_teacher(
-            str(c.name),
-            allow_pickle=bool(c.allow_pickle),
-            random_dir=self.workdir.subdir("teacher"),
-            seed=self.config.seed,
+            t.name, allow_pickle=t.allow_pickle, random_dir=self.workdir.subdir("teacher"), seed=self.settings.seed
         )
-        check_positions(self.config, teacher.spec)
+        check_positions(self.settings, teacher.spec)
         return teacher
 
     @functools.cached_property
     def rows(self) -> np.ndarray:
         """The packed corpus (cached on disk by content fingerprint)."""
-        log.info("preparing corpus %s", self.config.data.corpus)
-        rows = packed_corpus(self.config.data, self.teacher.tokenizer, self.workdir.cache, seed=self.config.seed)
+        data = self.settings.data
+        log.info("preparing corpus %s", data.corpus)
+        rows = packed_corpus(data, self.teacher.tokenizer, self.workdir.cache, seed=self.settings.seed)
         pad = self.teacher.tokenizer.pad_token_id
         log.info("corpus: %d rows of %d tokens, %.1f%% non-pad", len(rows), rows.shape[1], 100 * np.mean(rows != pad))
         return rows
 
     @functools.cached_property
     def masking(self) -> MaskingSpec:
-        return MaskingSpec.from_tokenizer(self.teacher.tokenizer, float(self.config.data.mlm_probability))
+        return MaskingSpec.from_tokenizer(self.teacher.tokenizer, self.settings.data.mlm_probability)
 
     @functools.cached_property
     def mesh(self):
@@ -59,19 +67,13 @@ class RunContext:
 
     @property
     def global_batch(self) -> int:
-        return int(self.config.kd.per_device_batch_size) * self.mesh.size
+        """Rows per KD step: `kd.per_device_batch_size` on every device of the mesh."""
+        return self.settings.kd.per_device_batch_size * self.mesh.size
 
     @property
     def dtype(self):
-        return compute_dtype(str(self.config.kd.compute_dtype))
-
-    @property
-    def loss_cfg(self) -> LossConfig:
-        return LossConfig.from_config(self.config.kd.loss)
-
-    @property
-    def latency_cfg(self) -> LatencyConfig:
-        return LatencyConfig.from_config(self.config.nas)
+        """The KD compute dtype, `kd.compute_dtype` with 'auto' resolved on this machine's devices."""
+        return compute_dtype(self.settings.kd.compute_dtype)
 
     @functools.cached_property
     def teacher_identity(self) -> str:
@@ -85,7 +87,10 @@ class RunContext:
         from kdjax.search_latency import teacher_latency
 
         return teacher_latency(
-            self.teacher.spec, self.teacher_identity, self.latency_cfg, self.workdir.path("teacher", "latency.json")
+            self.teacher.spec,
+            self.teacher_identity,
+            self.settings.nas.latency,
+            self.workdir.path("teacher", "latency.json"),
         )
 
     def search_latency(self):
@@ -93,7 +98,7 @@ class RunContext:
         from kdjax.search_latency import SearchLatency
 
         return SearchLatency(
-            self.latency_cfg,
+            self.settings.nas.latency,
             self.teacher.spec,
             self.teacher_identity,
             self.workdir.path("nas", "latency.json"),

@@ -60,24 +60,6 @@ class Recipe:
     # correlation rather than into moving the output from 0 to ~2.7.
     regression_bias_to_label_mean: bool = True
 
-    @classmethod
-    def from_config(cls, glue_cfg, seed: int, compute_dtype: str = "float32") -> Recipe:
-        return cls(
-            learning_rates=parse_rates(glue_cfg.learning_rates),
-            per_device_batch_size=int(glue_cfg.per_device_batch_size),
-            num_epochs=int(glue_cfg.num_epochs),
-            warmup_fraction=float(glue_cfg.warmup_fraction),
-            weight_decay=float(glue_cfg.weight_decay),
-            max_seq_len=int(glue_cfg.max_seq_len),
-            max_train_examples=int(glue_cfg.max_train_examples),
-            dropout_rate=float(glue_cfg.get("dropout_rate", 0.1)),
-            compute_dtype=compute_dtype,
-            seed=int(seed),
-            seeds=int(glue_cfg.seeds),
-            small_task_examples=int(glue_cfg.small_task_examples),
-            length_window=int(glue_cfg.length_window),
-        )
-
     def seeds_for(self, num_train: int) -> list[int]:
         n = self.seeds if num_train <= self.small_task_examples else 1
         return [self.seed + i for i in range(max(1, n))]
@@ -86,13 +68,6 @@ class Recipe:
         d = dataclasses.asdict(self)
         d["learning_rates"] = list(self.learning_rates)  # as JSON reads it back, so recipes compare equal
         return d
-
-
-def parse_rates(text) -> tuple[float, ...]:
-    """'3e-4,1e-4' (or one number) -> (3e-4, 1e-4)."""
-    if isinstance(text, int | float):
-        return (float(text),)
-    return tuple(float(t) for t in str(text).split(",") if t.strip())
 
 
 def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:

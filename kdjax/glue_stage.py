@@ -34,7 +34,7 @@ import numpy as np
 
 from kdjax import glue_data, plan
 from kdjax.augment import for_teacher
-from kdjax.config import split_list
+from kdjax.config.settings import SpaceSettings
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
@@ -84,21 +84,21 @@ def variants(ctx: RunContext, arch_id: str) -> list[ModelRef]:
 
 def _distilled(ctx: RunContext, name: str, kind: str, arch_id: str, out_dir: str) -> ModelRef:
     """A ref to out_dir/hf that distills `arch_id` with the kd.* budget first if the export is missing."""
-    from kdjax.kd_stage import distill_arch
+    from kdjax.kd_stage import distill_arch, kd_inputs
 
     def prepare() -> None:
         if not os.path.exists(os.path.join(out_dir, "hf", "config.json")):
             print(f"glue: distilling {name} with the kd.* budget into {out_dir}")
-            distill_arch(ctx, ctx.student_spec(arch_id), out_dir=out_dir, desc=name)
+            distill_arch(kd_inputs(ctx), ctx.student_spec(arch_id), out_dir=out_dir, desc=name)
 
     return ModelRef(name, kind, os.path.join(out_dir, "hf"), arch_id, prepare)
 
 
-def random_specs(ctx: RunContext, n: int) -> list[ArchSpec]:
-    """`n` distinct architectures drawn reproducibly (from the seed) from the teacher-derived search space."""
-    pool = SearchSpace.from_teacher(ctx.teacher.spec, ctx.config.nas.space).all_specs()
+def random_specs(teacher: ArchSpec, space: SpaceSettings, seed: int, n: int) -> list[ArchSpec]:
+    """`n` distinct architectures drawn reproducibly (from `seed`) from the search space of `teacher` and `space`."""
+    pool = SearchSpace.from_teacher(teacher, space).all_specs()
     pool = sorted(set(pool), key=lambda s: s.arch_id)
-    pick = np.random.default_rng([int(ctx.config.seed), 104729]).permutation(len(pool))[:n]
+    pick = np.random.default_rng([seed, 104729]).permutation(len(pool))[:n]
     return [pool[i] for i in pick]
 
 
@@ -118,21 +118,22 @@ def _top_k(ctx: RunContext) -> list[ModelRef]:
         print("glue: 'top_k' needs nas/top_k.json (run the nas stage); skipping it")
         return []
     refs = []
-    for entry in read_top_k(ctx.workdir.path("nas"), ctx.config.nas):
+    for entry in read_top_k(ctx.workdir.path("nas"), ctx.settings.nas):
         refs += variants(ctx, entry["arch_id"])
     return refs
 
 
 def _random(ctx: RunContext) -> list[ModelRef]:
     refs = []
-    for i, spec in enumerate(random_specs(ctx, int(ctx.config.glue.num_random_baselines))):
+    s = ctx.settings
+    for i, spec in enumerate(random_specs(ctx.teacher.spec, s.nas.space, s.seed, s.glue.num_random_baselines)):
         name = f"random-{i}-{spec.arch_id}"
         refs.append(_distilled(ctx, name, "random", spec.arch_id, ctx.workdir.path("kd", name)))
     return refs
 
 
 def _teacher(ctx: RunContext) -> list[ModelRef]:
-    return [ModelRef("teacher", "teacher", str(ctx.config.teacher.name), ctx.teacher.spec.arch_id)]
+    return [ModelRef("teacher", "teacher", ctx.settings.teacher.name, ctx.teacher.spec.arch_id)]
 
 
 # Explicit registry: keyword of glue.models -> the refs it stands for.
@@ -200,20 +201,21 @@ def load_model(ctx: RunContext, ref: ModelRef):
     if ref.prepare is not None:
         ref.prepare()
     try:
-        m = load_teacher(ref.source, allow_pickle=bool(ctx.config.teacher.allow_pickle))
+        m = load_teacher(ref.source, allow_pickle=ctx.settings.teacher.allow_pickle)
     except KdjaxError as e:
         raise GlueStageError(f"glue.models: cannot load {ref.name} ({ref.source}): {e}") from e
     return m.spec, m.params, m.tokenizer
 
 
 def recipe_of(ctx: RunContext) -> Recipe:
-    c = ctx.config
-    dtype = jnp.dtype(compute_dtype(str(c.glue.get("compute_dtype", "float32")))).name
-    return Recipe.from_config(c.glue, int(c.seed), dtype)
+    """The configured recipe with its compute dtype resolved on this machine ('auto': bfloat16 on GPU/TPU)."""
+    recipe = ctx.settings.glue.recipe
+    return dataclasses.replace(recipe, compute_dtype=jnp.dtype(compute_dtype(recipe.compute_dtype)).name)
 
 
 def distill_of(ctx: RunContext, recipe: Recipe) -> DistillConfig:
-    cfg = DistillConfig.from_config(ctx.config.glue.distill)
+    """The configured task distillation against this run's teacher, in the recipe's compute dtype."""
+    cfg = ctx.settings.glue.distill.loss
     return dataclasses.replace(cfg, teacher=ctx.teacher.spec, teacher_dtype=recipe.compute_dtype)
 
 
@@ -240,14 +242,14 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, metho
 
 def glue_root(ctx: RunContext) -> str:
     """`data.glue_dir` as a folder; 'synthetic' is generated once into W/cache/glue-synthetic; '' means the hub."""
-    glue_dir = str(ctx.config.data.glue_dir)
+    glue_dir = ctx.settings.data.glue_dir
     if glue_dir != "synthetic":
         return glue_dir
     root = ctx.workdir.path("cache", "glue-synthetic")
     if not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
         from kdjax.data.synthetic_glue import write_glue_dir
 
-        write_glue_dir(root, n_train=64, n_dev=32, seed=int(ctx.config.seed))
+        write_glue_dir(root, n_train=64, n_dev=32, seed=ctx.settings.seed)
     return root
 
 
@@ -276,11 +278,11 @@ class _Stage:
 
     def methods(self, ref: ModelRef) -> list[tuple[str, dict | None]]:
         """(row name, distill record) per row this ref makes: distilled students, plus their fine-tune-only twin."""
-        d = self.ctx.config.glue.distill
-        if ref.kind not in STUDENT_KINDS or not bool(d.enabled):
+        d = self.ctx.settings.glue.distill
+        if ref.kind not in STUDENT_KINDS or not d.enabled:
             return [(ref.name, None)]
         rows = [(ref.name, {"distill": self.distill.to_dict()})]
-        return rows + ([(f"{ref.name}-ft", None)] if bool(d.baseline) else [])
+        return rows + ([(f"{ref.name}-ft", None)] if d.baseline else [])
 
     def teacher_current(self, task: str) -> bool:
         ref = _teacher(self.ctx)[0]
@@ -379,8 +381,8 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def run(ctx: RunContext) -> dict:
-    tasks = split_list(ctx.config.glue.tasks)
-    refs = resolve_models(ctx, split_list(ctx.config.glue.models))
+    tasks = list(ctx.settings.glue.tasks)
+    refs = resolve_models(ctx, list(ctx.settings.glue.models))
     stage = _Stage(ctx)
     recipe, skipped = stage.recipe, 0
     for ref in refs:

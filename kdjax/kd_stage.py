@@ -8,13 +8,16 @@ import hashlib
 import logging
 import math
 import os
+from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from kdjax import pdt, plan
 from kdjax.checkpoint import Checkpointer
-from kdjax.collapse import CollapseGuard, CollapseHook, GuardConfig
+from kdjax.collapse import CollapseGuard, CollapseHook
+from kdjax.config.settings import KdSettings
 from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
@@ -24,6 +27,7 @@ from kdjax.nas.topk import read_top_k
 from kdjax.optim import OptimConfig
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params, initial_projection
+from kdjax.teacher import Teacher
 from kdjax.train import DistillSettings, Student, distill
 from kdjax.workdir import read_json, write_json
 from kdjax.writer import MetricWriter
@@ -33,10 +37,31 @@ log = logging.getLogger(__name__)
 
 def chosen_arch(ctx: RunContext) -> tuple[str, str]:
     """(arch id, where it came from): the search's best when nas/top_k.json exists, else config.kd.arch."""
-    top = read_top_k(ctx.workdir.path("nas"), ctx.config.nas)
+    top = read_top_k(ctx.workdir.path("nas"), ctx.settings.nas)
     if top:
         return top[0]["arch_id"], "nas/top_k.json"
-    return str(ctx.config.kd.arch), "config.kd.arch"
+    return ctx.settings.kd.arch, "config.kd.arch"
+
+
+@dataclasses.dataclass(frozen=True)
+class KdInputs:
+    """What every full-KD run of a stage shares: the teacher, the corpus batches, the KD settings, the run's seed,
+    compute dtype and mesh, and the corpus sequence length (recorded in the export)."""
+
+    teacher: Teacher
+    batches: Batches
+    kd: KdSettings
+    seed: int
+    dtype: Any
+    mesh: Mesh
+    seq_len: int
+
+
+def kd_inputs(ctx: RunContext) -> KdInputs:
+    """The KD inputs of this run (packs the corpus on first use)."""
+    s = ctx.settings
+    batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, s.seed)
+    return KdInputs(ctx.teacher, batches, s.kd, s.seed, ctx.dtype, ctx.mesh, s.data.max_seq_len)
 
 
 _digests: dict[int, str] = {}
@@ -62,14 +87,13 @@ def _rows_digest(rows: np.ndarray) -> str:
     return _digests[key]
 
 
-def kd_settings(ctx: RunContext, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
+def kd_settings(inp: KdInputs, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
     """What a KD checkpoint depends on, under the names a user changes it by: a resume with other values is refused."""
-    kd, data = ctx.config.kd, ctx.config.data
-    loss = {f"kd.loss.{k}": v for k, v in dataclasses.asdict(ctx.loss_cfg).items()}
+    loss = {f"kd.loss.{k}": v for k, v in dataclasses.asdict(inp.kd.loss).items()}
     return {
         "arch": spec.arch_id,
-        "teacher (architecture:weights)": f"{ctx.teacher.spec.arch_id}:{_digest(ctx.teacher.params)}",
-        "kd.init": "weights passed in" if given_init else str(kd.init),
+        "teacher (architecture:weights)": f"{inp.teacher.spec.arch_id}:{_digest(inp.teacher.params)}",
+        "kd.init": "weights passed in" if given_init else inp.kd.init,
         "total steps (kd.num_train_steps, or kd.num_epochs x steps per epoch)": opt.total_steps,
         "kd.learning_rate": opt.learning_rate,
         "warmup steps (kd.warmup_fraction x total steps)": opt.warmup_steps,
@@ -77,19 +101,15 @@ def kd_settings(ctx: RunContext, spec: ArchSpec, opt: OptimConfig, given_init: b
         "kd.weight_decay": opt.weight_decay,
         "kd.grad_clip_norm": opt.grad_clip_norm,
         **loss,
-        "global batch (kd.per_device_batch_size x devices)": ctx.global_batch,
-        "data.mlm_probability": float(data.mlm_probability),
-        "corpus (data.*; fingerprint of the packed rows)": _rows_digest(ctx.rows),
-        "seed": int(ctx.config.seed),
+        "global batch (kd.per_device_batch_size x devices)": inp.batches.global_batch,
+        "data.mlm_probability": inp.batches.masking.probability,
+        "corpus (data.*; fingerprint of the packed rows)": _rows_digest(inp.batches.rows),
+        "seed": inp.seed,
     }
 
 
-def num_steps(kd_cfg, steps_per_epoch: int) -> int:
-    return int(kd_cfg.num_train_steps) or int(kd_cfg.num_epochs) * steps_per_epoch
-
-
 def distill_arch(
-    ctx: RunContext,
+    inp: KdInputs,
     spec: ArchSpec,
     *,
     out_dir: str,
@@ -106,40 +126,36 @@ def distill_arch(
     result.json; `eta` = (steps of the stage before this run, steps of the whole stage) reports progress to the plan.
     A resume must find checkpoints made with the same settings (`kd_settings`); otherwise it stops with one line.
     """
-    kd = ctx.config.kd
+    kd, teacher = inp.kd, inp.teacher
     given_init = student_params is not None
     if student_params is None:
-        student_params = initial_params(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
+        student_params = initial_params(kd.init, teacher.params, teacher.spec, spec)
     if projection_params is None:
-        projection_params = initial_projection(str(kd.init), ctx.teacher.params, ctx.teacher.spec, spec)
-    batches = Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed)
-    steps = steps or num_steps(kd, batches.steps_per_epoch)
-    opt = OptimConfig.from_config(kd, steps)
-    every = int(kd.checkpoint_every_steps)
+        projection_params = initial_projection(kd.init, teacher.params, teacher.spec, spec)
+    steps = steps or kd.num_steps(inp.batches.steps_per_epoch)
+    opt = kd.optim(steps)
+    every = kd.checkpoint_every_steps
     ckpt = Checkpointer(
         os.path.join(out_dir, "checkpoints"),
-        keep=int(kd.keep_checkpoints),
+        keep=kd.keep_checkpoints,
         interval_steps=every,
         final_step=steps,
-        settings=kd_settings(ctx, spec, opt, given_init),
+        settings=kd_settings(inp, spec, opt, given_init),
     )
     writer = MetricWriter(out_dir)
     hooks = [LogMetrics(writer), SaveCheckpoints(ckpt, every=every)]
-    guard = GuardConfig.from_config(kd)
-    if guard.mode != "off":  # after SaveCheckpoints: a collapsed student's checkpoint is kept
-        hooks.append(CollapseHook(CollapseGuard(guard, ctx.teacher, spec, out_dir, f"{desc} {spec.arch_id}"), every))
+    if kd.guard.mode != "off":  # after SaveCheckpoints: a collapsed student's checkpoint is kept
+        hooks.append(CollapseHook(CollapseGuard(kd.guard, teacher, spec, out_dir, f"{desc} {spec.arch_id}"), every))
     if eta is not None:
         hooks.append(plan.EtaHook("kd", *eta))
     try:
         result = distill(
-            ctx.teacher,
+            teacher,
             Student(spec, student_params, projection_params),
-            batches,
-            DistillSettings(
-                loss=ctx.loss_cfg, opt=opt, num_steps=steps, seed=ctx.config.seed, dtype=ctx.dtype, mesh=ctx.mesh
-            ),
+            inp.batches,
+            DistillSettings(loss=kd.loss, opt=opt, num_steps=steps, seed=inp.seed, dtype=inp.dtype, mesh=inp.mesh),
             hooks=hooks,
-            report_every=int(kd.log_every_steps),
+            report_every=kd.log_every_steps,
             desc=f"{desc} {spec.arch_id}",
         )
     except KeyboardInterrupt:
@@ -149,19 +165,19 @@ def distill_arch(
         writer.close()
         ckpt.close()
     info = {
-        "teacher": ctx.teacher.source,
+        "teacher": teacher.source,
         "kd_steps": steps,
-        "global_batch": ctx.global_batch,
-        "seq_len": int(ctx.config.data.max_seq_len),
+        "global_batch": inp.batches.global_batch,
+        "seq_len": inp.seq_len,
         "final_kd_loss": round(result.final_loss, 6),
     }
     export_hf(
         os.path.join(out_dir, "hf"),
         spec,
         result.params["student"],
-        ctx.teacher.hf_config,
-        ctx.teacher.tokenizer,
-        teacher_source=ctx.teacher.source,
+        teacher.hf_config,
+        teacher.tokenizer,
+        teacher_source=teacher.source,
         info=info,
     )
     timing = {
@@ -199,13 +215,14 @@ def run(ctx: RunContext) -> dict:
     arch_id, origin = chosen_arch(ctx)
     spec = ctx.student_spec(arch_id)
     log.info("kd: distilling %s (%s, %.1fM params)", arch_id, origin, spec.num_params / 1e6)
-    if ctx.config.force:
+    if ctx.settings.force:
         # A forced re-run trains from scratch; the earlier outputs stay in W/.previous/kd until it finishes.
         ctx.workdir.set_aside("kd", ctx.workdir.path("kd", spec.arch_id))
     out = ctx.workdir.subdir("kd", spec.arch_id)
-    steps = num_steps(ctx.config.kd, Batches(ctx.rows, ctx.global_batch, ctx.masking, ctx.config.seed).steps_per_epoch)
+    inp = kd_inputs(ctx)
+    steps = inp.kd.num_steps(inp.batches.steps_per_epoch)
     stage_steps = steps + pdt.planned_steps(ctx)
-    summary = distill_arch(ctx, spec, out_dir=out, steps=steps, eta=(0, stage_steps))
+    summary = distill_arch(inp, spec, out_dir=out, steps=steps, eta=(0, stage_steps))
     print(f"kd: {spec.arch_id} final loss {summary['final_loss']:.4f}, export in {os.path.join(out, 'hf')}")
-    pdt_done = pdt.run(ctx, steps_before=steps, stage_steps=stage_steps)
+    pdt_done = pdt.run(ctx, inp, steps_before=steps, stage_steps=stage_steps)
     return {"arch_id": spec.arch_id, "origin": origin, "pdt": [s["arch_id"] for s in pdt_done]}

@@ -50,19 +50,6 @@ class LatencyConfig:
     # Machine-level cache folder ('' = default location); not part of the protocol.
     cache_dir: str = dataclasses.field(default="", compare=False)
 
-    @classmethod
-    def from_config(cls, nas_cfg) -> LatencyConfig:
-        return cls(
-            device=str(nas_cfg.latency_device),
-            batch_size=int(nas_cfg.latency_batch_size),
-            seq_len=int(nas_cfg.latency_seq_len),
-            warmup_runs=int(nas_cfg.latency_warmup_runs),
-            timed_runs=int(nas_cfg.latency_timed_runs),
-            percentile=float(nas_cfg.latency_percentile),
-            source=str(nas_cfg.latency_source),
-            cache_dir=str(nas_cfg.latency_cache_dir),
-        )
-
     @property
     def key(self) -> str:
         """The protocol: every field that changes a measured number."""

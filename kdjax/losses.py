@@ -22,16 +22,6 @@ class LossConfig:
     temperature: float = 2.0
     relation_heads: int = 0
 
-    @classmethod
-    def from_config(cls, c) -> LossConfig:
-        return cls(
-            hidden_weight=float(c.hidden_weight),
-            attention_relation_weight=float(c.attention_relation_weight),
-            logit_weight=float(c.logit_weight),
-            temperature=float(c.temperature),
-            relation_heads=int(c.relation_heads),
-        )
-
     @property
     def needs_qkv(self) -> bool:
         return self.attention_relation_weight > 0

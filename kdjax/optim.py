@@ -23,17 +23,6 @@ class OptimConfig:
     weight_decay: float = 0.01
     grad_clip_norm: float = 1.0
 
-    @classmethod
-    def from_config(cls, kd_cfg, total_steps: int) -> OptimConfig:
-        return cls(
-            learning_rate=float(kd_cfg.learning_rate),
-            total_steps=int(total_steps),
-            warmup_steps=int(kd_cfg.warmup_fraction * total_steps),
-            schedule=str(kd_cfg.schedule),
-            weight_decay=float(kd_cfg.weight_decay),
-            grad_clip_norm=float(kd_cfg.grad_clip_norm),
-        )
-
     def schedule_fn(self) -> optax.Schedule:
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         if self.schedule == "constant":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flax import traverse_util
@@ -20,6 +20,9 @@ from flax import traverse_util
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.workdir import read_json
+
+if TYPE_CHECKING:
+    from kdjax.kd_stage import KdInputs
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +69,15 @@ def _ready(ctx: RunContext) -> list[str]:
 
 def planned_steps(ctx: RunContext) -> int:
     """PDT steps the kd stage will run (for the plan and ETA)."""
-    return int(ctx.config.kd.pdt_steps) * len(_ready(ctx))
+    return ctx.settings.kd.pdt_steps * len(_ready(ctx))
 
 
-def run(ctx: RunContext, steps_before: int = 0, stage_steps: int = 0) -> list[dict]:
-    """PDT of every top-k winner for kd.pdt_steps steps (nothing when 0); returns the result summaries.
-
-    `steps_before` / `stage_steps` place these steps in the kd stage's ETA (0 = no ETA)."""
+def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int = 0) -> list[dict]:
+    """PDT of every top-k winner for kd.pdt_steps steps (nothing when 0) with the kd stage's inputs `inp`; returns
+    the result summaries. `steps_before` / `stage_steps` place these steps in the kd stage's ETA (0 = no ETA)."""
     from kdjax.kd_stage import distill_arch
 
-    steps = int(ctx.config.kd.pdt_steps)
+    steps = inp.kd.pdt_steps
     if steps <= 0:
         return []
     arch_ids = winners(ctx)
@@ -91,10 +93,10 @@ def run(ctx: RunContext, steps_before: int = 0, stage_steps: int = 0) -> list[di
         spec = ctx.student_spec(arch_id)
         state = load_minikd_state(state_path)
         print(f"kd: PDT of {arch_id} from its mini-KD student and projection, {steps} steps")
-        if ctx.config.force:  # a forced kd stage re-runs PDT from scratch too (see kd_stage.run)
+        if ctx.settings.force:  # a forced kd stage re-runs PDT from scratch too (see kd_stage.run)
             ctx.workdir.set_aside("kd", ctx.workdir.path("kd", f"{arch_id}-pdt"))
         summary = distill_arch(
-            ctx,
+            inp,
             spec,
             out_dir=ctx.workdir.subdir("kd", f"{arch_id}-pdt"),
             steps=steps,

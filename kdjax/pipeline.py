@@ -25,13 +25,13 @@ def _teacher_stage(ctx: RunContext) -> dict:
         "spec": t.spec.to_dict(),
         "params": t.spec.num_params,
         "has_mlm_head": t.has_mlm_head,
-        "latency": {ctx.latency_cfg.key: lat},
+        "latency": {ctx.settings.nas.latency.key: lat},
         "devices": ctx.devices_summary(),
     }
     write_json(ctx.workdir.path("teacher", "info.json"), info)
     print(
         f"teacher: {t.source} {t.spec.arch_id} ({t.spec.num_params / 1e6:.1f}M params), "
-        f"{lat['latency_ms']:.2f} ms ({ctx.latency_cfg.key})"
+        f"{lat['latency_ms']:.2f} ms ({ctx.settings.nas.latency.key})"
     )
     return {"params": t.spec.num_params}
 
@@ -105,25 +105,25 @@ def record_config(workdir: Workdir, cfg: dict) -> None:
 
 def run(config, workdir: str) -> None:
     """Validate `config`, lock the workdir, then run each selected stage in pipeline order."""
-    validate(config)
-    check_data(config)
+    settings = validate(config)
+    check_data(settings)
     wd = Workdir(workdir)
     stage = "startup"
     try:
-        with WorkdirLock(wd.root, wait=bool(config.wait_for_lock)), signals_as_interrupts():
-            ctx = RunContext(config, wd)
+        with WorkdirLock(wd.root, wait=settings.wait_for_lock), signals_as_interrupts():
+            ctx = RunContext(settings, wd)
             enable_compilation_cache()
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (config.force or not wd.is_done(s))])
+            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (settings.force or not wd.is_done(s))])
             for name in STAGES:
                 if name not in ctx.stages:
                     continue
-                if wd.is_done(name) and not config.force:
+                if wd.is_done(name) and not settings.force:
                     print(f"{name}: already finished in {wd.root}, skipping (--config.force=true to re-run)")
                     continue
                 stage = name
-                if config.force:
+                if settings.force:
                     # Until it finishes, a forced stage is unfinished: an interrupted one resumes instead of skipping.
                     wd.clear(name)
                     for rel in FRESH_OUTPUTS.get(name, ()):
@@ -136,7 +136,7 @@ def run(config, workdir: str) -> None:
     except (KeyboardInterrupt, Interrupted) as e:
         if stage == "startup":
             raise KdjaxError("interrupted before any stage started; run the same command to start again") from None
-        raise KdjaxError(interrupted_message(stage, e, forced=bool(config.force))) from None
+        raise KdjaxError(interrupted_message(stage, e, forced=settings.force)) from None
     except KdjaxError:
         raise
     except Exception as e:

@@ -14,7 +14,6 @@ import logging
 import math
 import time
 
-from kdjax.config import split_list
 from kdjax.errors import KdjaxError
 from kdjax.hooks import Hook, Report
 
@@ -50,38 +49,34 @@ def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = 
 def build(ctx, stages: list[str]) -> list[StagePlan]:
     """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
     from kdjax import pdt
-    from kdjax.kd_stage import chosen_arch, num_steps
+    from kdjax.kd_stage import chosen_arch
 
-    c, teacher = ctx.config, ctx.teacher.spec
-    seq, batch = int(c.data.max_seq_len), ctx.global_batch
+    s, teacher = ctx.settings, ctx.teacher.spec
+    seq, batch = s.data.max_seq_len, ctx.global_batch
     plans: list[StagePlan] = []
     rows = len(ctx.rows) if {"nas", "kd"} & set(stages) else 0
     kd_spec = ctx.student_spec(chosen_arch(ctx)[0])
-    top_k = int(c.nas.top_k)
+    top_k = s.nas.top_k
     if "teacher" in stages:
-        plans.append(StagePlan("teacher", f"load {c.teacher.name}, time its latency", 0, 0, 0.0))
+        plans.append(StagePlan("teacher", f"load {s.teacher.name}, time its latency", 0, 0, 0.0))
     if "nas" in stages:
-        nas = c.nas
-        budget = (
-            int(nas.num_episodes) * int(nas.candidates_per_episode) if nas.strategy == "lstm" else int(nas.num_trials)
-        )
-        proxy = (
-            rows if float(nas.proxy_fraction) >= 1 else max(1, round(rows * float(nas.proxy_fraction)))
-        )  # proxy_subset
+        nas = s.nas
+        budget = nas.budget
+        proxy = rows if nas.proxy_fraction >= 1 else max(1, round(rows * nas.proxy_fraction))  # proxy_subset
         per_epoch = max(1, proxy // batch)
-        if int(nas.mini_kd_steps_per_epoch):
-            per_epoch = min(per_epoch, int(nas.mini_kd_steps_per_epoch))
-        steps = int(nas.mini_kd_epochs) * per_epoch
+        if nas.mini_kd_steps_per_epoch:
+            per_epoch = min(per_epoch, nas.mini_kd_steps_per_epoch)
+        steps = nas.mini_kd_epochs * per_epoch
         # With the teacher cache the teacher runs once per step for the whole search, not once per candidate.
-        cached = int(nas.teacher_cache_mb) > 0
+        cached = nas.teacher_cache_mb > 0
         flops = budget * steps * _kd_step_flops(kd_spec, teacher, batch, seq, teacher_runs=not cached)
         if cached:
             flops += steps * float(teacher.flops_per_token(seq)) * batch * seq
         what = f"{nas.strategy}, {budget} candidates x mini-KD {steps} steps on {proxy} proxy rows"
         plans.append(StagePlan("nas", what, budget * steps, budget * steps * batch, flops))
     if "kd" in stages:
-        steps = num_steps(c.kd, max(1, rows // batch))
-        pdt_steps = int(c.kd.pdt_steps)
+        steps = s.kd.num_steps(max(1, rows // batch))
+        pdt_steps = s.kd.pdt_steps
         # Before the search has run, every one of its top-k winners is expected to get PDT.
         winners = (top_k if "nas" in stages else pdt.planned_steps(ctx) // max(1, pdt_steps)) if pdt_steps else 0
         total = steps + winners * pdt_steps
@@ -99,40 +94,39 @@ def build(ctx, stages: list[str]) -> list[StagePlan]:
 
 
 def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StagePlan:
-    from kdjax.kd_stage import num_steps
-
-    g, c = ctx.config.glue, ctx.config
-    variants = 1 + ("kd" in stages) + (int(c.kd.pdt_steps) > 0)  # mini-KD export, full KD, PDT
-    counts = {"teacher": 1, "best": variants, "top_k": top_k * variants, "random": int(g.num_random_baselines)}
-    models = split_list(g.models)
+    s = ctx.settings
+    g, recipe = s.glue, s.glue.recipe
+    variants = 1 + ("kd" in stages) + (s.kd.pdt_steps > 0)  # mini-KD export, full KD, PDT
+    counts = {"teacher": 1, "best": variants, "top_k": top_k * variants, "random": g.num_random_baselines}
+    models = g.models
     n_student = sum(counts.get(m, 1) for m in models if m != "teacher")
     has_teacher = "teacher" in models
-    tasks = split_list(g.tasks)
-    grid = len(split_list(str(g.get("learning_rates", "")))) or 1
-    cap = int(g.max_train_examples)
-    seq = int(g.max_seq_len)
-    synthetic = str(c.data.glue_dir) == "synthetic"  # generated: 64 train / 32 dev examples per task
+    tasks = g.tasks
+    grid = len(recipe.learning_rates) or 1
+    cap = recipe.max_train_examples
+    seq = recipe.max_seq_len
+    synthetic = s.data.glue_dir == "synthetic"  # generated: 64 train / 32 dev examples per task
     examples = flops = 0.0
     units: dict[str, float] = {}
     for t in tasks:
         n_train = 64 if synthetic else GLUE_TRAIN[t]
         n_train = min(n_train, cap) if cap else n_train
         tok = min(GLUE_TOKENS[t], seq)
-        seen = n_train * int(g.num_epochs) * grid
+        seen = n_train * recipe.num_epochs * grid
         examples += seen * (n_student + has_teacher)
         units[t] = (3 * seen + (32 if synthetic else GLUE_DEV[t]) * grid) * tok
         flops += units[t] * (
             n_student * kd_spec.flops_per_token(tok) + has_teacher * ctx.teacher.spec.flops_per_token(tok)
         )
-    steps = int(examples // max(1, int(g.per_device_batch_size) * ctx.mesh.size))
-    what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {int(g.num_epochs)} epochs"
+    steps = int(examples // max(1, recipe.per_device_batch_size * ctx.mesh.size))
+    what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {recipe.num_epochs} epochs"
     if grid > 1:
         what += f" x {grid} learning rates"
     if "random" in models and rows:
         # Random baselines are distilled with the kd.* budget first (once).
-        kd_steps = num_steps(c.kd, max(1, rows // ctx.global_batch))
-        n = int(g.num_random_baselines)
-        flops += n * kd_steps * _kd_step_flops(kd_spec, ctx.teacher.spec, ctx.global_batch, int(c.data.max_seq_len))
+        kd_steps = s.kd.num_steps(max(1, rows // ctx.global_batch))
+        n = g.num_random_baselines
+        flops += n * kd_steps * _kd_step_flops(kd_spec, ctx.teacher.spec, ctx.global_batch, s.data.max_seq_len)
         what += f"; first KD of {n} random baseline(s) x {kd_steps} steps"
     return StagePlan("glue", what, steps, int(examples), flops, units, n_student + has_teacher)
 

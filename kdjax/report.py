@@ -333,15 +333,13 @@ def build_report(
 
 def run(ctx) -> dict:
     """Stage entry point."""
-    from kdjax.config import split_list
-
-    extra = split_list(ctx.config.report.extra_workdirs) if "report" in ctx.config else []
+    s = ctx.settings
     t_key = ctx.teacher_latency()["key"]  # measured now if this workdir's teacher (or protocol) is new
     info = build_report(
         ctx.workdir.root,
-        latency_cfg=ctx.latency_cfg,
-        extra_workdirs=extra,
-        reward_cfg=RewardConfig.from_config(ctx.config.nas.reward),
+        latency_cfg=s.nas.latency,
+        extra_workdirs=list(s.report.extra_workdirs),
+        reward_cfg=s.nas.reward,
         teacher_key=t_key,
     )
     print(

@@ -23,15 +23,6 @@ class RewardConfig:
     latency_budget: float = 0.0  # fraction of teacher latency; 0 = no hard budget
     budget_penalty: float = 0.1
 
-    @classmethod
-    def from_config(cls, reward_cfg) -> RewardConfig:
-        return cls(
-            alpha=float(reward_cfg.alpha),
-            beta=float(reward_cfg.beta),
-            latency_budget=float(reward_cfg.latency_budget),
-            budget_penalty=float(reward_cfg.budget_penalty),
-        )
-
 
 def select_loss(epoch_losses: Sequence[float], source: str) -> float:
     """The mini-KD loss that feeds the reward: 'last' epoch, 'mean' over epochs, or 'min'."""

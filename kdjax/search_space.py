@@ -14,12 +14,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kdjax.config import split_list
 from kdjax.errors import KdjaxError
 from kdjax.spec import ACTIVATIONS, ArchSpec
+
+if TYPE_CHECKING:
+    from kdjax.config.settings import SpaceSettings
 
 DIMENSIONS = ("num_layers", "hidden_size", "num_heads", "ffn_size", "activation")
 # Short names used as Optuna parameter names and table headers.
@@ -91,19 +95,19 @@ class SearchSpace:
     head_dims: tuple[int, ...] = ()
 
     @classmethod
-    def from_teacher(cls, teacher: ArchSpec, space_cfg=None) -> SearchSpace:
-        """Derived from `teacher`; `space_cfg` (config.nas.space) may override any dimension with a comma list."""
+    def from_teacher(cls, teacher: ArchSpec, overrides: SpaceSettings | None = None) -> SearchSpace:
+        """Derived from `teacher`; `overrides` (nas.space) may replace any dimension with a comma list."""
         values = derived_values(teacher)
         fraction = 1.0
         head_dims: tuple[int, ...] = HEAD_DIMS
-        if space_cfg is not None:
+        if overrides is not None:
             for field in DIMENSIONS:
-                text = str(space_cfg.get(field, "") or "").strip()
+                text = getattr(overrides, field).strip()
                 if text:
                     values[field] = _parse_override(field, text)
                     if field in ("num_heads", "hidden_size"):
                         head_dims = ()  # an explicit space (e.g. the original 1,200 points) keeps every dividing pair
-            fraction = float(space_cfg.get("max_params_fraction", 1.0))
+            fraction = overrides.max_params_fraction
         base = teacher.student()
         space = cls(
             base=base,

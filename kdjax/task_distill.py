@@ -40,18 +40,6 @@ class DistillConfig:
     teacher: ArchSpec | None = None
     teacher_dtype: str = "float32"
 
-    @classmethod
-    def from_config(cls, c) -> DistillConfig:
-        return cls(
-            temperature=float(c.temperature),
-            alpha=float(c.alpha),
-            hidden_weight=float(c.hidden_weight),
-            attention_relation_weight=float(c.attention_relation_weight),
-            augment_factor=int(c.augment_factor),
-            augment_prob=float(c.augment_prob),
-            augment_top_k=int(c.augment_top_k),
-        )
-
     @property
     def needs_states(self) -> bool:
         return self.hidden_weight > 0 or self.attention_relation_weight > 0

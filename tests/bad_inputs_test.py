@@ -346,16 +346,16 @@ def test_help_says_how_to_list_and_set_config_fields():
 
 def test_roberta_positions_start_after_the_padding_index():
     from configs.bert_nas import get_config
-    from kdjax.config import ConfigError, check_positions
+    from kdjax.config import ConfigError, check_positions, validate
     from kdjax.spec import ArchSpec
 
     roberta = ArchSpec(2, 32, 2, 64, max_position_embeddings=514, family="roberta", pad_token_id=1)
     c = get_config("tiny")
     c.data.max_seq_len = 512
-    check_positions(c, roberta)
+    check_positions(validate(c), roberta)
     c.glue.max_seq_len = 513
     with pytest.raises(ConfigError, match=r"glue.max_seq_len=513 .* 512 position embeddings"):
-        check_positions(c, roberta)
+        check_positions(validate(c), roberta)
 
 
 # ---- Teacher-loading faults: damaged weights or config, missing tokenizer, hub ids offline or unreachable. ----

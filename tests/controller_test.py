@@ -2,11 +2,11 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from kdjax.config.settings import SpaceSettings
 from kdjax.nas import controller
-from kdjax.search_space import DIMENSIONS, SearchSpace
+from kdjax.search_space import SearchSpace
 from kdjax.spec import ArchSpec
 
 TEACHER = ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)
@@ -15,9 +15,8 @@ N = 8  # candidates per episode (the same shape as the other tests, so compiled 
 
 
 def small_space(fraction=0.3):
-    c = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
-    c.max_params_fraction = fraction  # a tight cap: many (layers, hidden, ffn) combinations are masked
-    return SearchSpace.from_teacher(TEACHER, c)
+    # A tight cap: many (layers, hidden, ffn) combinations are masked.
+    return SearchSpace.from_teacher(TEACHER, SpaceSettings(max_params_fraction=fraction))
 
 
 def test_samples_are_valid_deterministic_and_reinforce_learns():

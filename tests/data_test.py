@@ -2,10 +2,10 @@
 
 import gzip
 
-import ml_collections
 import numpy as np
 import pytest
 
+from kdjax.config.settings import DataSettings
 from kdjax.data import corpus
 from kdjax.data.batches import Batches, MaskingSpec, mask_tokens
 
@@ -58,13 +58,8 @@ def test_batches_are_a_function_of_the_step():
 
 
 def _data_cfg(path, **kw):
-    c = ml_collections.ConfigDict(
-        dict(
-            corpus=str(path), text_column="text", max_seq_len=16, max_lines=0, synthetic_lines=50, mlm_probability=0.15
-        )
-    )
-    c.update(kw)
-    return c
+    base = dict(corpus=str(path), text_column="text", max_seq_len=16, max_lines=0, synthetic_lines=50)
+    return DataSettings(**(base | kw), mlm_probability=0.15, glue_dir="")
 
 
 def test_packed_corpus_from_txt_gz_folder_and_cache(tmp_path, tiny_teacher):

@@ -4,16 +4,16 @@ Mini-KD rewards also contain measured latency, which is not reproducible; the se
 strategies a synthetic reward (see search_strategies_test) and the subprocess kill/resume tests compare KD weights.
 """
 
-import ml_collections
 import pytest
 
+from kdjax.config.settings import SpaceSettings
 from kdjax.data.batches import Batches, MaskingSpec
 from kdjax.data.synthetic import lines
 from kdjax.hooks import LogMetrics
 from kdjax.losses import LossConfig
 from kdjax.nas import optuna_search, random_search
 from kdjax.optim import OptimConfig
-from kdjax.search_space import DIMENSIONS, SearchSpace
+from kdjax.search_space import SearchSpace
 from kdjax.sharding import make_mesh
 from kdjax.spec import ArchSpec
 from kdjax.train import DistillSettings, Student, distill
@@ -75,9 +75,8 @@ def test_kd_losses_and_weights_repeat_bit_for_bit(tiny_teacher):
 
 @pytest.fixture(scope="module")
 def space():
-    cfg = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
-    cfg.max_params_fraction = 1.0
-    return SearchSpace.from_teacher(ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072), cfg)
+    teacher = ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)
+    return SearchSpace.from_teacher(teacher, SpaceSettings())
 
 
 def _history(space, strategy, seed, tmp_path):

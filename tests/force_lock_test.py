@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_main
+from helpers import ROOT, run_main, tiny_settings
 
 ARCH = "2L-32H-2A-64F-gelu"
 TINY_KD = ["--config=configs/bert_nas.py:tiny", "--config.stages=kd"]
@@ -130,12 +130,8 @@ def test_orbax_saves_the_interval_and_the_final_step_only(tmp_path):
 
 
 # ---- damaged caches -------------------------------------------------------------------------------------------------
-def _nas_cfg(**kw):
-    import ml_collections
-
-    return ml_collections.ConfigDict(
-        dict(strategy="random", multi_objective=False, top_k=2, top_k_latency_gap=1.25, **kw)
-    )
+def _nas_cfg():
+    return tiny_settings({"nas.strategy": "random", "nas.top_k": 2, "nas.top_k_latency_gap": 1.25}).nas
 
 
 def test_damaged_top_k_is_rebuilt_from_history(tmp_path, caplog):
@@ -164,12 +160,17 @@ def test_damaged_top_k_without_history_is_an_error(tmp_path):
 
 
 def test_damaged_corpus_cache_is_rebuilt(tiny_teacher, tmp_path, caplog):
-    import ml_collections
-
+    from kdjax.config.settings import DataSettings
     from kdjax.data.corpus import packed_corpus
 
-    cfg = ml_collections.ConfigDict(
-        dict(corpus="synthetic", text_column="text", max_seq_len=32, max_lines=0, synthetic_lines=50)
+    cfg = DataSettings(
+        corpus="synthetic",
+        text_column="text",
+        max_seq_len=32,
+        mlm_probability=0.15,
+        max_lines=0,
+        synthetic_lines=50,
+        glue_dir="",
     )
     rows = packed_corpus(cfg, tiny_teacher.tokenizer, str(tmp_path))
     (cache,) = [p for p in tmp_path.iterdir() if p.name.startswith("packed-")]

@@ -3,12 +3,12 @@
 import os
 
 import pytest
+from helpers import run_context
 
 from kdjax import glue_stage, pipeline
 from kdjax.config import base_config
-from kdjax.context import RunContext
 from kdjax.data.synthetic_glue import write_glue_dir
-from kdjax.workdir import Workdir, read_json, write_json
+from kdjax.workdir import read_json, write_json
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +37,10 @@ def test_teacher_glue_report_then_resume(tmp_path, glue_dir, capsys):
     assert set(read_json(os.path.join(wd, "glue", "teacher", "stsb.json"))["scores"]) == {"pearson", "spearman"}
     assert os.path.exists(os.path.join(wd, "report", "glue.md"))
     # Same recipe again: nothing is recomputed, even when the stage itself is forced.
-    ctx = RunContext(_with_stages(glue_dir), Workdir(wd))
-    info = glue_stage.run(ctx)
+    info = glue_stage.run(run_context(wd, config=_with_stages(glue_dir)))
     assert info["scored"] == 0 and info["skipped"] == 2
     # Another recipe: recomputed.
-    ctx.config.glue.num_epochs = 2
-    ctx.config.glue.tasks = "rte"
+    ctx = run_context(wd, {"glue.num_epochs": 2, "glue.tasks": "rte"}, config=_with_stages(glue_dir))
     assert glue_stage.run(ctx)["scored"] == 1
 
 
@@ -53,7 +51,7 @@ def _with_stages(glue_dir):
 
 
 def test_model_keywords_resolve(tmp_path, glue_dir):
-    ctx = RunContext(_config(glue_dir), Workdir(str(tmp_path)))
+    ctx = run_context(tmp_path, config=_config(glue_dir))
     arch = "2L-32H-2A-64F-gelu"
     for parts in (("nas", "candidates", arch, "hf"), ("kd", arch, "hf"), ("kd", f"{arch}-pdt", "hf")):
         os.makedirs(ctx.workdir.path(*parts))
@@ -75,9 +73,10 @@ def test_model_keywords_resolve(tmp_path, glue_dir):
 
 
 def test_random_baselines_are_reproducible_and_distinct(tmp_path, glue_dir):
-    ctx = RunContext(_config(glue_dir), Workdir(str(tmp_path)))
-    a = glue_stage.random_specs(ctx, 3)
-    b = glue_stage.random_specs(ctx, 3)
+    ctx = run_context(tmp_path, config=_config(glue_dir))
+    space, seed = ctx.settings.nas.space, ctx.settings.seed
+    a = glue_stage.random_specs(ctx.teacher.spec, space, seed, 3)
+    b = glue_stage.random_specs(ctx.teacher.spec, space, seed, 3)
     assert a == b and len({s.arch_id for s in a}) == 3
     assert all(s.num_params <= ctx.teacher.spec.num_params for s in a)
     refs = glue_stage.resolve_models(ctx, ["random"])
@@ -86,7 +85,7 @@ def test_random_baselines_are_reproducible_and_distinct(tmp_path, glue_dir):
 
 
 def test_unreachable_hub_model_is_one_line(tmp_path, glue_dir):
-    ctx = RunContext(_config(glue_dir, models="nobody-xyz/missing-model"), Workdir(str(tmp_path)))
+    ctx = run_context(tmp_path, config=_config(glue_dir, models="nobody-xyz/missing-model"))
     with pytest.raises(glue_stage.GlueStageError) as e:
         glue_stage.run(ctx)
     assert "\n" not in str(e.value) and "missing-model" in str(e.value)
@@ -97,7 +96,7 @@ def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, 
     c = _config(glue_dir)
     c.glue.tasks = "stsb"
     c.glue.learning_rates = "1e-3"
-    ctx = RunContext(c, Workdir(str(tmp_path)))
+    ctx = run_context(tmp_path, config=c)
     assert glue_stage.run(ctx)["scored"] == 1
     weights = glue_stage.weights_path(ctx, "stsb")
     teacher_json = glue_stage.result_path(ctx, "teacher", "stsb")
@@ -107,9 +106,8 @@ def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, 
     # A student of this run (here a copy of the tiny teacher under the 'kd' kind), named through a keyword.
     student = glue_stage.ModelRef("kd-copy", "kd", ctx.teacher.source, ctx.teacher.spec.arch_id)
     monkeypatch.setitem(glue_stage.KEYWORDS, "copy", lambda _ctx: [student])
-    ctx = RunContext(
-        _config(glue_dir, tasks="stsb", learning_rates="1e-3", models="teacher,copy"), Workdir(str(tmp_path))
-    )
+    c = _config(glue_dir, tasks="stsb", learning_rates="1e-3", models="teacher,copy")
+    ctx = run_context(tmp_path, config=c)
     capsys.readouterr()
     info = glue_stage.run(ctx)
     assert info["scored"] == 2 and info["skipped"] == 1  # distilled + fine-tune-only rows; the teacher is reused
@@ -120,6 +118,6 @@ def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, 
     assert td["method"] == "distill" and td["distill_teacher"] == weights and td["distill"]["temperature"] == 1.0
     assert ft["method"] == "finetune" and ft["twin"] == "kd-copy" and "distill" not in ft
     # Turning distillation off makes the plain row fine-tuned only: recomputed, since the method changed.
-    ctx.config.glue.distill.enabled = False
+    ctx = run_context(tmp_path, {"glue.distill.enabled": False}, config=c)
     assert glue_stage.run(ctx)["scored"] == 1
     assert read_json(glue_stage.result_path(ctx, "kd-copy", "stsb"))["method"] == "finetune"

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: the repository root and `main.py` run as a user would, in the foreground
-(`run_main`) or in the background with an optional SIGKILL (`Run`, `wait_all`).
+(`run_main`) or in the background with an optional SIGKILL (`Run`, `wait_all`); typed settings of the `:tiny`
+config and a run context built from them (`tiny_settings`, `run_context`), as the pipeline builds them.
 
 Test modules import this as `helpers` (pytest puts tests/ on `sys.path`); fixtures stay in conftest.py.
 """
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,3 +108,26 @@ def wait_all(*runs: Run, poll_s: float = 0.005) -> None:
                 r.proc.kill()
                 r.proc.wait()
             r.close()
+
+
+def tiny_settings(fields: dict[str, Any] | None = None, config=None):
+    """`validate(config)` (default: the `:tiny` config) after setting `fields` ({'nas.top_k': 2, ...}) on a copy."""
+    from kdjax.config import base_config, validate
+
+    c = base_config("bert-base-uncased", "tiny") if config is None else config.copy_and_resolve_references()
+    for path, value in (fields or {}).items():
+        *parents, leaf = path.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return validate(c)
+
+
+def run_context(workdir, fields: dict[str, Any] | None = None, config=None, teacher=None):
+    """The `RunContext` the pipeline would build for `config` (default `:tiny`) with `fields` set, in `workdir`;
+    `teacher` reuses an already loaded teacher instead of loading the configured one."""
+    from kdjax.context import RunContext
+    from kdjax.workdir import Workdir
+
+    return RunContext(tiny_settings(fields, config), Workdir(str(workdir)), teacher=teacher)

@@ -158,22 +158,20 @@ def test_measured_source_times_candidates_beside_the_teacher(tmp_path):
 def test_same_seed_same_search_under_load(tiny_teacher, tmp_path, monkeypatch):
     """Two :tiny LSTM searches in two workdirs, each under a different burst pattern of load, sample the same
     architectures with the same rewards and pick the same winner."""
-    from kdjax.config import base_config, validate
-    from kdjax.context import RunContext
+    from helpers import run_context
+
     from kdjax.nas import stage
-    from kdjax.workdir import Workdir
 
     def search(name: str, noise_seed: int) -> list[tuple]:
         loaded_timer(monkeypatch, noise_seed, spike_rate=0.4)
-        c = base_config("bert-base-uncased", "tiny")
-        c.stages = "nas"
-        c.nas.mini_kd_steps_per_epoch = 1
-        c.nas.latency_cache_dir = str(tmp_path / "machine")
-        c.nas.space.num_layers = "1,2"
-        c.nas.space.ffn_size = "64"
-        validate(c)
-        ctx = RunContext(c, Workdir(str(tmp_path / name)))
-        ctx.__dict__["teacher"] = tiny_teacher
+        fields = {
+            "stages": "nas",
+            "nas.mini_kd_steps_per_epoch": 1,
+            "nas.latency_cache_dir": str(tmp_path / "machine"),
+            "nas.space.num_layers": "1,2",
+            "nas.space.ffn_size": "64",
+        }
+        ctx = run_context(tmp_path / name, fields, teacher=tiny_teacher)
         stage.run(ctx)
         with open(os.path.join(ctx.workdir.root, "nas", "history.jsonl")) as f:
             rows = [json.loads(line) for line in f if line.strip()]

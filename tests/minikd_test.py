@@ -1,22 +1,16 @@
 """Mini-KD candidate evaluation: a candidate pruned by the search's epoch hook is recorded with the epochs it ran."""
 
-from kdjax.config import base_config, validate
-from kdjax.context import RunContext
+from helpers import run_context
+
 from kdjax.nas.history import History
-from kdjax.nas.minikd import CandidateEvaluator
-from kdjax.workdir import Workdir
+from kdjax.nas.stage import evaluator
 
 
 def test_pruned_candidate_records_its_epochs_and_exports_nothing(tiny_teacher, tmp_path):
-    c = base_config("bert-base-uncased", "tiny")
-    c.nas.update(strategy="optuna", mini_kd_epochs=3, mini_kd_steps_per_epoch=1)
-    validate(c)
-    ctx = RunContext(c, Workdir(str(tmp_path)))
-    ctx.__dict__["teacher"] = tiny_teacher  # cached_property: reuse the session's teacher
+    fields = {"nas.strategy": "optuna", "nas.mini_kd_epochs": 3, "nas.mini_kd_steps_per_epoch": 1}
+    ctx = run_context(tmp_path, fields, teacher=tiny_teacher)
     history = History(str(tmp_path / "history.jsonl"))
-    evaluate = CandidateEvaluator(
-        ctx, strategy="optuna", history=history, export_root=str(tmp_path / "candidates"), progress=False
-    )
+    evaluate = evaluator(ctx, history, str(tmp_path / "candidates"), progress=False)
     seen = []
 
     def on_epoch(epoch, loss):

@@ -5,7 +5,7 @@ import os
 import shutil
 
 import pytest
-from helpers import run_main
+from helpers import run_context, run_main
 
 from kdjax.nas import topk
 
@@ -38,21 +38,9 @@ def test_main_lstm_end_to_end(tmp_path):
 
 
 def make_ctx(tiny_teacher, workdir, strategy, **nas):
-    from kdjax.config import base_config, validate
-    from kdjax.context import RunContext
-    from kdjax.workdir import Workdir
-
-    c = base_config("bert-base-uncased", "tiny")
-    c.stages = "nas"
-    c.nas.strategy = strategy
-    c.nas.mini_kd_steps_per_epoch = 1
-    c.nas.num_trials = 3
-    c.nas.space.update(SMALL)
-    c.nas.update(nas)
-    validate(c)
-    ctx = RunContext(c, Workdir(workdir))
-    ctx.__dict__["teacher"] = tiny_teacher  # cached_property: reuse the session's teacher
-    return ctx
+    fields = {"stages": "nas", "nas.strategy": strategy, "nas.mini_kd_steps_per_epoch": 1, "nas.num_trials": 3}
+    fields |= {f"nas.space.{k}": v for k, v in SMALL.items()} | {f"nas.{k}": v for k, v in nas.items()}
+    return run_context(workdir, fields, teacher=tiny_teacher)
 
 
 def key_fields(rows):

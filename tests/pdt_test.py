@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import run_context
 
 from kdjax import pdt, report
 from kdjax.config import base_config
@@ -95,25 +96,21 @@ def test_pdt_starts_from_the_mini_kd_student_and_projection(pdt_run, monkeypatch
     from safetensors.numpy import load_file
 
     from kdjax import kd_stage
-    from kdjax.context import RunContext
-    from kdjax.workdir import Workdir
 
     w, c = pdt_run
     best = read_json(os.path.join(w, "nas", "top_k.json"))["top_k"][0]["arch_id"]
-    c = c.copy_and_resolve_references()
-    c.kd.learning_rate = 1e-12
-    ctx = RunContext(c, Workdir(w))
+    ctx = run_context(w, {"kd.learning_rate": 1e-12}, config=c)
     seen = {}
     real = kd_stage.distill_arch
 
-    def spy(ctx, spec, **kw):
+    def spy(inp, spec, **kw):
         seen[spec.arch_id] = kw["projection_params"]
-        return real(ctx, spec, **kw)
+        return real(inp, spec, **kw)
 
     monkeypatch.setattr(kd_stage, "distill_arch", spy)
     monkeypatch.setattr(pdt, "winners", lambda ctx: [best])
     shutil.rmtree(os.path.join(w, "kd", f"{best}-pdt"))
-    pdt.run(ctx)
+    pdt.run(ctx, kd_stage.kd_inputs(ctx))
     saved = pdt.load_minikd_state(os.path.join(w, "nas", "candidates", best, "minikd.npz"))
     np.testing.assert_array_equal(seen[best]["kernel"], saved["projection"]["kernel"])
     a = load_file(os.path.join(w, "nas", "candidates", best, "hf", "model.safetensors"))
@@ -125,13 +122,11 @@ def test_pdt_starts_from_the_mini_kd_student_and_projection(pdt_run, monkeypatch
 
 @pytest.mark.slow
 def test_glue_models_can_name_one_export(pdt_run):
-    from kdjax.context import RunContext
     from kdjax.glue_stage import GlueStageError, resolve_models
-    from kdjax.workdir import Workdir
 
     w, c = pdt_run
     best = read_json(os.path.join(w, "nas", "top_k.json"))["top_k"][0]["arch_id"]
-    ctx = RunContext(c, Workdir(w))
+    ctx = run_context(w, config=c)
     refs = resolve_models(ctx, [f"pdt-{best}", f"nas-{best}"])
     assert [(r.name, r.kind) for r in refs] == [(f"pdt-{best}", "pdt"), (f"nas-{best}", "nas")]
     assert refs[0].source == os.path.join(w, "kd", f"{best}-pdt", "hf")

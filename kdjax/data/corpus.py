@@ -11,11 +11,15 @@ import json
 import logging
 import os
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kdjax.data import synthetic
 from kdjax.errors import KdjaxError
+
+if TYPE_CHECKING:
+    from kdjax.config.settings import DataSettings
 
 log = logging.getLogger(__name__)
 
@@ -177,36 +181,36 @@ def pack_rows(token_lists, max_seq_len: int, cls_id: int, sep_id: int, pad_id: i
     return out
 
 
-def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> np.ndarray:
+def packed_corpus(data: DataSettings, tokenizer, cache_dir: str | None, seed: int = 0) -> np.ndarray:
     """Tokenize and pack the configured corpus; the packed rows are cached in `cache_dir` by content fingerprint."""
-    corpus = str(data_cfg.corpus)
+    corpus = data.corpus
     files = [] if corpus == "synthetic" else corpus_files(corpus)
     extra = {
         "tokenizer": getattr(tokenizer, "name_or_path", ""),
         "vocab": len(tokenizer),
-        "max_seq_len": int(data_cfg.max_seq_len),
-        "max_lines": int(data_cfg.max_lines),
-        "text_column": str(data_cfg.text_column),
-        "synthetic": int(data_cfg.synthetic_lines) if corpus == "synthetic" else 0,
+        "max_seq_len": data.max_seq_len,
+        "max_lines": data.max_lines,
+        "text_column": data.text_column,
+        "synthetic": data.synthetic_lines if corpus == "synthetic" else 0,
         "seed": seed if corpus == "synthetic" else 0,
         "version": 2,
     }
     key = _fingerprint(corpus, files, extra)
     path = os.path.join(cache_dir, f"packed-{key}.npy") if cache_dir else None
     if path and os.path.exists(path):
-        rows = _cached_rows(path, int(data_cfg.max_seq_len))
+        rows = _cached_rows(path, data.max_seq_len)
         if rows is not None:
             return rows
     if importlib.util.find_spec("datasets") is None and (corpus == "synthetic" or files):
         # Local text needs no `datasets` (nor its pyarrow): machines without them still run from local corpora.
-        texts = _plain_lines(corpus, files, int(data_cfg.max_lines), int(data_cfg.synthetic_lines), seed)
+        texts = _plain_lines(corpus, files, data.max_lines, data.synthetic_lines, seed)
         token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     else:
         ds = load_text(
             corpus,
-            text_column=str(data_cfg.text_column),
-            max_lines=int(data_cfg.max_lines),
-            synthetic_lines=int(data_cfg.synthetic_lines),
+            text_column=data.text_column,
+            max_lines=data.max_lines,
+            synthetic_lines=data.synthetic_lines,
             seed=seed,
         )
 
@@ -216,7 +220,7 @@ def packed_corpus(data_cfg, tokenizer, cache_dir: str | None, seed: int = 0) -> 
         token_lists = ds.map(tokenize, batched=True, batch_size=1000, remove_columns=["text"])["input_ids"]
     rows = pack_rows(
         token_lists,
-        int(data_cfg.max_seq_len),
+        int(data.max_seq_len),
         tokenizer.cls_token_id,
         tokenizer.sep_token_id,
         tokenizer.pad_token_id,

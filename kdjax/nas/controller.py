@@ -39,15 +39,6 @@ class ControllerConfig:
     entropy_weight: float = 1e-3
     baseline_decay: float = 0.8
 
-    @classmethod
-    def from_config(cls, c) -> ControllerConfig:
-        return cls(
-            hidden_size=int(c.hidden_size),
-            learning_rate=float(c.learning_rate),
-            entropy_weight=float(c.entropy_weight),
-            baseline_decay=float(c.baseline_decay),
-        )
-
 
 class Controller(nn.Module):
     """Autoregressive policy over the space's dimensions; returns (actions, log-prob, entropy) of one sample."""

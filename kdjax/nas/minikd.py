@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,13 +23,17 @@ from kdjax.errors import KdjaxError
 from kdjax.export import export_hf
 from kdjax.hooks import Prune
 from kdjax.nas.history import History
-from kdjax.optim import OptimConfig
 from kdjax.pdt import STATE_FILE, save_minikd_state
-from kdjax.reward import RewardConfig, reward, select_loss
+from kdjax.reward import reward, select_loss
 from kdjax.spec import ArchSpec
 from kdjax.steps import TeacherOutputCache
 from kdjax.student_init import initial_params, initial_projection
 from kdjax.train import DistillSettings, NonFiniteLossError, Student, distill
+
+if TYPE_CHECKING:
+    from kdjax.config.settings import KdSettings, NasSettings
+    from kdjax.search_latency import SearchLatency
+    from kdjax.teacher import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +54,60 @@ class CappedBatches(Batches):
             self.steps_per_epoch = min(self.steps_per_epoch, max_steps)
 
 
-class CandidateEvaluator:
-    """Mini-KD + latency + reward of one spec; every new result appended to `history` (which is also the cache)."""
+def proxy_batches(
+    rows: np.ndarray, global_batch: int, masking: MaskingSpec, seed: int, nas: NasSettings
+) -> CappedBatches:
+    """The batches every candidate's mini-KD sees: `nas.proxy_fraction` of the packed corpus, capped per epoch."""
+    proxy = proxy_subset(rows, nas.proxy_fraction, seed)
+    return CappedBatches(proxy, global_batch, masking, seed, nas.mini_kd_steps_per_epoch)
 
-    def __init__(self, ctx, *, strategy: str, history: History, export_root: str, progress: bool = True):
-        nas = ctx.config.nas
-        self.ctx, self.strategy, self.history, self.export_root = ctx, strategy, history, export_root
-        self.reward_cfg = RewardConfig.from_config(nas.reward)
-        self.loss_source = str(nas.loss_source)
-        self.stop_after = int(nas.get("stop_after_evaluations", 0))
+
+class CandidateEvaluator:
+    """Mini-KD + latency + reward of one spec; every new result appended to `history` (which is also the cache).
+
+    Its inputs are explicit: the teacher, the proxy `batches`, the reward's `latency` (a fitted model or side-by-side
+    timing), the search settings `nas`, the KD settings `kd` (init, loss, optimiser) with the run's `seed`, compute
+    `dtype`, `mesh` and corpus `seq_len`, and the `teacher_cache` of teacher outputs shared by candidates (or None)."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        batches: CappedBatches,
+        latency: SearchLatency,
+        *,
+        nas: NasSettings,
+        kd: KdSettings,
+        seed: int,
+        dtype,
+        mesh,
+        seq_len: int,
+        teacher_cache: TeacherOutputCache | None,
+        strategy: str,
+        history: History,
+        export_root: str,
+        progress: bool = True,
+    ):
+        self.teacher, self.batches, self.init, self.seq_len = teacher, batches, kd.init, seq_len
+        self.strategy, self.history, self.export_root = strategy, history, export_root
+        self.reward_cfg, self.loss_source, self.stop_after = nas.reward, nas.loss_source, nas.stop_after_evaluations
         self.progress = progress
         self.new_evaluations = 0
         # Reward latencies: a fitted model (or side-by-side timing), so load on the machine cannot change decisions.
-        self.latency = ctx.search_latency()
+        self.latency = latency
         self.teacher_latency_ms = self.latency.teacher_ms
-        rows = proxy_subset(ctx.rows, float(nas.proxy_fraction), int(ctx.config.seed))
-        self.batches = CappedBatches(
-            rows, ctx.global_batch, ctx.masking, int(ctx.config.seed), int(nas.mini_kd_steps_per_epoch)
-        )
-        self.epochs = int(nas.mini_kd_epochs)
+        self.epochs = nas.mini_kd_epochs
         self.num_steps = self.epochs * self.batches.steps_per_epoch
         # One optimizer (hence one schedule length) for every candidate: compiled steps are shared by equal shapes.
-        self.opt = OptimConfig.from_config(ctx.config.kd, self.num_steps)
-        # Every candidate sees the same batches: the teacher runs once per step for the whole search.
-        mb = int(nas.teacher_cache_mb)
-        self.teacher_cache = TeacherOutputCache(mb * 2**20) if mb > 0 else None
-        self.scan_layers = bool(nas.get("scan_layers", False))
+        self.settings = DistillSettings(
+            loss=kd.loss,
+            opt=kd.optim(self.num_steps),
+            num_steps=self.num_steps,
+            seed=seed,
+            dtype=dtype,
+            mesh=mesh,
+            scan_layers=nas.scan_layers,
+        )
+        self.teacher_cache = teacher_cache
 
     def _reward(self, loss: float, latency_ms: float) -> float:
         return reward(loss, latency_ms, self.teacher_latency_ms, self.reward_cfg)
@@ -93,30 +126,21 @@ class CandidateEvaluator:
         return self._evaluate(spec, on_epoch, where)
 
     def _evaluate(self, spec: ArchSpec, on_epoch: EpochHook | None, where: dict) -> dict:
-        ctx = self.ctx
+        teacher = self.teacher
         t0 = time.perf_counter()
         pruned = diverged = False
         epoch_losses: list[float] = []
         params: dict | None = None  # None when pruned or diverged: no model to time or export
-        init = str(ctx.config.kd.init)
         try:
             result = distill(
-                ctx.teacher,
+                teacher,
                 Student(
                     spec,
-                    initial_params(init, ctx.teacher.params, ctx.teacher.spec, spec),
-                    initial_projection(init, ctx.teacher.params, ctx.teacher.spec, spec),
+                    initial_params(self.init, teacher.params, teacher.spec, spec),
+                    initial_projection(self.init, teacher.params, teacher.spec, spec),
                 ),
                 self.batches,
-                DistillSettings(
-                    loss=ctx.loss_cfg,
-                    opt=self.opt,
-                    num_steps=self.num_steps,
-                    seed=int(ctx.config.seed),
-                    dtype=ctx.dtype,
-                    mesh=ctx.mesh,
-                    scan_layers=self.scan_layers,
-                ),
+                self.settings,
                 hooks=[Prune(self.batches.steps_per_epoch, on_epoch)] if on_epoch is not None else [],
                 report_every=self.batches.steps_per_epoch,
                 teacher_cache=self.teacher_cache,
@@ -147,9 +171,9 @@ class CandidateEvaluator:
                 hf,
                 spec,
                 params["student"],
-                ctx.teacher.hf_config,
-                ctx.teacher.tokenizer,
-                teacher_source=ctx.teacher.source,
+                teacher.hf_config,
+                teacher.tokenizer,
+                teacher_source=teacher.source,
                 info=info,
             )
             # Student and projection together, so PDT continues this candidate exactly (kdjax/pdt.py).
@@ -161,7 +185,7 @@ class CandidateEvaluator:
             "arch_id": spec.arch_id,
             "spec": spec.searchable(),
             "params": spec.num_params,
-            "flops_per_token": spec.flops_per_token(int(ctx.config.data.max_seq_len)),
+            "flops_per_token": spec.flops_per_token(self.seq_len),
             **lat,
             "teacher_latency_ms": self.teacher_latency_ms,
             "speedup": self.teacher_latency_ms / lat["latency_ms"],

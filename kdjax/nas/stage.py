@@ -12,109 +12,129 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from kdjax import plan
 from kdjax.checkpoint import Checkpointer
+from kdjax.config.settings import NasSettings
 from kdjax.context import RunContext
 from kdjax.nas import controller, optuna_search, random_search, topk
 from kdjax.nas.history import History
-from kdjax.nas.minikd import CandidateEvaluator, keep_only
+from kdjax.nas.minikd import CandidateEvaluator, keep_only, proxy_batches
 from kdjax.search_space import SearchSpace
+from kdjax.steps import TeacherOutputCache
 
 log = logging.getLogger(__name__)
 
 
-def _budget(nas) -> int:
-    if nas.strategy == "lstm":
-        return int(nas.num_episodes) * int(nas.candidates_per_episode)
-    return int(nas.num_trials)
+# A strategy runner gets the space, the evaluate function, the search settings, the run's seed, and the nas folder.
+Runner = Callable[[SearchSpace, Callable[..., dict], NasSettings, int, str], None]
 
 
-def _run_lstm(ctx: RunContext, space: SearchSpace, evaluate) -> None:
-    nas = ctx.config.nas
-    cfg = controller.ControllerConfig.from_config(nas.controller)
+def _run_lstm(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
     # A resumed controller must have been trained on the same space, candidates per episode, settings and seed.
     settings = {
         "search space (teacher and nas.space)": f"{space.values} max_params={space.max_params} {space.head_dims}",
-        "nas.candidates_per_episode": int(nas.candidates_per_episode),
-        "nas.controller": dataclasses.asdict(cfg),
-        "seed": int(ctx.config.seed),
+        "nas.candidates_per_episode": nas.candidates_per_episode,
+        "nas.controller": dataclasses.asdict(nas.controller),
+        "seed": seed,
     }
-    ckpt = Checkpointer(ctx.workdir.path("nas", "controller"), keep=2, settings=settings)
+    ckpt = Checkpointer(os.path.join(nas_dir, "controller"), keep=2, settings=settings)
     try:
         controller.search(
             space,
             evaluate,
-            num_episodes=int(nas.num_episodes),
-            candidates_per_episode=int(nas.candidates_per_episode),
-            seed=int(ctx.config.seed),
-            cfg=cfg,
+            num_episodes=nas.num_episodes,
+            candidates_per_episode=nas.candidates_per_episode,
+            seed=seed,
+            cfg=nas.controller,
             checkpointer=ckpt,
         )
     finally:
         ckpt.close()
 
 
-def _run_optuna(ctx: RunContext, space: SearchSpace, evaluate) -> None:
-    nas = ctx.config.nas
-    storage = str(nas.storage) or f"sqlite:///{ctx.workdir.path('nas', 'optuna.db')}"
+def _run_optuna(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
     optuna_search.search(
         space,
         evaluate,
-        num_trials=int(nas.num_trials),
-        seed=int(ctx.config.seed),
-        storage=storage,
+        num_trials=nas.num_trials,
+        seed=seed,
+        storage=nas.storage or f"sqlite:///{os.path.join(nas_dir, 'optuna.db')}",
         study_name="kdjax-nas-mo" if nas.multi_objective else "kdjax-nas",
-        prune=bool(nas.prune),
-        multi_objective=bool(nas.multi_objective),
-        heartbeat_interval=int(nas.get("heartbeat_interval_s", 60)),
+        prune=nas.prune,
+        multi_objective=nas.multi_objective,
+        heartbeat_interval=nas.heartbeat_interval_s,
     )
 
 
-def _run_random(ctx: RunContext, space: SearchSpace, evaluate) -> None:
-    random_search.search(space, evaluate, num_trials=int(ctx.config.nas.num_trials), seed=int(ctx.config.seed))
+def _run_random(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
+    random_search.search(space, evaluate, num_trials=nas.num_trials, seed=seed)
 
 
-# Explicit registry: nas.strategy -> runner(ctx, space, evaluate).
-STRATEGIES = {"lstm": _run_lstm, "optuna": _run_optuna, "random": _run_random}
+# Explicit registry: nas.strategy -> runner(space, evaluate, nas, seed, nas_dir).
+STRATEGIES: dict[str, Runner] = {"lstm": _run_lstm, "optuna": _run_optuna, "random": _run_random}
+
+
+def evaluator(ctx: RunContext, history: History, export_root: str, progress: bool = True) -> CandidateEvaluator:
+    """The candidate evaluator of this run: its teacher, proxy batches, reward latencies, settings and teacher cache."""
+    s = ctx.settings
+    # Every candidate sees the same batches: with a cache the teacher runs once per step for the whole search.
+    mb = s.nas.teacher_cache_mb
+    return CandidateEvaluator(
+        ctx.teacher,
+        proxy_batches(ctx.rows, ctx.global_batch, ctx.masking, s.seed, s.nas),
+        ctx.search_latency(),
+        nas=s.nas,
+        kd=s.kd,
+        seed=s.seed,
+        dtype=ctx.dtype,
+        mesh=ctx.mesh,
+        seq_len=s.data.max_seq_len,
+        teacher_cache=TeacherOutputCache(mb * 2**20) if mb > 0 else None,
+        strategy=s.nas.strategy,
+        history=history,
+        export_root=export_root,
+        progress=progress,
+    )
 
 
 def run(ctx: RunContext) -> dict:
     from tqdm.auto import tqdm
 
-    nas = ctx.config.nas
-    strategy = str(nas.strategy)
+    nas = ctx.settings.nas
+    strategy = nas.strategy
     space = SearchSpace.from_teacher(ctx.teacher.spec, nas.space)
     print(space.table())
     nas_dir = ctx.workdir.subdir("nas")
     history = History(os.path.join(nas_dir, "history.jsonl"))
     export_root = os.path.join(nas_dir, "candidates")
-    evaluator = CandidateEvaluator(ctx, strategy=strategy, history=history, export_root=export_root)
+    evaluate = evaluator(ctx, history, export_root)
     print(
-        f"nas: {strategy}, {_budget(nas)} candidates, mini-KD {evaluator.epochs} epochs x "
-        f"{evaluator.batches.steps_per_epoch} steps on {len(evaluator.batches.rows)} proxy rows; "
-        f"teacher {evaluator.teacher_latency_ms:.2f} ms, {evaluator.latency.describe()}; "
+        f"nas: {strategy}, {nas.budget} candidates, mini-KD {evaluate.epochs} epochs x "
+        f"{evaluate.batches.steps_per_epoch} steps on {len(evaluate.batches.rows)} proxy rows; "
+        f"teacher {evaluate.teacher_latency_ms:.2f} ms, {evaluate.latency.describe()}; "
         f"{len(history)} already evaluated"
     )
-    bar = tqdm(total=_budget(nas), desc=f"nas {strategy}", dynamic_ncols=True)
+    bar = tqdm(total=nas.budget, desc=f"nas {strategy}", dynamic_ncols=True)
     best = [float("-inf")]
-    budget, seen, compute, t0 = _budget(nas), [0], [0.0], time.perf_counter()
+    budget, seen, compute, t0 = nas.budget, [0], [0.0], time.perf_counter()
 
     def tracked(spec, **kw) -> dict:
-        rec = evaluator(spec, **kw)
+        rec = evaluate(spec, **kw)
         best[0] = max(best[0], rec["reward"]) if not rec.get("pruned") else best[0]
         seen[0] += 1
         if not rec.get("cached"):  # training time without compilation: the rate later stages are extrapolated at
             compute[0] += max(0.0, (rec.get("wall_s") or 0.0) - (rec.get("compile_s") or 0.0))
-        if evaluator.new_evaluations:  # cached candidates cost nothing: time only the new ones
+        if evaluate.new_evaluations:  # cached candidates cost nothing: time only the new ones
             elapsed = time.perf_counter() - t0
-            plan.timed("nas", seen[0] / budget, evaluator.new_evaluations / budget, elapsed, compute[0] or None)
+            plan.timed("nas", seen[0] / budget, evaluate.new_evaluations / budget, elapsed, compute[0] or None)
         bar.update(1)
-        bar.set_postfix(best=f"{best[0]:.4f}", last=spec.arch_id, new=evaluator.new_evaluations)
+        bar.set_postfix(best=f"{best[0]:.4f}", last=spec.arch_id, new=evaluate.new_evaluations)
         return rec
 
     try:
-        STRATEGIES[strategy](ctx, space, tracked)
+        STRATEGIES[strategy](space, tracked, nas, ctx.settings.seed, nas_dir)
     finally:
         bar.close()
 
@@ -125,8 +145,8 @@ def run(ctx: RunContext) -> dict:
     print(("Pareto front" if nas.multi_objective and strategy == "optuna" else "top-k") + ":")
     print(topk.table(chosen))
     log.info("nas: %d candidates evaluated in total, %d exports removed", len(history), len(removed))
-    if evaluator.teacher_cache is not None:
-        st = evaluator.teacher_cache.stats()
+    if evaluate.teacher_cache is not None:
+        st = evaluate.teacher_cache.stats()
         log.info(
             "nas: teacher outputs of %d steps reused %d times (%.0f MiB; %d teacher forwards run)",
             st["cached_steps"],

@@ -12,8 +12,12 @@ import json
 import logging
 import math
 import os
+from typing import TYPE_CHECKING
 
 from kdjax.errors import KdjaxError
+
+if TYPE_CHECKING:
+    from kdjax.config.settings import NasSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +81,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def choose(rows: list[dict], nas_cfg) -> list[dict]:
+def choose(rows: list[dict], nas: NasSettings) -> list[dict]:
     """The configured selection: the Pareto front for multi-objective Optuna, else top-k at distinct budgets."""
-    if str(nas_cfg.strategy) == "optuna" and bool(nas_cfg.multi_objective):
+    if nas.strategy == "optuna" and nas.multi_objective:
         chosen = pareto_front(rows)
     else:
-        chosen = distinct_budgets(rows, int(nas_cfg.top_k), float(nas_cfg.top_k_latency_gap))
+        chosen = distinct_budgets(rows, nas.top_k, nas.top_k_latency_gap)
     for r in chosen:
         if r.get("hf") and not os.path.isdir(r["hf"]):
             r["hf"] = None  # export removed by an earlier run's top-k cleanup
@@ -95,7 +99,7 @@ def write_top_k(nas_dir: str, strategy: str, chosen: list[dict]) -> None:
     write_json(os.path.join(nas_dir, "top_k.json"), {"strategy": strategy, "top_k": [summary(r) for r in chosen]})
 
 
-def read_top_k(nas_dir: str, nas_cfg) -> list[dict]:
+def read_top_k(nas_dir: str, nas: NasSettings) -> list[dict]:
     """The entries of `nas_dir/top_k.json` ([] when there is none); a damaged file is rebuilt from history.jsonl.
 
     The file is only a summary of history.jsonl, so it is rebuilt with a warning; when the history has no finished
@@ -115,12 +119,12 @@ def read_top_k(nas_dir: str, nas_cfg) -> list[dict]:
     from kdjax.nas.history import History
 
     history = History(os.path.join(nas_dir, "history.jsonl"))
-    chosen = choose(history.rows, nas_cfg)
+    chosen = choose(history.rows, nas)
     if not chosen:
         raise KdjaxError(
             f"{path} is damaged ({reason}) and {history.path} has no finished candidate to rebuild it from; re-run "
             "the search (--config.stages=nas --config.force=true) or delete the file to distil config.kd.arch"
         )
     log.warning("%s was damaged (%s); rebuilt it from %s", path, reason, history.path)
-    write_top_k(nas_dir, str(nas_cfg.strategy), chosen)
+    write_top_k(nas_dir, nas.strategy, chosen)
     return [summary(r) for r in chosen]
