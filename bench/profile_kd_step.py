@@ -96,7 +96,14 @@ def main(argv=None) -> None:
     from kdjax.optim import OptimConfig
     from kdjax.sharding import make_mesh
     from kdjax.spec import parse_arch_id
-    from kdjax.steps import compile_programs, init_state, jitted_fused_step, teacher_forward, teacher_inputs
+    from kdjax.steps import (
+        StepSettings,
+        compile_programs,
+        init_state,
+        jitted_fused_step,
+        teacher_forward,
+        teacher_inputs,
+    )
 
     teacher = common.load_teacher(args.teacher)
     tok = teacher.tokenizer
@@ -192,7 +199,7 @@ def main(argv=None) -> None:
                 )
                 compiled = programs.step
             else:
-                fn = jitted_fused_step(student, t_spec, loss_cfg, opt, jnp.dtype(dtype).name, mesh)
+                fn = jitted_fused_step(StepSettings(student, t_spec, loss_cfg, opt, jnp.dtype(dtype).name), mesh)
                 compiled = fn.lower(state, t_params, dev_batch, rng).compile()
             compile_s = time.perf_counter() - t0
             st = jax.tree.map(jnp.copy, state)

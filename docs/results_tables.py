@@ -2,104 +2,65 @@
 
     python docs/results_tables.py /work/study
 
-Reads W/glue/<model>/<task>.json, W/kd/<name>/result.json, W/nas/history.jsonl and W/teacher/latency.json of the
-workdirs named below; prints what exists and marks what is missing.
+Each GLUE row is the report's own row (kdjax.report.build_rows: scores, latency recorded when the model was made or
+scored, speed-up, KD loss) printed by the report's scores table (kdjax.report_tables.scores_table), so these tables
+and W/report/README.md agree; files are found through kdjax.workdir.Workdir's layout. Prints what exists and lists
+what is missing.
 """
 
 from __future__ import annotations
 
-import glob
+import functools
 import json
 import os
 import sys
 
+from kdjax.report import build_rows
+from kdjax.report_searches import load_histories
+from kdjax.report_tables import scores_table
+from kdjax.workdir import Workdir, read_json
+
 TASKS = ("sst2", "cola", "stsb", "rte")
-METRIC = {"sst2": "acc", "cola": "MCC", "stsb": "P/S", "rte": "acc"}
 
 
-def load(path):
-    with open(path) as f:
-        return json.load(f)
+@functools.cache
+def report_rows(workdir: str) -> dict[str, dict]:
+    """model -> the report's row for it, as the workdir's own report would build it."""
+    rows, _ = build_rows(workdir, None, load_histories(workdir, []))
+    return {r["model"]: r for r in rows}
 
 
-def scores(workdir: str, model: str) -> dict:
-    out = {}
-    for f in glob.glob(os.path.join(workdir, "glue", model, "*.json")):
-        d = load(f)
-        out[d["task"]] = d
-    return out
-
-
-def task_value(d: dict) -> float:
-    """The task's score as the report averages it (mean of the two metrics for STS-B)."""
-    s = d["scores"]
-    return sum(s.values()) / len(s)
-
-
-def cell(d: dict | None) -> str:
-    if d is None:
-        return "-"
-    s = d["scores"]
-    if "pearson" in s:
-        return f"{100 * s['pearson']:.1f}/{100 * s['spearman']:.1f}"
-    return f"{100 * next(iter(s.values())):.1f}"
-
-
-def history_latency(roots: list[str]) -> dict[str, dict]:
-    out = {}
-    for root in roots:
-        for f in glob.glob(os.path.join(root, "nas", "history.jsonl")):
-            for line in open(f):
-                r = json.loads(line)
-                out.setdefault(r["arch_id"], r)
-    return out
-
-
-def glue_table(rows: list[tuple[str, str, str]], roots: list[str], teacher_ms: float, tasks=TASKS) -> str:
-    """rows: (label, workdir, model folder)."""
-    hist = history_latency(roots)
-    report_lat = {}
-    for root in roots:
-        p = os.path.join(root, "report", "glue.json")
-        if os.path.exists(p):
-            for r in load(p)["rows"]:
-                report_lat.setdefault(r["model"], r.get("latency_ms"))
-    teacher = None
-    lines = [
-        "| model | params | CPU latency | speed-up | "
-        + " | ".join(f"{t} ({METRIC[t]})" for t in tasks)
-        + " | avg | % of teacher |",
-        "|" + "---|" * (len(tasks) + 6),
-    ]
+def glue_table(rows: list[tuple[str, str, str]], tasks=TASKS) -> str:
+    """rows: (label, workdir, model folder); % of teacher is taken against the table's teacher row."""
+    picked, missing = [], []
     for label, wd, model in rows:
-        sc = scores(wd, model)
-        if not sc:
-            lines.append(f"| {label} | " + " | ".join(["not run"] * (len(tasks) + 5)) + " |")
-            continue
-        any_d = next(iter(sc.values()))
-        arch = any_d.get("arch_id") or ""
-        lat = teacher_ms if model == "teacher" else hist.get(arch, {}).get("latency_ms") or report_lat.get(model)
-        vals = [task_value(sc[t]) for t in tasks if t in sc]
-        avg = sum(vals) / len(vals) if len(vals) == len(tasks) else None
-        if model == "teacher":
-            teacher = avg
-        pct = f"{100 * avg / teacher:.1f}%" if avg is not None and teacher else "-"
-        speed = f"{lat:.2f} ms | {teacher_ms / lat:.2f}x" if lat else "- | -"
-        avg_s = f"{100 * avg:.1f}" if avg is not None else "-"
-        tasks_s = " | ".join(cell(sc.get(t)) for t in tasks)
-        lines.append(f"| {label} | {any_d['params'] / 1e6:.1f}M | {speed} | {tasks_s} | {avg_s} | {pct} |")
-    return "\n".join(lines)
+        row = report_rows(wd).get(model)
+        if row is None:
+            missing.append(label)
+        else:
+            picked.append(dict(row, model=label))
+    teacher = next((r for r in picked if r["kind"] == "teacher"), None)
+    for r in picked:
+        present = [r[t] for t in tasks if t in r]  # the average over this table's tasks only
+        r["glue_avg"], r["num_tasks"] = (sum(present) / len(present) if present else None), len(present)
+        common = [t for t in tasks if teacher and t in r and t in teacher]
+        if teacher and common:
+            mine, theirs = (sum(x[t] for t in common) / len(common) for x in (r, teacher))
+            r["pct_teacher"] = 100 * mine / theirs if theirs > 0 else None
+    lines = scores_table(picked, list(tasks)) if picked else []
+    return "\n".join(lines + ([f"\nnot run: {', '.join(missing)}"] if missing else []))
 
 
 def kd_losses(rows: list[tuple[str, str, str]]) -> str:
     lines = ["| run | final KD loss | parts | KD wall | corpus tokens/s |", "|---|---|---|---|---|"]
     for label, wd, name in rows:
-        p = os.path.join(wd, "kd", name, "result.json")
-        if not os.path.exists(p):
+        kd = Workdir(wd, create=False).kd_dir(name)
+        if not os.path.exists(os.path.join(kd, "result.json")):
             lines.append(f"| {label} | not run | | | |")
             continue
-        d = load(p)
-        last = [json.loads(x) for x in open(os.path.join(wd, "kd", name, "metrics.jsonl"))][-1]
+        d = read_json(os.path.join(kd, "result.json"))
+        with open(os.path.join(kd, "metrics.jsonl")) as f:
+            last = [json.loads(x) for x in f][-1]
         skip = ("step", "time", "lr", "grad_norm", "loss")
         parts = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in skip)
         lines.append(
@@ -113,15 +74,13 @@ def main() -> None:
     # main/: KD + GLUE after the projection fix; search-random/: the winning search, whose kd-/nas- GLUE rows in
     # this session's study were made before the fix (random projection), shown as such when present.
     w_old, w = os.path.join(root, "search-random"), os.path.join(root, "main")
-    t_ms = next(iter(load(os.path.join(w_old, "teacher", "latency.json")).values()))["latency_ms"]
-    roots = [w, w_old, *(os.path.join(root, f"search-{s}") for s in ("lstm", "optuna"))]
-    a1, a2, a3 = [r["arch_id"] for r in load(os.path.join(w, "nas", "top_k.json"))["top_k"][:3]]
-    randoms = sorted(os.path.basename(p) for p in glob.glob(os.path.join(w, "glue", "random-*")))
+    a1, a2, a3 = [r["arch_id"] for r in read_json(os.path.join(w, "nas", "top_k.json"))["top_k"][:3]]
+    randoms = Workdir(w, create=False).random_names()
     print("## Table 2\n")
     rows = [("teacher all-MiniLM-L6-v2", w, "teacher")]
     rows += [(f"NAS #{i + 1} kd-{a}", w, f"kd-{a}") for i, a in enumerate((a1, a2, a3))]
     rows += [(r, w, r) for r in randoms]
-    print(glue_table(rows, roots, t_ms))
+    print(glue_table(rows))
     print("\n## Projection / PDT\n")
     rows = [
         ("teacher", w, "teacher"),
@@ -129,7 +88,7 @@ def main() -> None:
         (f"kd-{a1} (300 steps, random projection: seed)", w_old, f"kd-{a1}"),
         (f"kd-{a1} (300 steps, teacher projection)", w, f"kd-{a1}"),
     ]
-    print(glue_table(rows, roots, t_ms))
+    print(glue_table(rows))
     print("\n## Loss ablation\n")
     rows = [
         ("teacher", w, "teacher"),
@@ -138,7 +97,7 @@ def main() -> None:
         ("both", os.path.join(root, "ablation-both"), f"kd-{a1}"),
         ("hidden MSE, 900 KD steps", os.path.join(root, "kd-long"), f"kd-{a1}"),
     ]
-    print(glue_table(rows, roots, t_ms, tasks=("sst2", "stsb")))
+    print(glue_table(rows, tasks=("sst2", "stsb")))
     print()
     print(
         kd_losses(

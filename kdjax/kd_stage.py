@@ -1,5 +1,7 @@
 """The `kd` stage: full distillation of the chosen student, with checkpoints, metrics and an HF export; then PDT of
-the search winners when kd.pdt_steps > 0 (kdjax/pdt.py)."""
+the search winners when kd.pdt_steps > 0 (kdjax/pdt.py); then every other model glue.models names that must be
+distilled first (random baselines, hand-picked arch ids: kdjax.glue_models.kd_targets), so the glue stage only
+scores. Each model it makes is timed once, beside its result.json (`record_latency`, kdjax.model_latency)."""
 
 from __future__ import annotations
 
@@ -14,16 +16,16 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from kdjax import pdt, plan
+from kdjax import model_latency, pdt, plan
 from kdjax.checkpoint import Checkpointer
 from kdjax.collapse import CollapseGuard, CollapseHook
 from kdjax.config.settings import KdSettings
 from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
+from kdjax.glue_models import chosen_arch, kd_targets
 from kdjax.hooks import LogMetrics, SaveCheckpoints
 from kdjax.interrupts import Interrupted
-from kdjax.nas.topk import read_top_k
 from kdjax.optim import OptimConfig
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params, initial_projection
@@ -33,14 +35,6 @@ from kdjax.workdir import read_json, write_json
 from kdjax.writer import MetricWriter
 
 log = logging.getLogger(__name__)
-
-
-def chosen_arch(ctx: RunContext) -> tuple[str, str]:
-    """(arch id, where it came from): the search's best when nas/top_k.json exists, else config.kd.arch."""
-    top = read_top_k(ctx.workdir.path("nas"), ctx.settings.nas)
-    if top:
-        return top[0]["arch_id"], "nas/top_k.json"
-    return ctx.settings.kd.arch, "config.kd.arch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,18 +205,69 @@ def distill_arch(
     return summary
 
 
+def record_latency(ctx: RunContext, spec: ArchSpec, out_dir: str) -> None:
+    """Time a model the stage made, once (kept when recorded under this protocol on this machine)."""
+    model_latency.record(
+        os.path.join(out_dir, "latency.json"), spec, ctx.settings.nas.latency, os.path.join(out_dir, "hf")
+    )
+
+
+def finished(out_dir: str) -> bool:
+    """Whether a distillation into `out_dir` ran to its end (result.json is written after the export)."""
+    return os.path.isfile(os.path.join(out_dir, "result.json")) and os.path.isfile(
+        os.path.join(out_dir, "hf", "config.json")
+    )
+
+
+def pending(ctx: RunContext) -> list[str]:
+    """Models of glue.models the kd stage has not distilled yet: a finished kd stage runs again for them."""
+    return [r.name for r in kd_targets(ctx) if not r.exported()]
+
+
+def _distil_targets(ctx: RunContext, inp: KdInputs, skip: set[str], again: bool) -> list[str]:
+    """Distil the random baselines and arch ids of glue.models (not `skip`, the folders already made)."""
+    done = []
+    for ref in kd_targets(ctx):
+        out = ctx.workdir.model_dir(ref.kind, ref.arch_id, ref.name)
+        assert ref.arch_id is not None and out is not None
+        if out in skip:
+            continue
+        if ctx.settings.force:
+            ctx.workdir.set_aside("kd", out)
+        elif again and finished(out):
+            continue
+        print(f"kd: distilling {ref.name} for glue.models with the kd.* budget into {out}")
+        spec = ctx.student_spec(ref.arch_id)
+        summary = distill_arch(inp, spec, out_dir=out, desc=ref.name)
+        record_latency(ctx, spec, out)
+        print(f"kd: {ref.name} final loss {summary['final_loss']:.4f}")
+        done.append(ref.name)
+    return done
+
+
 def run(ctx: RunContext) -> dict:
+    # A stage that finished before and runs again only for models glue.models added since (pipeline: `pending`)
+    # keeps what it made: no distillation is resumed or repeated.
+    again = ctx.workdir.is_done("kd") and not ctx.settings.force
     arch_id, origin = chosen_arch(ctx)
     spec = ctx.student_spec(arch_id)
-    log.info("kd: distilling %s (%s, %.1fM params)", arch_id, origin, spec.num_params / 1e6)
-    if ctx.settings.force:
-        # A forced re-run trains from scratch; the earlier outputs stay in W/.previous/kd until it finishes.
-        ctx.workdir.set_aside("kd", ctx.workdir.path("kd", spec.arch_id))
-    out = ctx.workdir.subdir("kd", spec.arch_id)
+    out = ctx.workdir.kd_dir(spec.arch_id)
     inp = kd_inputs(ctx)
-    steps = inp.kd.num_steps(inp.batches.steps_per_epoch)
-    stage_steps = steps + pdt.planned_steps(ctx)
-    summary = distill_arch(inp, spec, out_dir=out, steps=steps, eta=(0, stage_steps))
-    print(f"kd: {spec.arch_id} final loss {summary['final_loss']:.4f}, export in {os.path.join(out, 'hf')}")
-    pdt_done = pdt.run(ctx, inp, steps_before=steps, stage_steps=stage_steps)
-    return {"arch_id": spec.arch_id, "origin": origin, "pdt": [s["arch_id"] for s in pdt_done]}
+    pdt_done: list[dict] = []
+    if not (again and finished(out)):
+        log.info("kd: distilling %s (%s, %.1fM params)", arch_id, origin, spec.num_params / 1e6)
+        if ctx.settings.force:
+            # A forced re-run trains from scratch; the earlier outputs stay in W/.previous/kd until it finishes.
+            ctx.workdir.set_aside("kd", out)
+        os.makedirs(out, exist_ok=True)
+        steps = inp.kd.num_steps(inp.batches.steps_per_epoch)
+        stage_steps = steps + pdt.planned_steps(ctx)
+        summary = distill_arch(inp, spec, out_dir=out, steps=steps, eta=(0, stage_steps))
+        record_latency(ctx, spec, out)
+        print(f"kd: {spec.arch_id} final loss {summary['final_loss']:.4f}, export in {os.path.join(out, 'hf')}")
+        pdt_done = pdt.run(ctx, inp, steps_before=steps, stage_steps=stage_steps)
+    targets = _distil_targets(ctx, inp, {out, *(ctx.workdir.pdt_dir(s["arch_id"]) for s in pdt_done)}, again)
+    if again:  # the marker keeps what the first run recorded
+        info = ctx.workdir.stage_info("kd")
+        return {**info, "glue_models": [*info.get("glue_models", []), *targets]}
+    return {"arch_id": spec.arch_id, "origin": origin, "pdt": [s["arch_id"] for s in pdt_done], "glue_models": targets}

@@ -64,7 +64,7 @@ def winners(ctx: RunContext) -> list[str]:
 
 
 def _ready(ctx: RunContext) -> list[str]:
-    return [a for a in winners(ctx) if os.path.exists(ctx.workdir.path("nas", "candidates", a, STATE_FILE))]
+    return [a for a in winners(ctx) if os.path.exists(os.path.join(ctx.workdir.candidate_dir(a), STATE_FILE))]
 
 
 def planned_steps(ctx: RunContext) -> int:
@@ -75,7 +75,7 @@ def planned_steps(ctx: RunContext) -> int:
 def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int = 0) -> list[dict]:
     """PDT of every top-k winner for kd.pdt_steps steps (nothing when 0) with the kd stage's inputs `inp`; returns
     the result summaries. `steps_before` / `stage_steps` place these steps in the kd stage's ETA (0 = no ETA)."""
-    from kdjax.kd_stage import distill_arch
+    from kdjax.kd_stage import distill_arch, record_latency
 
     steps = inp.kd.pdt_steps
     if steps <= 0:
@@ -86,7 +86,7 @@ def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int 
         return []
     out, done = [], steps_before
     for arch_id in arch_ids:
-        state_path = ctx.workdir.path("nas", "candidates", arch_id, STATE_FILE)
+        state_path = os.path.join(ctx.workdir.candidate_dir(arch_id), STATE_FILE)
         if not os.path.exists(state_path):
             print(f"kd: PDT skips {arch_id}: no {STATE_FILE} (searched by an older kdjax; re-run nas with force)")
             continue
@@ -94,11 +94,11 @@ def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int 
         state = load_minikd_state(state_path)
         print(f"kd: PDT of {arch_id} from its mini-KD student and projection, {steps} steps")
         if ctx.settings.force:  # a forced kd stage re-runs PDT from scratch too (see kd_stage.run)
-            ctx.workdir.set_aside("kd", ctx.workdir.path("kd", f"{arch_id}-pdt"))
+            ctx.workdir.set_aside("kd", ctx.workdir.pdt_dir(arch_id))
         summary = distill_arch(
             inp,
             spec,
-            out_dir=ctx.workdir.subdir("kd", f"{arch_id}-pdt"),
+            out_dir=ctx.workdir.pdt_dir(arch_id),
             steps=steps,
             student_params=state["student"],
             projection_params=state["projection"],
@@ -106,6 +106,7 @@ def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int 
             extra={"pdt_from": state_path},
             eta=(done, stage_steps) if stage_steps else None,
         )
+        record_latency(ctx, spec, ctx.workdir.pdt_dir(arch_id))
         done += steps
         print(f"kd: PDT {arch_id} final loss {summary['final_loss']:.4f}")
         out.append(summary)

@@ -67,6 +67,20 @@ STAGES = {
 # What a forced stage must not resume from, set aside before it runs (the kd stage sets aside its own arch folder).
 FRESH_OUTPUTS = {"nas": ("nas",)}
 
+# Outputs a finished stage has not made yet (models glue.models names that the kd stage distils): it runs again for
+# them instead of being skipped.
+PENDING = {"kd": kd_stage.pending}
+
+
+def _skipped(ctx: RunContext, name: str) -> bool:
+    """A finished stage is skipped unless forced or asked for outputs it has not made (then it says so)."""
+    if ctx.settings.force or not ctx.workdir.is_done(name):
+        return False
+    missing = PENDING[name](ctx) if name in PENDING else []
+    if missing:
+        print(f"{name}: finished before; running again for {', '.join(missing)} (named since in glue.models)")
+    return not missing
+
 
 def machine_cache_dir() -> str:
     """The machine-level XLA cache, beside the latency cache: $KDJAX_CACHE_DIR/xla or ~/.cache/kdjax/xla. Programs
@@ -115,11 +129,12 @@ def run(config, workdir: str) -> None:
             enable_compilation_cache()
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-            plan.start(ctx, [s for s in STAGES if s in ctx.stages and (settings.force or not wd.is_done(s))])
+            skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s)}
+            plan.start(ctx, [s for s in STAGES if s in ctx.stages and s not in skipped])
             for name in STAGES:
                 if name not in ctx.stages:
                     continue
-                if wd.is_done(name) and not settings.force:
+                if name in skipped:
                     print(f"{name}: already finished in {wd.root}, skipping (--config.force=true to re-run)")
                     continue
                 stage = name

@@ -49,7 +49,7 @@ def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = 
 def build(ctx, stages: list[str]) -> list[StagePlan]:
     """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
     from kdjax import pdt
-    from kdjax.kd_stage import chosen_arch
+    from kdjax.glue_models import chosen_arch, kd_targets
 
     s, teacher = ctx.settings, ctx.teacher.spec
     seq, batch = s.data.max_seq_len, ctx.global_batch
@@ -85,15 +85,22 @@ def build(ctx, stages: list[str]) -> list[StagePlan]:
             what = "the search's best (estimated as " + what + ")"
         if winners:
             what += f"; PDT of {winners} winner(s) x {pdt_steps} steps"
-        plans.append(StagePlan("kd", what, total, total * batch, _kd_step_flops(kd_spec, teacher, batch, seq) * total))
+        flops = _kd_step_flops(kd_spec, teacher, batch, seq) * total
+        # The random baselines and arch ids of glue.models, distilled with the same budget (the best's is done).
+        extra = [ctx.student_spec(r.arch_id) for r in kd_targets(ctx) if r.arch_id != kd_spec.arch_id]
+        if extra:
+            what += f"; KD of {len(extra)} model(s) glue.models names x {steps} steps"
+            flops += sum(_kd_step_flops(x, teacher, batch, seq) * steps for x in extra)
+            total += len(extra) * steps
+        plans.append(StagePlan("kd", what, total, total * batch, flops))
     if "glue" in stages:
-        plans.append(_glue_plan(ctx, stages, kd_spec, top_k, rows))
+        plans.append(_glue_plan(ctx, stages, kd_spec, top_k))
     if "report" in stages:
         plans.append(StagePlan("report", "tables and figures", 0, 0, 0.0))
     return plans
 
 
-def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StagePlan:
+def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int) -> StagePlan:
     s = ctx.settings
     g, recipe = s.glue, s.glue.recipe
     variants = 1 + ("kd" in stages) + (s.kd.pdt_steps > 0)  # mini-KD export, full KD, PDT
@@ -122,12 +129,6 @@ def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int, rows: int) -> StageP
     what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {recipe.num_epochs} epochs"
     if grid > 1:
         what += f" x {grid} learning rates"
-    if "random" in models and rows:
-        # Random baselines are distilled with the kd.* budget first (once).
-        kd_steps = s.kd.num_steps(max(1, rows // ctx.global_batch))
-        n = g.num_random_baselines
-        flops += n * kd_steps * _kd_step_flops(kd_spec, ctx.teacher.spec, ctx.global_batch, s.data.max_seq_len)
-        what += f"; first KD of {n} random baseline(s) x {kd_steps} steps"
     return StagePlan("glue", what, steps, int(examples), flops, units, n_student + has_teacher)
 
 

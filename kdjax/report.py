@@ -1,9 +1,12 @@
 """The `report` stage: GLUE tables (JSON, CSV, Markdown) and figures (PNG) from whatever the earlier stages left.
 
-Inputs, all optional: W/glue/<model>/<task>.json (scores), W/teacher/latency.json, W/nas/history.jsonl (one row per
-candidate: strategy, arch_id, loss, latency_ms, speedup, reward), W/kd/<name>/result.json (KD losses), and the
-histories of sibling workdirs named in report.extra_workdirs (labelled and put on one reward scale by
-kdjax/report_searches.py). Outputs in W/report/: glue.json, glue.csv, glue.md, search.json (Table 1: best candidate
+Inputs, all optional, found through kdjax.workdir.Workdir's layout: W/glue/<model>/<task>.json (scores),
+W/teacher/latency.json, each model's latency record (W/kd/<name>/latency.json for what the kd stage distilled,
+W/glue/<model>/latency.json for the rest: measured once when the model was made or scored, kdjax.model_latency),
+W/nas/history.jsonl (one row per candidate: strategy, arch_id, loss, latency_ms, speedup, reward),
+W/kd/<name>/result.json (KD losses), and the histories of sibling workdirs named in report.extra_workdirs (labelled
+and put on one reward scale by kdjax/report_searches.py). The report only reads: it compiles and times nothing.
+Outputs in W/report/: glue.json, glue.csv, glue.md, search.json (Table 1: best candidate
 and rewards per search), README.md (tables + figures), fig_speedup_vs_glue.png, fig_best_reward.png,
 fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out and README.md says why.
 """
@@ -13,25 +16,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from kdjax import model_latency
 from kdjax.glue_data import TASKS
-from kdjax.latency import LatencyConfig
 from kdjax.metrics import task_score
-from kdjax.report_searches import load_histories, one_reward_scale
-from kdjax.report_tables import (
-    finite_or_none,
-    markdown_tables,
-    search_rows,
-    search_table,
-    series_by_strategy,
-    write_csv,
-)
+from kdjax.report_searches import finite_or_none, load_histories, one_reward_scale, series_by_strategy
+from kdjax.report_tables import markdown_tables, search_rows, search_table, write_csv
 from kdjax.reward import RewardConfig
-from kdjax.spec import ArchSpec
-from kdjax.workdir import read_json, write_json
+from kdjax.workdir import Workdir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +43,10 @@ FIGURES = {
 def load_glue(root: str) -> dict[str, dict[str, dict]]:
     """model -> task -> result record, from W/glue/<model>/<task>.json."""
     out: dict[str, dict[str, dict]] = {}
-    glue = os.path.join(root, "glue")
-    if not os.path.isdir(glue):
-        return out
-    for model in sorted(os.listdir(glue)):
+    wd = Workdir(root, create=False)
+    for model in wd.glue_models():
         for task in TASKS:
-            path = os.path.join(glue, model, f"{task}.json")
+            path = wd.glue_result(model, task)
             if os.path.exists(path):
                 out.setdefault(model, {})[task] = read_json(path)
     return out
@@ -83,19 +76,22 @@ def kd_loss(root: str, model: str, kind: str, arch_id: str | None, history: dict
     """Final KD loss of a distilled model (mini-KD loss from the history for search winners)."""
     if kind == "nas":
         return finite_or_none(history.get(arch_id, {}).get("loss"))
-    folder = {"kd": arch_id, "pdt": f"{arch_id}-pdt", "random": model}.get(kind)
-    path = os.path.join(root, "kd", folder or "", "result.json")
+    folder = Workdir(root, create=False).model_dir(kind, arch_id, model)
+    path = os.path.join(folder or "", "result.json")
     if folder and os.path.exists(path):
         return finite_or_none(read_json(path).get("final_loss"))
     return finite_or_none(history.get(arch_id, {}).get("loss")) if arch_id else None
+
+
+def recorded_latency(root: str, kind: str, arch_id: str | None, model: str) -> dict:
+    """The latency record of a row's model (kdjax.model_latency; {} when none was recorded)."""
+    return model_latency.read(Workdir(root, create=False).latency_path(kind, arch_id, model)) or {}
 
 
 def build_rows(
     root: str,
     latency_key: str | None = None,
     history_rows: list[dict] | None = None,
-    measure_latency: Callable[[ArchSpec], float] | None = None,
-    measure_torch: Callable[[str], float | None] | None = None,
 ) -> tuple[list[dict], list[str]]:
     """One row per model: scores per task, GLUE average, % of teacher, params, latency, speed-up, KD loss, reward."""
     glue = load_glue(root)
@@ -136,19 +132,20 @@ def build_rows(
         present = [row[t] for t in tasks if t in row]
         row["glue_avg"] = float(np.mean(present)) if present else None
         row["num_tasks"] = len(present)
-        lat, hist = None, by_arch.get(arch_id or "", {})
+        hist = by_arch.get(arch_id or "", {})
+        kd_name = first.get("twin") or model  # a fine-tune-only baseline shares its twin's distilled weights
+        recorded = recorded_latency(root, kind, arch_id, kd_name)
         # Modelled latencies (what the reward read) stay in their own column; this one is always a measurement.
         row["speedup_model"] = finite_or_none(hist.get("speedup")) if hist.get("latency_source") == "model" else None
         if kind == "teacher":
             lat = t_lat
         elif finite_or_none(hist.get("latency_ms")) and hist.get("latency_source", "measured") == "measured":
             lat = float(hist.get("measured_latency_ms") or hist["latency_ms"])
-        elif measure_latency is not None and first.get("spec"):
-            lat = measure_latency(ArchSpec.from_dict(first["spec"]))
+        else:
+            lat = finite_or_none(recorded.get("latency_ms"))
         row["latency_ms"] = lat
         row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
-        row["torch_ms"] = measure_torch(first.get("source") or "") if measure_torch else None
-        kd_name = first.get("twin") or model  # a fine-tune-only baseline shares its twin's distilled weights
+        row["torch_ms"] = finite_or_none(recorded.get("torch_ms"))
         row["kd_loss"] = kd_loss(root, kd_name, kind, arch_id, by_arch) if kind != "teacher" else None
         row["reward"] = finite_or_none(by_arch.get(arch_id or "", {}).get("reward")) if kind != "teacher" else None
         row["recipe"] = first.get("recipe")
@@ -281,42 +278,20 @@ def readme(
 def build_report(
     root: str,
     *,
-    latency_cfg: LatencyConfig | None = None,
     extra_workdirs: Sequence[str] = (),
-    measure_missing: bool = True,
     reward_cfg: RewardConfig | None = None,
     teacher_key: str | None = None,
 ) -> dict:
     """Write every report file for workdir `root`; works with any subset of the inputs.
 
     Rewards of every search are put on `reward_cfg`'s scale (default: the settings recorded in W/config.json).
+    `teacher_key` picks this teacher's entry of W/teacher/latency.json (kdjax.search_latency.teacher_key).
     """
-    from kdjax.latency import LatencyCache
-
     out_dir = os.path.join(root, "report")
     os.makedirs(out_dir, exist_ok=True)
-    cfg = latency_cfg or LatencyConfig()
-    # Models the search never timed (teacher-relative baselines, hub checkpoints) are measured once and cached here.
-    cache = LatencyCache(cfg)
-
-    def measure_latency(spec: ArchSpec) -> float:
-        return float(cache.measure(spec)[0]["latency_ms"])
-
-    def measure_torch(folder: str) -> float | None:
-        from kdjax.torch_latency import measure_folder
-
-        res = measure_folder(folder, cfg, cache.machine)
-        return float(res["latency_ms"]) if res else None
-
     history = load_histories(root, list(extra_workdirs))
     notes = one_reward_scale(history, root, reward_cfg)
-    rows, tasks = build_rows(
-        root,
-        teacher_key,
-        history,
-        measure_latency if measure_missing else None,
-        measure_torch if measure_missing else None,
-    )
+    rows, tasks = build_rows(root, teacher_key, history)
     t_ms = teacher_latency_ms(root, teacher_key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
     searches = search_rows(history)
@@ -333,11 +308,14 @@ def build_report(
 
 def run(ctx) -> dict:
     """Stage entry point."""
+    from kdjax.latency import MachineCache
+    from kdjax.search_latency import teacher_key
+
     s = ctx.settings
-    t_key = ctx.teacher_latency()["key"]  # measured now if this workdir's teacher (or protocol) is new
+    # Which entry of teacher/latency.json is this teacher's under this protocol on this machine (none is timed here).
+    t_key = teacher_key(ctx.teacher_identity, s.nas.latency, MachineCache(s.nas.latency))
     info = build_report(
         ctx.workdir.root,
-        latency_cfg=s.nas.latency,
         extra_workdirs=list(s.report.extra_workdirs),
         reward_cfg=s.nas.reward,
         teacher_key=t_key,

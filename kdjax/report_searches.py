@@ -19,7 +19,7 @@ import math
 import os
 
 from kdjax.reward import RewardConfig, reward
-from kdjax.workdir import read_json
+from kdjax.workdir import Workdir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ def load_histories(root: str, extra_workdirs: list[str]) -> list[dict]:
     """This workdir's nas/history.jsonl (and nas/*/history.jsonl), plus those of the extra workdirs, labelled."""
     rows = []
     for wd, label in workdir_labels(root, list(extra_workdirs)):
-        nas = os.path.join(wd, "nas")
-        paths = [os.path.join(nas, "history.jsonl")]
-        if os.path.isdir(nas):
-            paths += sorted(os.path.join(nas, d, "history.jsonl") for d in os.listdir(nas))
-        found = [p for p in paths if os.path.isfile(p)]
+        found = Workdir(wd, create=False).histories()
         if not found and wd != os.path.abspath(root):
             # Most likely a typo in report.extra_workdirs: say so rather than draw the figures without it.
             log.warning("report.extra_workdirs: %s has no nas/history.jsonl; it is left out of the figures", wd)
@@ -85,12 +81,21 @@ def load_histories(root: str, extra_workdirs: list[str]) -> list[dict]:
     return rows
 
 
-def _finite(x) -> float | None:
+def finite_or_none(x) -> float | None:
+    """`x` as a float when it is a finite number (history and result fields may be missing, null, NaN or text)."""
     try:
         x = float(x)
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def series_by_strategy(history: list[dict]) -> dict[str, list[dict]]:
+    """History rows grouped by their series label (`<workdir label>:<strategy>`), in evaluation order."""
+    out: dict[str, list[dict]] = {}
+    for row in history:
+        out.setdefault(row["series"], []).append(row)
+    return out
 
 
 def _describe(cfg: RewardConfig | None) -> str:
@@ -113,11 +118,11 @@ def one_reward_scale(rows: list[dict], root: str, cfg: RewardConfig | None = Non
     kept: set[str] = set()
     for r in rows:
         r["reward_recorded"] = r.get("reward")
-        lat, t_lat = _finite(r.get("latency_ms")), _finite(r.get("teacher_latency_ms"))
+        lat, t_lat = finite_or_none(r.get("latency_ms")), finite_or_none(r.get("teacher_latency_ms"))
         if cfg is None or not lat or not t_lat:
             kept.add(r["workdir"])
             continue
-        loss = _finite(r.get("loss"))
+        loss = finite_or_none(r.get("loss"))
         r["reward"] = reward(math.nan if loss is None else loss, lat, t_lat, cfg)
     if cfg is None:
         # Nothing recomputed: fine only if every search is known to have used the same settings.

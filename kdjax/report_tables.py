@@ -6,9 +6,10 @@ Pure functions of the rows `kdjax.report.build_rows` makes and the search histor
 from __future__ import annotations
 
 import csv
-import math
 
 import numpy as np
+
+from kdjax.report_searches import finite_or_none, series_by_strategy
 
 # The PDT table compares these two exports of one architecture (PDT continues the mini-KD student).
 VARIANT_LABEL = {"nas": "without PDT (mini-KD export)", "pdt": "with PDT"}
@@ -41,10 +42,8 @@ def _pdt_cell(before: float | None, after: float | None) -> str:
     return f"{_fmt(before, scale=100)} / {_fmt(after, scale=100)}{delta}"
 
 
-def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
-    """The scores table, the % of teacher table, and the with/without-PDT comparison."""
-    if not rows:
-        return "No GLUE results yet (run the glue stage).\n"
+def scores_table(rows: list[dict], tasks: list[str]) -> list[str]:
+    """The GLUE dev scores table (Markdown lines, one row per model: latency, speed-ups, scores, average, KD loss)."""
     head = [
         "model",
         "params",
@@ -77,7 +76,14 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
             _fmt(r["reward"], 4),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    out = ["### GLUE dev scores", "", *lines, ""]
+    return lines
+
+
+def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
+    """The scores table, the % of teacher table, and the with/without-PDT comparison."""
+    if not rows:
+        return "No GLUE results yet (run the glue stage).\n"
+    out = ["### GLUE dev scores", "", *scores_table(rows, tasks), ""]
     out.append(
         "Scores x100 on the full dev sets; a task with two metrics shows both and counts their mean in the "
         "average (* = average over fewer tasks). Speed-up = teacher latency / model latency, both measured under "
@@ -240,18 +246,3 @@ def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
                 + [r.get(f"{t}_pct") for t in tasks]
                 + [r.get(f"{t}_lr") for t in tasks]
             )
-
-
-def finite_or_none(x) -> float | None:
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def series_by_strategy(history: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for row in history:
-        out.setdefault(row["series"], []).append(row)
-    return out

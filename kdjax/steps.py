@@ -87,28 +87,36 @@ def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, los
     return jax.lax.stop_gradient(out)
 
 
+class StepSettings(NamedTuple):
+    """What a compiled KD step is specialised on, one hashable static argument: specs, loss, optimiser, dtype."""
+
+    student: ArchSpec
+    teacher: ArchSpec
+    loss: LossConfig
+    opt: OptimConfig
+    dtype_name: str
+    # The student's params are in the scanned layout (kdjax.models.LayerStack).
+    scan_layers: bool = False
+
+
 def student_step(
-    state: TrainState,
-    t_out: dict,
-    batch: dict,
-    rng: jax.Array,
-    *,
-    student: ArchSpec,
-    teacher: ArchSpec,
-    loss_cfg: LossConfig,
-    opt: OptimConfig,
-    dtype: Any,
-    scan_layers: bool = False,
+    state: TrainState, t_out: dict, batch: dict, rng: jax.Array, *, settings: StepSettings
 ) -> tuple[TrainState, dict]:
     """One AdamW step of the student (and projection) towards precomputed teacher outputs; with `scan_layers` the
     student params are in the scanned layout (kdjax.models.LayerStack)."""
     del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
+    student, teacher, loss_cfg, opt = settings.student, settings.teacher, settings.loss, settings.opt
     heads = (
         relation_heads(loss_cfg, student.hidden_size, teacher.hidden_size, student.num_heads, teacher.num_heads)
         if loss_cfg.needs_qkv
         else 1
     )
-    s_model = Encoder(student, dtype=dtype, with_mlm_head=loss_cfg.needs_logits, scan_layers=scan_layers)
+    s_model = Encoder(
+        student,
+        dtype=jnp.dtype(settings.dtype_name),
+        with_mlm_head=loss_cfg.needs_logits,
+        scan_layers=settings.scan_layers,
+    )
 
     def loss_fn(params):
         s_out = cast(
@@ -124,27 +132,17 @@ def student_step(
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads, opt)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": opt.schedule_fn()(state.step), **parts}
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": state.learning_rate(opt), **parts}
     return new_state, metrics
 
 
 def train_step(
-    state: TrainState,
-    teacher_params: dict,
-    batch: dict,
-    rng: jax.Array,
-    *,
-    student: ArchSpec,
-    teacher: ArchSpec,
-    loss_cfg: LossConfig,
-    opt: OptimConfig,
-    dtype: Any,
+    state: TrainState, teacher_params: dict, batch: dict, rng: jax.Array, *, settings: StepSettings
 ) -> tuple[TrainState, dict]:
     """One KD step: teacher forward, then the student update (the two halves `distill` compiles separately)."""
-    t_out = teacher_forward(teacher_params, batch, teacher=teacher, loss_cfg=loss_cfg, dtype=dtype)
-    return student_step(
-        state, t_out, batch, rng, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=dtype
-    )
+    dtype = jnp.dtype(settings.dtype_name)
+    t_out = teacher_forward(teacher_params, batch, teacher=settings.teacher, loss_cfg=settings.loss, dtype=dtype)
+    return student_step(state, t_out, batch, rng, settings=settings)
 
 
 def _merge_head(t_vars: dict) -> dict:
@@ -166,12 +164,10 @@ def teacher_inputs(teacher_params: dict, loss_cfg: LossConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_fused_step(student, teacher, loss_cfg, opt, dtype_name, mesh):
+def jitted_fused_step(settings: StepSettings, mesh: Mesh):
     """The fused step (teacher + student in one program), for benchmarks and single runs."""
     data, rep = shardings(mesh)
-    step = functools.partial(
-        train_step, student=student, teacher=teacher, loss_cfg=loss_cfg, opt=opt, dtype=jnp.dtype(dtype_name)
-    )
+    step = functools.partial(train_step, settings=settings)
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
@@ -181,17 +177,9 @@ def _jitted_teacher(teacher, loss_cfg, dtype_name, mesh):
     return jax.jit(fwd, in_shardings=(rep, data), out_shardings=data)
 
 
-def _jitted_student(student, teacher, loss_cfg, opt, dtype_name, mesh, scan_layers):
+def _jitted_student(settings: StepSettings, mesh: Mesh):
     data, rep = shardings(mesh)
-    step = functools.partial(
-        student_step,
-        student=student,
-        teacher=teacher,
-        loss_cfg=loss_cfg,
-        opt=opt,
-        dtype=jnp.dtype(dtype_name),
-        scan_layers=scan_layers,
-    )
+    step = functools.partial(student_step, settings=settings)
     return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
@@ -264,8 +252,9 @@ def compile_programs(
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
     t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
-    # The state's structure too: the same shapes may come with or without an MLM head, per-layer or scanned.
-    s_key = ("student", student, teacher, loss_cfg, opt, dname, mesh, shapes, jax.tree.structure(state))
+    settings = StepSettings(student, teacher, loss_cfg, opt, dname, scan_layers)
+    # The state's structure too: the same shapes may come with or without an MLM head.
+    s_key = ("student", settings, mesh, shapes, jax.tree.structure(state))
     if s_key in _COMPILED:
         s_fn, s_s = _compile(s_key, None)
     else:
@@ -275,7 +264,7 @@ def compile_programs(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),
             jax.eval_shape(t_jit, teacher_params, batch),
         )
-        s_jit = _jitted_student(student, teacher, loss_cfg, opt, dname, mesh, scan_layers)
+        s_jit = _jitted_student(settings, mesh)
         s_fn, s_s = _compile(s_key, s_jit, state, t_out, batch, rng)
     return Programs(t_fn, s_fn), t_s + s_s
 

@@ -18,10 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class Workdir:
-    """`teacher/`, `nas/`, `kd/<arch-id>/`, `glue/<model>/<task>.json`, `report/`, plus `cache/` and stage markers."""
+    """`teacher/`, `nas/`, `kd/<arch-id>/`, `glue/<model>/<task>.json`, `report/`, plus `cache/` and stage markers.
 
-    def __init__(self, root: str):
+    Every stage, the report and docs/results_tables.py find a model's folders through the layout methods below
+    (`kd_dir`, `pdt_dir`, `random_dir`, `candidate_dir`, `export_dir`, `latency_path`, `glue_result`, `histories`),
+    so the layout is written down once.
+    """
+
+    def __init__(self, root: str, *, create: bool = True):
+        """`create=False` only reads an existing workdir (the report's siblings, docs/results_tables.py)."""
         self.root = os.path.abspath(os.path.expanduser(root))
+        if not create:
+            return
         try:
             os.makedirs(self.root, exist_ok=True)
             probe = os.path.join(self.root, f".write-test-{os.getpid()}")  # two runs may start together
@@ -43,6 +51,73 @@ class Workdir:
     def cache(self) -> str:
         return self.subdir("cache")
 
+    # Layout of the models a run makes. GLUE rows are named `<kind>-<arch>` (nas, kd, pdt) or `random-<i>-<arch>`.
+    def kd_dir(self, arch_id: str) -> str:
+        """The full KD of `arch_id` (kd stage): checkpoints/, metrics.jsonl, result.json, latency.json, hf/."""
+        return self.path("kd", arch_id)
+
+    def pdt_dir(self, arch_id: str) -> str:
+        """PDT of the search winner `arch_id` (kd stage), laid out like `kd_dir`."""
+        return self.path("kd", f"{arch_id}-pdt")
+
+    @staticmethod
+    def random_name(index: int, arch_id: str) -> str:
+        return f"random-{index}-{arch_id}"
+
+    def random_dir(self, name: str) -> str:
+        """A random baseline `random-<i>-<arch>` distilled by the kd stage, laid out like `kd_dir`."""
+        return self.path("kd", name)
+
+    def random_names(self) -> list[str]:
+        """The random baselines distilled so far (`kd/random-*`)."""
+        kd = self.path("kd")
+        return sorted(n for n in os.listdir(kd) if n.startswith("random-")) if os.path.isdir(kd) else []
+
+    def candidate_dir(self, arch_id: str) -> str:
+        """A mini-KD candidate of the search: hf/ export and minikd.npz (student and projection, for PDT)."""
+        return self.path("nas", "candidates", arch_id)
+
+    def model_dir(self, kind: str, arch_id: str | None, name: str) -> str | None:
+        """The folder that made the GLUE row `name` of `kind` (None for the teacher, folders and hub models)."""
+        if kind == "nas" and arch_id:
+            return self.candidate_dir(arch_id)
+        if kind == "kd" and arch_id:
+            return self.kd_dir(arch_id)
+        if kind == "pdt" and arch_id:
+            return self.pdt_dir(arch_id)
+        if kind == "random":
+            return self.random_dir(name)
+        return None
+
+    def export_dir(self, kind: str, arch_id: str | None, name: str) -> str | None:
+        """The transformers folder of a row this run made (None for the teacher, folders and hub models)."""
+        made = self.model_dir(kind, arch_id, name)
+        return os.path.join(made, "hf") if made else None
+
+    def latency_path(self, kind: str, arch_id: str | None, name: str) -> str:
+        """Where a row's latency is recorded, once: beside a distilled model's result.json when the kd stage made
+        it (kd, pdt, random), else beside its GLUE scores (`glue/<model>/latency.json`, written when scored)."""
+        made = self.model_dir(kind, arch_id, name) if kind in ("kd", "pdt", "random") else None
+        return os.path.join(made, "latency.json") if made else self.path("glue", name, "latency.json")
+
+    def glue_result(self, model: str, task: str) -> str:
+        return self.path("glue", model, f"{task}.json")
+
+    def glue_models(self) -> list[str]:
+        """Rows with a GLUE folder (`glue/<model>/`)."""
+        glue = self.path("glue")
+        if not os.path.isdir(glue):
+            return []
+        return sorted(n for n in os.listdir(glue) if os.path.isdir(os.path.join(glue, n)))
+
+    def histories(self) -> list[str]:
+        """The search histories: `nas/history.jsonl`, then one per subfolder (`nas/*/history.jsonl`, e.g. workers)."""
+        nas = self.path("nas")
+        paths = [os.path.join(nas, "history.jsonl")]
+        if os.path.isdir(nas):
+            paths += sorted(os.path.join(nas, d, "history.jsonl") for d in os.listdir(nas))
+        return [p for p in paths if os.path.isfile(p)]
+
     def _marker(self, stage: str) -> str:
         return self.path(".stages", f"{stage}.json")
 
@@ -53,6 +128,14 @@ class Workdir:
         write_json(
             self._marker(stage), {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})}
         )
+
+    def stage_info(self, stage: str) -> dict:
+        """What a finished stage recorded in its marker ({} when it is unfinished or the marker is unreadable)."""
+        try:
+            info = read_json(self._marker(stage)) if self.is_done(stage) else {}
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in info.items() if k not in ("stage", "finished")} if isinstance(info, dict) else {}
 
     def clear(self, stage: str) -> None:
         if self.is_done(stage):

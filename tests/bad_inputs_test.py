@@ -19,6 +19,8 @@ import pytest
 from helpers import ROOT, run_main
 
 TINY = "--config=configs/bert_nas.py:tiny"
+# No network: a missing hub file is an error, not a download.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 SEEDED = {
     ".stages/teacher.json": '{"stage": "teacher", "finished": "2026-01-01T00:00:00"}\n',
     "teacher/info.json": '{"source": "earlier run"}\n',
@@ -126,16 +128,7 @@ def _run_case(name: str, inputs: dict) -> dict:
             _write(os.path.join(workdir, rel), text)
         args.append(f"--workdir={workdir}")
     before = _tree_digest(workdir)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = run_main(args, None, timeout=300, env=OFFLINE)
     return {"proc": proc, "before": before, "after": _tree_digest(workdir)}
 
 
@@ -175,8 +168,6 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(inputs):
     for rel, text in SEEDED.items():
         _write(os.path.join(workdir, rel), text)
     before = _tree_digest(workdir)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
     # Warm-up ramps the step size from 0 to 1e6: the first steps are fine and checkpointed, then it blows up.
     args = [
         TINY,
@@ -188,16 +179,8 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(inputs):
         "--config.kd.num_train_steps=12",
         "--config.kd.checkpoint_every_steps=1",
         "--config.kd.log_every_steps=1",
-        f"--workdir={workdir}",
     ]
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = run_main(args, workdir, timeout=300, env={"HF_HUB_OFFLINE": "1"})
     line = assert_one_error_line(proc, ["non-finite", "at step"])
     bad_step = int(line.split("at step")[1].split(";")[0])
     kd_dir = os.path.join(workdir, "kd", "2L-32H-2A-64F-gelu")
@@ -301,7 +284,7 @@ def _run_data_case(name: str, inputs: dict) -> dict:
     for rel, text in SEEDED.items():
         _write(os.path.join(workdir, rel), text)
     before = _tree_digest(workdir)
-    proc = run_main(args, workdir, timeout=300, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    proc = run_main(args, workdir, timeout=300, env=OFFLINE)
     return {"proc": proc, "before": before, "after": _tree_digest(workdir)}
 
 
@@ -321,11 +304,7 @@ def test_data_or_config_fault_is_one_clear_line(name, data_case_results):
 
 
 def test_help_says_how_to_list_and_set_config_fields():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    run = lambda *a: subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *a], cwd=ROOT, capture_output=True, text=True, env=env
-    )
+    run = lambda *a: run_main(list(a))
     helped = run("--help")  # absl's --help exits with status 1 by design
     assert "--config.<field>=<value>" in helped.stdout and "--print_config" in helped.stdout, helped.stdout
     # The listing it points at works without a workdir, shows overrides applied, and names every field once.
@@ -450,26 +429,13 @@ def _run_teacher_case(name: str, inputs: dict) -> dict:
     for rel, text in SEEDED.items():
         _write(os.path.join(workdir, rel), text)
     before = _tree_digest(workdir)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
-    for key, value in env_extra.items():
-        if value:
-            env[key] = value.format(**inputs)
-        else:
-            env.pop(key, None)
+    # An empty value in a case means a user without that variable.
+    env = OFFLINE | {key: value.format(**inputs) if value else None for key, value in env_extra.items()}
     # The hub case runs the real config, whose teacher is a hub id; the others override the tiny one's. The kd stage
     # loads the teacher first (the seeded workdir has the teacher stage done).
     config = "configs/bert_nas.py" if name == "hub_unreachable" else "configs/bert_nas.py:tiny"
     full = [f"--config={config}", "--config.stages=kd", *[a.format(**inputs) for a in args]]
-    full.append(f"--workdir={workdir}")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *full],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = run_main(full, workdir, timeout=300, env=env)
     return {"proc": proc, "before": before, "after": _tree_digest(workdir)}
 
 
@@ -553,8 +519,7 @@ def _run_fault(name: str, inputs: dict) -> dict:
         _write(os.path.join(workdir, rel), text)
     before = _tree_digest(workdir)
     holder = prepare(workdir) if prepare else None
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | OFFLINE
     argv = [a.format(**inputs) for a in args] + [f"--workdir={workdir}"]
     cmd = ["-c", FAULTY, *faulty, *argv] if faulty else [os.path.join(ROOT, "main.py"), *argv]
     try:
@@ -587,15 +552,10 @@ def test_workdir_fault_is_one_clear_line(name, fault_results):
 def test_damaged_corpus_cache_and_other_settings(inputs):
     """A truncated packed-corpus cache is rebuilt with a warning; a resume with another seed is one line."""
     workdir = os.path.join(inputs["tmp"], "runs", "settings")
-    args = [a.format(**inputs) for a in KD_TEACHER] + [f"--workdir={workdir}"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env.pop("XLA_FLAGS", None)
+    args = [a.format(**inputs) for a in KD_TEACHER]
 
     def main(*extra):
-        return subprocess.run(
-            [sys.executable, os.path.join(ROOT, "main.py"), *args, *extra],
-            cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+        return run_main([*args, *extra], workdir, timeout=300, env={"HF_HUB_OFFLINE": "1"})
 
     assert main().returncode == 0
     (cache,) = [f for f in os.listdir(os.path.join(workdir, "cache")) if f.startswith("packed-")]

@@ -5,7 +5,7 @@ import os
 import pytest
 from helpers import run_context
 
-from kdjax import glue_stage, pipeline
+from kdjax import glue_models, glue_stage, pipeline
 from kdjax.config import base_config
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.workdir import read_json, write_json
@@ -56,37 +56,46 @@ def test_model_keywords_resolve(tmp_path, glue_dir):
     for parts in (("nas", "candidates", arch, "hf"), ("kd", arch, "hf"), ("kd", f"{arch}-pdt", "hf")):
         os.makedirs(ctx.workdir.path(*parts))
     write_json(ctx.workdir.path("nas", "top_k.json"), {"top_k": [{"arch_id": arch}]})
-    names = [r.name for r in glue_stage.resolve_models(ctx, ["teacher", "best", "top_k", "org/some-model"])]
+    names = [r.name for r in glue_models.resolve_models(ctx, ["teacher", "best", "top_k", "org/some-model"])]
     assert names == ["teacher", f"nas-{arch}", f"kd-{arch}", f"pdt-{arch}", "org--some-model"]
-    folder = glue_stage.resolve_models(ctx, [ctx.workdir.path("kd", arch, "hf")])[0]
+    folder = glue_models.resolve_models(ctx, [ctx.workdir.path("kd", arch, "hf")])[0]
     assert folder.kind == "folder" and folder.name == arch
-    with pytest.raises(glue_stage.GlueStageError, match="does not exist"):
-        glue_stage.resolve_models(ctx, ["./no/such/folder"])
-    # A hand-picked arch without an export is distilled on demand (lazily, at scoring time).
-    ref = glue_stage.resolve_models(ctx, ["1L-32H-2A-64F-gelu"])[0]
-    assert ref.name == "kd-1L-32H-2A-64F-gelu" and ref.prepare is not None
+    with pytest.raises(glue_models.GlueStageError, match="does not exist"):
+        glue_models.resolve_models(ctx, ["./no/such/folder"])
+    # A hand-picked arch is distilled by the kd stage (a target of it), not by the glue stage.
+    ref = glue_models.resolve_models(ctx, ["1L-32H-2A-64F-gelu"])[0]
+    assert ref.name == "kd-1L-32H-2A-64F-gelu" and ref.by_kd and not ref.exported()
+    models = "teacher,best,1L-32H-2A-64F-gelu,kd-2L-32H-2A-64F-gelu"
+    ctx = run_context(tmp_path, {"glue.models": models}, config=_config(glue_dir), teacher=ctx.teacher)
+    assert [r.name for r in glue_models.kd_targets(ctx)] == ["kd-1L-32H-2A-64F-gelu"]
     # An arch id means its full-KD export even when the search left only a mini-KD one.
     other = "1L-32H-4A-64F-gelu"
     os.makedirs(ctx.workdir.path("nas", "candidates", other, "hf"))
-    refs = glue_stage.resolve_models(ctx, [other])
+    refs = glue_models.resolve_models(ctx, [other])
     assert [r.name for r in refs] == [f"kd-{other}"] and refs[0].source == ctx.workdir.path("kd", other, "hf")
 
 
 def test_random_baselines_are_reproducible_and_distinct(tmp_path, glue_dir):
     ctx = run_context(tmp_path, config=_config(glue_dir))
     space, seed = ctx.settings.nas.space, ctx.settings.seed
-    a = glue_stage.random_specs(ctx.teacher.spec, space, seed, 3)
-    b = glue_stage.random_specs(ctx.teacher.spec, space, seed, 3)
+    a = glue_models.random_specs(ctx.teacher.spec, space, seed, 3)
+    b = glue_models.random_specs(ctx.teacher.spec, space, seed, 3)
     assert a == b and len({s.arch_id for s in a}) == 3
     assert all(s.num_params <= ctx.teacher.spec.num_params for s in a)
-    refs = glue_stage.resolve_models(ctx, ["random"])
+    refs = glue_models.resolve_models(ctx, ["random"])
     assert [r.name for r in refs] == [f"random-0-{a[0].arch_id}"]
-    assert refs[0].source == ctx.workdir.path("kd", refs[0].name, "hf")
+    assert refs[0].source == ctx.workdir.path("kd", refs[0].name, "hf") and refs[0].by_kd
+    # The glue stage scores what the kd stage made: a baseline not distilled yet stops it before any scoring.
+    ctx = run_context(tmp_path, {"glue.models": "teacher,random"}, config=_config(glue_dir))
+    with pytest.raises(glue_models.GlueStageError) as e:
+        glue_stage.run(ctx)
+    assert "\n" not in str(e.value) and refs[0].name in str(e.value) and "--config.stages=kd" in str(e.value)
+    assert not os.path.exists(ctx.workdir.path("glue"))
 
 
 def test_unreachable_hub_model_is_one_line(tmp_path, glue_dir):
     ctx = run_context(tmp_path, config=_config(glue_dir, models="nobody-xyz/missing-model"))
-    with pytest.raises(glue_stage.GlueStageError) as e:
+    with pytest.raises(glue_models.GlueStageError) as e:
         glue_stage.run(ctx)
     assert "\n" not in str(e.value) and "missing-model" in str(e.value)
 
@@ -104,8 +113,8 @@ def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, 
     assert read_json(teacher_json)["grid"][0]["learning_rate"] == 1e-3
 
     # A student of this run (here a copy of the tiny teacher under the 'kd' kind), named through a keyword.
-    student = glue_stage.ModelRef("kd-copy", "kd", ctx.teacher.source, ctx.teacher.spec.arch_id)
-    monkeypatch.setitem(glue_stage.KEYWORDS, "copy", lambda _ctx: [student])
+    student = glue_models.ModelRef("kd-copy", "kd", ctx.teacher.source, ctx.teacher.spec.arch_id)
+    monkeypatch.setitem(glue_models.KEYWORDS, "copy", lambda _ctx: [student])
     c = _config(glue_dir, tasks="stsb", learning_rates="1e-3", models="teacher,copy")
     ctx = run_context(tmp_path, config=c)
     capsys.readouterr()

@@ -19,17 +19,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _user_env(env: dict | None = None) -> dict:
-    """This process's environment for a `main.py` child: one device unless a test asks for more (`env`)."""
+    """This process's environment for a `main.py` child: one device unless a test asks for more (`env`); a None value
+    in `env` removes that variable (a user without it)."""
     full_env = dict(os.environ)
     full_env.pop("XLA_FLAGS", None)
-    full_env.update(env or {})
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
     return full_env
 
 
-def run_main(args: list[str], workdir, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python main.py ARGS --workdir=W` as a user would; returns the CompletedProcess."""
+def run_main(
+    args: list[str], workdir=None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run `python main.py ARGS --workdir=W` as a user would (no --workdir when `workdir` is None); returns the
+    CompletedProcess. `env` adds variables to this process's environment, or removes those given as None."""
+    workdir_flag = [] if workdir is None else [f"--workdir={workdir}"]
     return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "main.py"), *args, f"--workdir={workdir}"],
+        [sys.executable, os.path.join(ROOT, "main.py"), *args, *workdir_flag],
         cwd=ROOT,
         capture_output=True,
         text=True,

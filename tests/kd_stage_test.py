@@ -36,6 +36,29 @@ def test_second_run_skips_finished_stage(kd_run):
     assert proc.returncode == 0 and "kd: already finished" in proc.stdout
 
 
+def test_finished_stage_distils_what_glue_models_names_since(kd_run):
+    """The kd stage distils the random baselines and arch ids of glue.models (the glue stage only scores them); a
+    finished stage runs again for those alone, leaving what it made untouched."""
+    w, _ = kd_run
+    best = os.path.join(w, "kd", "2L-32H-2A-64F-gelu")
+    stamp = os.path.getmtime(os.path.join(best, "result.json"))
+    assert json.load(open(os.path.join(best, "latency.json")))["latency_ms"] > 0  # timed once, when made
+    models = "--config.glue.models=teacher,best,random,1L-32H-2A-64F-gelu"
+    proc = run_main(["--config=configs/bert_nas.py:tiny", "--config.stages=kd", models], w)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kd: finished before; running again for random-0-" in proc.stdout
+    (random,) = [n for n in os.listdir(os.path.join(w, "kd")) if n.startswith("random-0-")]
+    for name in (random, "1L-32H-2A-64F-gelu"):
+        out = os.path.join(w, "kd", name)
+        assert os.path.isfile(os.path.join(out, "hf", "config.json")) and os.path.isfile(
+            os.path.join(out, "result.json")
+        )
+        assert json.load(open(os.path.join(out, "latency.json")))["latency_ms"] > 0
+    assert os.path.getmtime(os.path.join(best, "result.json")) == stamp
+    again = run_main(["--config=configs/bert_nas.py:tiny", "--config.stages=kd", models], w)
+    assert again.returncode == 0 and "kd: already finished" in again.stdout
+
+
 def test_export_loads_in_transformers(kd_run):
     from transformers import FlaxAutoModel
 

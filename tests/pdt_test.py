@@ -122,7 +122,7 @@ def test_pdt_starts_from_the_mini_kd_student_and_projection(pdt_run, monkeypatch
 
 @pytest.mark.slow
 def test_glue_models_can_name_one_export(pdt_run):
-    from kdjax.glue_stage import GlueStageError, resolve_models
+    from kdjax.glue_models import GlueStageError, resolve_models
 
     w, c = pdt_run
     best = read_json(os.path.join(w, "nas", "top_k.json"))["top_k"][0]["arch_id"]

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from kdjax import report
+from kdjax import model_latency, report
 from kdjax.latency import LatencyConfig
 from kdjax.reward import RewardConfig, reward
 from kdjax.spec import ArchSpec
-from kdjax.workdir import read_json, write_json
+from kdjax.workdir import Workdir, read_json, write_json
 
 TASKS = {"rte": {"accuracy": 0.6}, "stsb": {"pearson": 0.8, "spearman": 0.78}, "mrpc": {"f1": 0.85, "accuracy": 0.8}}
 SPEC = ArchSpec(4, 64, 4, 128, vocab_size=100)
@@ -67,7 +67,7 @@ def synthetic_workdir(root: str) -> str:
 
 def test_report_from_synthetic_workdir(tmp_path):
     root = synthetic_workdir(str(tmp_path))
-    info = report.build_report(root, measure_missing=False)
+    info = report.build_report(root)
     out = os.path.join(root, "report")
     assert info["figures"] == sorted(report.FIGURES.values())
     for name in report.FIGURES.values():
@@ -99,16 +99,28 @@ def test_report_from_synthetic_workdir(tmp_path):
 
 
 def test_report_with_partial_inputs(tmp_path):
-    info = report.build_report(str(tmp_path), measure_missing=False)
+    info = report.build_report(str(tmp_path))
     assert info == {"rows": 0, "tasks": [], "figures": [], "candidates": 0}
     readme = _read(tmp_path / "report" / "README.md")
     assert "No GLUE results yet" in readme and "not drawn" in readme
-    # Only GLUE scores, no teacher latency or history: latency is measured from the recorded spec.
-    _glue(str(tmp_path), "teacher", "teacher", "4L-64H-4A-128F-gelu", 1.0, 1_000_000, {"rte": TASKS["rte"]})
-    _glue(str(tmp_path), "some-folder", "folder", None, 0.5, 10, {"rte": TASKS["rte"]})
-    info = report.build_report(str(tmp_path), latency_cfg=LatencyConfig(seq_len=16, warmup_runs=1, timed_runs=1))
-    rows = read_json(tmp_path / "report" / "glue.json")["rows"]
-    assert info["rows"] == 2 and rows[1]["latency_ms"] > 0 and rows[1]["pct_teacher"] == pytest.approx(50.0)
+    # Only GLUE scores and the latencies recorded when the models were made (kd stage) or scored (glue stage), no
+    # teacher latency or history: the report reads them (it times nothing itself).
+    root = str(tmp_path)
+    _glue(root, "teacher", "teacher", "4L-64H-4A-128F-gelu", 1.0, 1_000_000, {"rte": TASKS["rte"]})
+    _glue(root, "some-folder", "folder", None, 0.5, 10, {"rte": TASKS["rte"]})
+    _glue(root, f"kd-{ARCH}", "kd", ARCH, 0.9, 300_000, {"rte": TASKS["rte"]})
+    wd = Workdir(root)
+    folder = model_latency.record(
+        wd.latency_path("folder", None, "some-folder"), SPEC, LatencyConfig(seq_len=16, warmup_runs=1, timed_runs=1)
+    )
+    write_json(wd.latency_path("kd", ARCH, f"kd-{ARCH}"), {"key": "k", "latency_ms": 7.5, "torch_ms": 3.0})
+    assert wd.latency_path("kd", ARCH, f"kd-{ARCH}") == os.path.join(root, "kd", ARCH, "latency.json")
+    info = report.build_report(root)
+    rows = {r["model"]: r for r in read_json(tmp_path / "report" / "glue.json")["rows"]}
+    assert info["rows"] == 3 and rows["some-folder"]["pct_teacher"] == pytest.approx(50.0)
+    assert rows["some-folder"]["latency_ms"] == folder["latency_ms"] > 0 and rows["some-folder"]["torch_ms"] is None
+    assert rows[f"kd-{ARCH}"]["latency_ms"] == 7.5 and rows[f"kd-{ARCH}"]["torch_ms"] == 3.0
+    assert rows["teacher"]["latency_ms"] is None and rows[f"kd-{ARCH}"]["speedup"] is None
 
 
 def _sibling(root: str, alpha: float, latency_scale: float) -> str:
@@ -136,7 +148,7 @@ def test_sibling_workdirs_keep_their_own_numbers_on_one_reward_scale(tmp_path):
     # Alone, a workdir's series are just its strategies.
     assert {r["series"] for r in report.load_histories(a, [])} == set(STRATEGIES)
 
-    report.build_report(a, extra_workdirs=[b], measure_missing=False)
+    report.build_report(a, extra_workdirs=[b])
     out = os.path.join(a, "report")
     glue = {r["model"]: r for r in read_json(os.path.join(out, "glue.json"))["rows"]}
     # The GLUE rows of workdir a use a's candidate 4 (latency 9 ms, alpha=-0.07), never b's record of the same arch.
@@ -158,12 +170,12 @@ def test_sibling_workdirs_keep_their_own_numbers_on_one_reward_scale(tmp_path):
 def test_rewards_that_cannot_be_recomputed_are_flagged(tmp_path):
     a = _sibling(str(tmp_path / "a"), -0.07, 1.0)
     b = synthetic_workdir(str(tmp_path / "b"))  # no teacher latency per row, no recorded settings
-    report.build_report(a, extra_workdirs=[b], measure_missing=False)
+    report.build_report(a, extra_workdirs=[b])
     readme = _read(os.path.join(a, "report", "README.md"))
     assert "WARNING: rewards of b: unknown settings are as recorded" in readme
     # Same settings everywhere: nothing to say.
     c = _sibling(str(tmp_path / "c"), -0.07, 2.0)
-    report.build_report(a, extra_workdirs=[c], measure_missing=False)
+    report.build_report(a, extra_workdirs=[c])
     assert "recomputed" not in _read(os.path.join(a, "report", "README.md"))
 
 
@@ -206,7 +218,7 @@ def test_report_shows_lr_grid_and_distilled_vs_fine_tuned(tmp_path):
         rec = {"model": model, "kind": "teacher" if model == "teacher" else "kd", "arch_id": ARCH, "params": 1}
         rec |= {"scores": {"accuracy": factor * 0.6}, "picked_lr": 1e-4, "grid": grid, **extra}
         write_json(os.path.join(root, "glue", model, "rte.json"), rec)
-    report.build_report(root, measure_missing=False)
+    report.build_report(root)
     md = _read(os.path.join(root, "report", "glue.md"))
     assert "### Learning-rate grid (picked by dev score)" in md
     assert "| teacher | **0.0001**; 0.0003: 50.00, 0.0001: 60.00, 5e-05: 55.00, 3e-05: 52.00 |" in md

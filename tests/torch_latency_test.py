@@ -6,11 +6,11 @@ import os
 import pytest
 
 import kdjax.latency as latency
-from kdjax import report
+from kdjax import model_latency, report
 from kdjax.latency import LatencyConfig
 from kdjax.spec import ArchSpec
 from kdjax.torch_latency import available, measure_folder
-from kdjax.workdir import read_json, write_json
+from kdjax.workdir import Workdir, read_json, write_json
 
 pytest.importorskip("torch")
 
@@ -77,7 +77,14 @@ def test_report_speedup_columns(tmp_path):
     with open(os.path.join(root, "nas", "history.jsonl"), "w") as f:
         row = {"arch_id": STUDENT.arch_id, "latency_ms": 1.0, "speedup": 7.0, "latency_source": "model", "reward": 0.5}
         f.write(json.dumps({"strategy": "lstm", "loss": 0.3, **row}) + "\n")
-    report.build_report(root, latency_cfg=c, teacher_key=key)
+    # What the glue stage records when it scores them (kdjax.glue_stage.record_latency); the report only reads.
+    wd = Workdir(root)
+    t_rec = wd.latency_path("teacher", TEACHER.arch_id, "teacher")
+    model_latency.record(t_rec, TEACHER, c, folders["teacher"], xla={"latency_ms": 50.0})
+    s_rec = wd.latency_path("nas", STUDENT.arch_id, f"nas-{STUDENT.arch_id}")
+    model_latency.record(s_rec, STUDENT, c, folders["nas"])
+    assert model_latency.is_current(s_rec, c) and not model_latency.is_current(s_rec, LatencyConfig(seq_len=32))
+    report.build_report(root, teacher_key=key)
     rows = {r["kind"]: r for r in read_json(os.path.join(root, "report", "glue.json"))["rows"]}
     s, t = rows["nas"], rows["teacher"]
     assert t["latency_ms"] == 50.0  # this teacher's entry, not the old one's
