@@ -102,8 +102,8 @@ class StepSettings(NamedTuple):
 def student_step(
     state: TrainState, t_out: dict, batch: dict, rng: jax.Array, *, settings: StepSettings
 ) -> tuple[TrainState, dict]:
-    """One AdamW step of the student (and projection) towards precomputed teacher outputs; with `scan_layers` the
-    student params are in the scanned layout (kdjax.models.LayerStack)."""
+    """One AdamW step of the student (and projection) towards precomputed teacher outputs; with
+    `settings.scan_layers` the student params are in the scanned layout (kdjax.models.LayerStack)."""
     del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
     student, teacher, loss_cfg, opt = settings.student, settings.teacher, settings.loss, settings.opt
     heads = (
