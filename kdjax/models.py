@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.spec import ArchSpec
 
@@ -25,9 +26,16 @@ ACTIVATIONS = {
 
 Dtype = Any
 
+# Standard deviation of every kernel and embedding at random init (BERT's initializer_range); biases start at 0,
+# LayerNorm scales at 1. `random_params` relies on this being the whole rule.
+INIT_STD = 0.02
+# Name of the scanned layer stack under `encoder/layer` (`Encoder(scan_layers=True)`): every leaf below it has a
+# leading layer axis. `stack_layers` / `unstack_layers` convert to and from the per-layer `encoder/layer/<i>` layout.
+STACKED = "stacked"
+
 
 def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(0.02), name=name)
+    return nn.Dense(features, dtype=dtype, kernel_init=nn.initializers.normal(INIT_STD), name=name)
 
 
 def _layer_norm(spec: ArchSpec, name: str) -> nn.LayerNorm:
@@ -50,7 +58,7 @@ class Embeddings(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool = True):
-        s, init = self.spec, nn.initializers.normal(0.02)
+        s, init = self.spec, nn.initializers.normal(INIT_STD)
         word = nn.Embed(s.vocab_size, s.embed_dim, embedding_init=init, name="word_embeddings")
         pos = nn.Embed(s.max_position_embeddings, s.embed_dim, embedding_init=init, name="position_embeddings")
         typ = nn.Embed(s.type_vocab_size, s.embed_dim, embedding_init=init, name="token_type_embeddings")
@@ -127,15 +135,35 @@ class Layer(nn.Module):
 
 
 class LayerStack(nn.Module):
-    """`encoder/layer/<i>`; ALBERT-style sharing reuses layer '0' for every depth."""
+    """`encoder/layer/<i>`; ALBERT-style sharing reuses layer '0' for every depth.
+
+    With `scan_layers`, one `Layer` is scanned over a leading layer axis (`encoder/layer/stacked/...`): the program
+    holds one layer's code whatever the depth, so compiling it does not grow with depth (kdjax.steps). The per-layer
+    hidden states and q/k/v come out of the scan stacked and are split back into the same tuples.
+    """
 
     spec: ArchSpec
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x, mask, num_layers: int, deterministic: bool = True, return_qkv: bool = False):
         s = self.spec
+        if self.scan_layers and not s.shared_layers:
+            if num_layers != s.num_layers:
+                raise ValueError(f"a scanned stack runs all {s.num_layers} layers, not {num_layers}")
+            scan = nn.scan(
+                _ScanStep,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=num_layers,
+            )
+            body = scan(s, self.dtype, self.dropout_rate, deterministic, return_qkv, name=STACKED)
+            _, (ys, qkv) = body(x, mask)
+            per_layer_qkv = tuple(tuple(t[i] for t in qkv) for i in range(num_layers)) if return_qkv else ()
+            return (x, *(ys[i] for i in range(num_layers))), per_layer_qkv
         if s.shared_layers:
             shared = Layer(s, self.dtype, self.dropout_rate, name="0")
             layers = [shared] * num_layers
@@ -148,6 +176,83 @@ class LayerStack(nn.Module):
             if return_qkv:
                 qkvs.append(qkv)
         return tuple(hidden), tuple(qkvs)
+
+
+class _ScanStep(nn.Module):
+    """One `Layer` as a scan body: carry = hidden state; per-layer outputs = (hidden state, q/k/v or ())."""
+
+    spec: ArchSpec
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    deterministic: bool = True
+    return_qkv: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask):
+        # Same submodule names as `Layer` ('attention', 'intermediate', 'output'), one level down.
+        y, qkv = Layer(self.spec, self.dtype, self.dropout_rate, name="layer")(x, mask, self.deterministic)
+        return y, (y, qkv if self.return_qkv else ())
+
+
+def stack_layers(params: dict) -> dict:
+    """Encoder params (`encoder/layer/<i>/...`) in the scanned layout (`encoder/layer/stacked/layer/...` with a
+    leading layer axis); numpy leaves stay numpy (no device work), jax arrays are stacked with jax (inside jit)."""
+    layer = params["encoder"]["layer"]
+    if STACKED in layer:
+        return params
+    per_layer = [layer[str(i)] for i in range(len(layer))]
+    stacked = jax.tree.map(lambda *xs: (np.stack if isinstance(xs[0], np.ndarray) else jnp.stack)(xs), *per_layer)
+    return {**params, "encoder": {**params["encoder"], "layer": {STACKED: {"layer": stacked}}}}
+
+
+def unstack_layers(params: dict) -> dict:
+    """The inverse of `stack_layers`: scanned layout -> `encoder/layer/<i>/...` (unchanged if already per-layer)."""
+    layer = params["encoder"]["layer"]
+    if STACKED not in layer:
+        return params
+    stacked = layer[STACKED]["layer"]
+    depth = jax.tree.leaves(stacked)[0].shape[0]
+    per_layer = {str(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(depth)}
+    return {**params, "encoder": {**params["encoder"], "layer": per_layer}}
+
+
+def random_params(spec: ArchSpec, rng: jax.Array, *, with_mlm_head: bool = False, scan_layers: bool = False) -> dict:
+    """An Encoder's random init, drawn as its modules draw it -- normal(INIT_STD) kernels and embeddings, zero
+    biases, unit LayerNorm scales -- but from ONE normal draw cut into the leaves.
+
+    Flax's `init` draws each leaf with its own threefry call, and XLA:CPU compiles every such call separately
+    (~0.4 CPU-s each, 3-6 CPU-s per candidate shape): more than the student's train step. One draw compiles once.
+    The values differ from `Encoder.init`'s for the same key (the distribution is the same) and do not depend on
+    `scan_layers`: they are drawn in the per-layer layout, then stacked.
+    """
+    ids = jnp.zeros((1, 8), jnp.int32)
+    model = Encoder(spec, with_mlm_head=with_mlm_head)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    drawn = [leaf for path, leaf in leaves if _init_kind(path) == "normal"]
+    noise = jax.random.normal(rng, (sum(int(np.prod(x.shape)) for x in drawn),), jnp.float32) * INIT_STD
+    out, at = [], 0
+    for path, leaf in leaves:
+        kind = _init_kind(path)
+        if kind == "normal":
+            size = int(np.prod(leaf.shape))
+            out.append(noise[at : at + size].reshape(leaf.shape).astype(leaf.dtype))
+            at += size
+        else:
+            out.append(jnp.full(leaf.shape, 1.0 if kind == "ones" else 0.0, leaf.dtype))
+    params = jax.tree_util.tree_unflatten(treedef, out)
+    return stack_layers(params) if scan_layers and not spec.shared_layers else params
+
+
+def _init_kind(path) -> str:
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name in ("kernel", "embedding"):
+        return "normal"
+    if name == "scale":
+        return "ones"
+    if name == "bias":
+        return "zeros"
+    raise ValueError(f"random_params: no init rule for parameter {jax.tree_util.keystr(path)}")
 
 
 class MLMHead(nn.Module):
@@ -178,6 +283,8 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
     with_mlm_head: bool = False
+    # Params in the scanned layout (see LayerStack); same outputs, compile cost independent of depth.
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(
@@ -194,7 +301,7 @@ class Encoder(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = Embeddings(s, self.dtype, self.dropout_rate, name="embeddings")(input_ids, token_type_ids, deterministic)
-        enc = _EncoderBody(s, self.dtype, self.dropout_rate, name="encoder")
+        enc = _EncoderBody(s, self.dtype, self.dropout_rate, self.scan_layers, name="encoder")
         hidden, qkv = enc(x, attention_mask.astype(bool), num_layers or s.num_layers, deterministic, return_qkv)
         out = {"hidden_states": hidden}
         if return_qkv:
@@ -209,13 +316,14 @@ class _EncoderBody(nn.Module):
     spec: ArchSpec
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x, mask, num_layers, deterministic, return_qkv):
         s = self.spec
         if s.embed_dim != s.hidden_size:
             x = _dense(s.hidden_size, self.dtype, "embedding_hidden_mapping_in")(x)
-        return LayerStack(s, self.dtype, self.dropout_rate, name="layer")(
+        return LayerStack(s, self.dtype, self.dropout_rate, self.scan_layers, name="layer")(
             x, mask, num_layers, deterministic, return_qkv
         )
 

@@ -107,13 +107,24 @@ def finished(wd: Workdir, name: str, config) -> bool:
     return wd.stage_info(name).get("request") == STAGE_REQUEST[name](config)
 
 
-def enable_compilation_cache(directory: str) -> None:
-    """Persist compiled XLA programs across runs (a resumed search or a re-run recompiles nothing); a cache folder
-    already chosen (JAX_COMPILATION_CACHE_DIR, as the tests set one for all their runs) is kept."""
+def machine_cache_dir() -> str:
+    """The machine-level XLA cache, beside the latency cache: $KDJAX_CACHE_DIR/xla or ~/.cache/kdjax/xla. Programs
+    depend only on shapes and settings, not on a workdir, so every run, strategy and workdir on the machine shares
+    them."""
+    base = os.environ.get("KDJAX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "kdjax"
+    )
+    return os.path.join(base, "xla")
+
+
+def enable_compilation_cache(directory: str | None = None) -> None:
+    """Persist compiled XLA programs across runs (a resumed search, a re-run or a new workdir recompiles nothing) in
+    `directory` (default `machine_cache_dir()`); a cache folder already chosen (JAX_COMPILATION_CACHE_DIR, as the
+    tests set one for all their runs) is kept."""
     import jax
 
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_compilation_cache_dir", directory or machine_cache_dir())
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -140,7 +151,7 @@ def run(config, workdir: str) -> None:
     try:
         with WorkdirLock(wd.root, wait=settings.wait_for_lock), signals_as_interrupts():
             ctx = RunContext(settings, wd)
-            enable_compilation_cache(wd.subdir("cache", "xla"))
+            enable_compilation_cache()
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
             skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s, config)}

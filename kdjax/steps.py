@@ -21,15 +21,15 @@ import optax
 from jax.sharding import Mesh
 
 from kdjax.losses import LossConfig, distillation_loss, init_projection, relation_heads
-from kdjax.models import Encoder
+from kdjax.models import Encoder, random_params, stack_layers
 from kdjax.optim import OptimConfig, TrainState
 from kdjax.sharding import shardings
 from kdjax.spec import ArchSpec
 
 
-def init_student(rng: jax.Array, spec: ArchSpec, seq_len: int = 8, with_mlm_head: bool = False) -> dict:
-    ids = jnp.zeros((1, seq_len), jnp.int32)
-    return Encoder(spec, with_mlm_head=with_mlm_head).init(rng, ids, jnp.ones_like(ids))["params"]
+def init_student(rng: jax.Array, spec: ArchSpec, with_mlm_head: bool = False, scan_layers: bool = False) -> dict:
+    """Random student params (kdjax.models.random_params: one draw, cheap to compile), per-layer or scanned layout."""
+    return random_params(spec, rng, with_mlm_head=with_mlm_head, scan_layers=scan_layers)
 
 
 def init_state(
@@ -40,13 +40,17 @@ def init_state(
     loss: LossConfig,
     student_params: dict | None = None,
     projection_params: dict | None = None,
+    scan_layers: bool = False,
 ) -> TrainState:
-    """Fresh state; `student_params` / `projection_params` (e.g. teacher-initialised) replace the random inits."""
+    """Fresh state; `student_params` / `projection_params` (e.g. teacher-initialised) replace the random inits.
+    With `scan_layers` the student params are in the scanned layout (kdjax.models.stack_layers)."""
     k_student, k_proj = jax.random.split(rng)
+    if student_params is not None and scan_layers:
+        student_params = stack_layers(student_params)
     params = {
         "student": student_params
         if student_params is not None
-        else init_student(k_student, student, with_mlm_head=loss.needs_logits),
+        else init_student(k_student, student, with_mlm_head=loss.needs_logits, scan_layers=scan_layers),
         "projection": projection_params
         if projection_params is not None
         else init_projection(k_proj, student.hidden_size, teacher.hidden_size),
@@ -55,11 +59,17 @@ def init_state(
 
 
 @functools.lru_cache(maxsize=64)
-def jitted_init(student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh: Mesh):
+def jitted_init(
+    student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh: Mesh, scan_layers: bool = False
+):
     """`init_state(rng, student_params or None, projection_params or None)` jitted once per shape (and per which
     of the two are given), placed replicated on the mesh (eager Flax init is slow per op)."""
     rep = shardings(mesh).replicated
-    return jax.jit(lambda rng, sp, pp: init_state(rng, student, teacher, opt, loss_cfg, sp, pp), out_shardings=rep)
+
+    def init(rng, sp, pp):
+        return init_state(rng, student, teacher, opt, loss_cfg, sp, pp, scan_layers=scan_layers)
+
+    return jax.jit(init, out_shardings=rep)
 
 
 def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
@@ -85,12 +95,15 @@ class StepSettings(NamedTuple):
     loss: LossConfig
     opt: OptimConfig
     dtype_name: str
+    # The student's params are in the scanned layout (kdjax.models.LayerStack).
+    scan_layers: bool = False
 
 
 def student_step(
     state: TrainState, t_out: dict, batch: dict, rng: jax.Array, *, settings: StepSettings
 ) -> tuple[TrainState, dict]:
-    """One AdamW step of the student (and projection) towards precomputed teacher outputs."""
+    """One AdamW step of the student (and projection) towards precomputed teacher outputs; with
+    `settings.scan_layers` the student params are in the scanned layout (kdjax.models.LayerStack)."""
     del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
     student, teacher, loss_cfg, opt = settings.student, settings.teacher, settings.loss, settings.opt
     heads = (
@@ -98,7 +111,12 @@ def student_step(
         if loss_cfg.needs_qkv
         else 1
     )
-    s_model = Encoder(student, dtype=jnp.dtype(settings.dtype_name), with_mlm_head=loss_cfg.needs_logits)
+    s_model = Encoder(
+        student,
+        dtype=jnp.dtype(settings.dtype_name),
+        with_mlm_head=loss_cfg.needs_logits,
+        scan_layers=settings.scan_layers,
+    )
 
     def loss_fn(params):
         s_out = cast(
@@ -183,6 +201,27 @@ def _compile(key, jitted, *args) -> tuple[Any, float]:
     return _COMPILED[key], time.perf_counter() - t0
 
 
+def compile_init(
+    student: ArchSpec,
+    teacher: ArchSpec,
+    opt: OptimConfig,
+    loss_cfg: LossConfig,
+    mesh: Mesh,
+    scan_layers: bool,
+    rng: jax.Array,
+    student_params: dict | None,
+    projection_params: dict | None,
+) -> tuple[Callable, float]:
+    """The compiled `jitted_init` for these arguments, and the seconds spent compiling it now (0 when compiled
+    before): the init program is compiled per candidate shape like the step, so its compile counts as compile."""
+    given = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (student_params, projection_params))
+    key = ("init", student, teacher, opt, loss_cfg, mesh, scan_layers, jax.tree.structure(given), str(given))
+    if key in _COMPILED:
+        return _compile(key, None)
+    jitted = jitted_init(student, teacher, opt, loss_cfg, mesh, scan_layers)
+    return _compile(key, jitted, rng, student_params, projection_params)
+
+
 class Programs(NamedTuple):
     """The two compiled halves of a KD step."""
 
@@ -205,15 +244,17 @@ def compile_programs(
     teacher_params: dict,
     batch: dict,
     rng: jax.Array,
+    scan_layers: bool = False,
 ) -> tuple[Programs, float]:
     """The teacher and student programs for these arguments' shapes, and the seconds spent compiling them now
-    (0 when both were compiled before)."""
+    (0 when both were compiled before); `scan_layers`: `state` holds the student in the scanned layout."""
     dname = jnp.dtype(dtype).name
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
     t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
-    settings = StepSettings(student, teacher, loss_cfg, opt, dname)
-    s_key = ("student", settings, mesh, shapes)
+    settings = StepSettings(student, teacher, loss_cfg, opt, dname, scan_layers)
+    # The state's structure too: the same shapes may come with or without an MLM head.
+    s_key = ("student", settings, mesh, shapes, jax.tree.structure(state))
     if s_key in _COMPILED:
         s_fn, s_s = _compile(s_key, None)
     else:

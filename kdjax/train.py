@@ -24,10 +24,11 @@ from kdjax.data.batches import Batches
 from kdjax.errors import KdjaxError
 from kdjax.hooks import Hook, Report, report_steps
 from kdjax.losses import LossConfig
+from kdjax.models import stack_layers, unstack_layers
 from kdjax.optim import OptimConfig
 from kdjax.sharding import make_mesh, prefetch, replicate
 from kdjax.spec import ArchSpec
-from kdjax.steps import Programs, TeacherOutputCache, compile_programs, jitted_init, teacher_inputs
+from kdjax.steps import Programs, TeacherOutputCache, compile_init, compile_programs, teacher_inputs
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class DistillSettings:
     dtype: Any = jnp.float32
     # None: every device of the process.
     mesh: Mesh | None = None
+    # Train the student with its layers scanned (kdjax.models.LayerStack): compile cost independent of depth. The
+    # params given and returned keep the per-layer layout; the train state (and so what hooks checkpoint) is scanned.
+    scan_layers: bool = False
 
 
 @dataclasses.dataclass
@@ -110,8 +114,17 @@ def distill(
     mesh = cfg.mesh or make_mesh()
     root = jax.random.PRNGKey(cfg.seed)
     t_params = replicate(teacher_inputs(teacher.params, cfg.loss), mesh)
-    init = jitted_init(student.spec, teacher.spec, cfg.opt, cfg.loss, mesh)
-    state = init(jax.random.fold_in(root, 0), student.params, student.projection)
+    # ALBERT-style shared layers have nothing to stack: they keep the loop.
+    scan = cfg.scan_layers and not student.spec.shared_layers
+    s_params = student.params
+    if scan and s_params is not None:  # stacked on the host, so the init program does not compile the stacking
+        s_params = stack_layers(jax.tree.map(np.asarray, s_params))
+    t_start = time.perf_counter()  # the init program is compiled per candidate shape too: part of the run
+    init_key = jax.random.fold_in(root, 0)
+    init, init_compile_s = compile_init(
+        student.spec, teacher.spec, cfg.opt, cfg.loss, mesh, scan, init_key, s_params, student.projection
+    )
+    state = init(init_key, s_params, student.projection)
     start, resumed, last_loss = 0, None, float("nan")
     epoch_sums: dict[int, list[float]] = {}
     for hook in hooks:
@@ -127,8 +140,7 @@ def distill(
             break
 
     due = report_steps(hooks, report_every)
-    t_start = time.perf_counter()
-    compile_s, tokens = 0.0, 0
+    compile_s, tokens = init_compile_s, 0
     pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     programs: Programs | None = None
@@ -179,9 +191,10 @@ def distill(
             tokens += batches.num_tokens(host)
             rng = jax.random.fold_in(root, step + 1)
             if programs is None:
-                programs, compile_s = compile_programs(
-                    student.spec, teacher.spec, cfg.loss, cfg.opt, cfg.dtype, mesh, state, t_params, batch, rng
+                programs, programs_s = compile_programs(
+                    student.spec, teacher.spec, cfg.loss, cfg.opt, cfg.dtype, mesh, state, t_params, batch, rng, scan
                 )
+                compile_s += programs_s
             if teacher_cache is None:
                 state, metrics = programs.step(state, t_params, batch, rng)
             else:
@@ -203,8 +216,11 @@ def distill(
         bar.close()
     wall = time.perf_counter() - t_start
     epochs = [epoch_sums[e][0] / epoch_sums[e][1] for e in sorted(epoch_sums)]
+    params = jax.device_get(state.params)
+    if scan:
+        params = {**params, "student": unstack_layers(params["student"])}
     return DistillResult(
-        params=jax.device_get(state.params),
+        params=params,
         steps=done if stopped is not None else cfg.num_steps,
         epoch_losses=epochs,
         final_loss=last_loss,

@@ -50,3 +50,20 @@ def test_second_run_skips_finished_stages(full_run):
     assert json.load(open(os.path.join(w, "config.json")))["glue"]["learning_rates"] == "3e-5"
     kept = [json.load(open(os.path.join(w, "configs", f))) for f in os.listdir(os.path.join(w, "configs"))]
     assert kept == [before]
+
+
+def test_compilation_cache_is_machine_level_unless_jax_has_one(monkeypatch, tmp_path):
+    import jax
+
+    from kdjax.pipeline import enable_compilation_cache, machine_cache_dir
+
+    monkeypatch.delenv("KDJAX_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert machine_cache_dir() == str(tmp_path / "xdg" / "kdjax" / "xla")
+    monkeypatch.setenv("KDJAX_CACHE_DIR", str(tmp_path / "kd"))
+    assert machine_cache_dir() == str(tmp_path / "kd" / "xla")
+    # A folder chosen through JAX_COMPILATION_CACHE_DIR (the tests' own) is kept.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "chosen"))
+    before = jax.config.jax_compilation_cache_dir
+    enable_compilation_cache()
+    assert jax.config.jax_compilation_cache_dir == before

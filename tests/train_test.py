@@ -203,3 +203,29 @@ def test_prune_hook_stops_after_an_epoch_with_the_state_of_a_shorter_run(setup):
     assert short.stopped is None and short.epoch_losses == pruned.epoch_losses
     for a, b in zip(jax.tree.leaves(short.params), jax.tree.leaves(pruned.params), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("init", ["random", "teacher"])
+def test_scanned_layers_train_like_the_per_layer_stack(setup, init):
+    """`scan_layers` changes how the student is compiled, not what it learns: same losses, same returned weights (in
+    the per-layer layout), from a random or a teacher-cut start; the losses read per-layer outputs."""
+    from kdjax.student_init import initial_params, initial_projection
+
+    teacher, rows, masking, student = setup
+    # The logit loss needs an MLM head, which a teacher cut does not carry.
+    loss = LossConfig(hidden_weight=1.0, attention_relation_weight=1.0, logit_weight=0.5 if init == "random" else 0.0)
+    start = Student(
+        student,
+        initial_params(init, teacher.params, teacher.spec, student),
+        initial_projection(init, teacher.params, teacher.spec, student),
+    )
+    runs = []
+    for scan in (False, True):
+        settings = dataclasses.replace(_settings(4, loss=loss), scan_layers=scan)
+        runs.append(distill(teacher, start, Batches(rows, 8, masking, seed=0), settings, progress=False))
+    plain, scanned = runs
+    np.testing.assert_allclose(scanned.epoch_losses, plain.epoch_losses, rtol=1e-5)
+    assert jax.tree.structure(scanned.params) == jax.tree.structure(plain.params)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(scanned.params), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    assert scanned.compile_s > 0

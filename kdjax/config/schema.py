@@ -139,6 +139,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.mini_kd_steps_per_epoch = 0
     # Device memory (MiB) for teacher outputs reused by every candidate (they share the proxy batches; 0 = off).
     c.nas.teacher_cache_mb = 2048
+    # Mini-KD students with their layers scanned (one compiled layer whatever the depth). Off: on XLA:CPU it
+    # compiles no faster below ~8 layers and steps 10-18% slower (docs/performance.md); try it on GPU.
+    c.nas.scan_layers = False
     # Which mini-KD loss feeds the reward: 'last' epoch (the weights it ends with), 'mean' over epochs, or 'min'.
     c.nas.loss_source = "last"
     # Architectures reported in nas/top_k.json (distinct latency budgets).

@@ -104,6 +104,7 @@ class NasSettings:
     mini_kd_epochs: int
     mini_kd_steps_per_epoch: int
     teacher_cache_mb: int
+    scan_layers: bool
     loss_source: str
     top_k: int
     top_k_latency_gap: float
@@ -231,6 +232,7 @@ def _nas(nas: ml_collections.ConfigDict) -> NasSettings:
         mini_kd_epochs=int(nas.mini_kd_epochs),
         mini_kd_steps_per_epoch=int(nas.mini_kd_steps_per_epoch),
         teacher_cache_mb=int(nas.teacher_cache_mb),
+        scan_layers=bool(nas.scan_layers),
         loss_source=str(nas.loss_source),
         top_k=int(nas.top_k),
         top_k_latency_gap=float(nas.top_k_latency_gap),

@@ -99,7 +99,13 @@ class CandidateEvaluator:
         self.num_steps = self.epochs * self.batches.steps_per_epoch
         # One optimizer (hence one schedule length) for every candidate: compiled steps are shared by equal shapes.
         self.settings = DistillSettings(
-            loss=kd.loss, opt=kd.optim(self.num_steps), num_steps=self.num_steps, seed=seed, dtype=dtype, mesh=mesh
+            loss=kd.loss,
+            opt=kd.optim(self.num_steps),
+            num_steps=self.num_steps,
+            seed=seed,
+            dtype=dtype,
+            mesh=mesh,
+            scan_layers=nas.scan_layers,
         )
         self.teacher_cache = teacher_cache
 
