@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The issue-7 study behind docs/results.md, sized for a 2-core CPU (about two hours).
+# The issue-7 study behind docs/results.md's "Study of 2026-11-26", sized for a 2-core CPU (about two hours). Its
+# GLUE flags pin the old recipe it was measured with (1,000 examples, 3 epochs, lr 1e-4, no task distillation); the
+# yardstick on the current default recipe is docs/results_yardstick.sh.
 # Every step is resumable: re-running the script skips what is finished.
 #   KDJAX_DATA=DIR bash docs/results_study.sh [ROOT]   (ROOT defaults to runs/study; :minilm reads DIR/corpus, DIR/glue)
 set -euo pipefail

@@ -72,14 +72,39 @@ FRESH_OUTPUTS = {"nas": ("nas",)}
 PENDING = {"kd": kd_stage.pending}
 
 
-def _skipped(ctx: RunContext, name: str) -> bool:
+def _skipped(ctx: RunContext, name: str, config) -> bool:
     """A finished stage is skipped unless forced or asked for outputs it has not made (then it says so)."""
     if ctx.settings.force or not ctx.workdir.is_done(name):
+        return False
+    if not finished(ctx.workdir, name, config):
+        print(f"{name}: finished before for another request; running again for what is new")
         return False
     missing = PENDING[name](ctx) if name in PENDING else []
     if missing:
         print(f"{name}: finished before; running again for {', '.join(missing)} (named since in glue.models)")
     return not missing
+
+
+def glue_request(config) -> dict:
+    """What a glue stage was asked to score (models, tasks, recipe, data), as JSON reads it back."""
+    request = {"glue": config.glue.to_dict(), "glue_dir": config.data.glue_dir, "seed": config.seed}
+    return json.loads(json.dumps(request))
+
+
+# Stages whose marker records their request: a finished one runs again (without force) when the request changed.
+# The glue stage keeps every (model, task) already scored with the same recipe, so asking for another task, model or
+# recipe on a finished workdir scores just what is new instead of skipping the request.
+STAGE_REQUEST = {"glue": glue_request}
+
+
+def finished(wd: Workdir, name: str, config) -> bool:
+    """The stage finished, for this request where the stage records one."""
+    if not wd.is_done(name):
+        return False
+    if name not in STAGE_REQUEST:
+        return True
+    # An unreadable marker reads as {}: the stage runs again.
+    return wd.stage_info(name).get("request") == STAGE_REQUEST[name](config)
 
 
 def machine_cache_dir() -> str:
@@ -129,7 +154,7 @@ def run(config, workdir: str) -> None:
             enable_compilation_cache()
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-            skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s)}
+            skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s, config)}
             plan.start(ctx, [s for s in STAGES if s in ctx.stages and s not in skipped])
             for name in STAGES:
                 if name not in ctx.stages:
@@ -145,6 +170,8 @@ def run(config, workdir: str) -> None:
                         wd.set_aside(name, wd.path(rel))
                 log.info("stage %s", name)
                 info = STAGES[name](ctx) or {}
+                if name in STAGE_REQUEST:
+                    info = {**info, "request": STAGE_REQUEST[name](config)}
                 wd.mark_done(name, info)
                 plan.stage_done(name)
                 wd.drop_previous(name)

@@ -44,6 +44,24 @@ def test_teacher_glue_report_then_resume(tmp_path, glue_dir, capsys):
     assert glue_stage.run(ctx)["scored"] == 1
 
 
+def test_finished_glue_stage_scores_a_new_request(tmp_path, glue_dir, capsys):
+    # A finished glue stage asked for another task scores that task (without force) instead of skipping the stage,
+    # and keeps the task it had; the same request again is skipped.
+    wd = str(tmp_path / "w")
+    c = _config(glue_dir, tasks="rte")
+    c.stages = "glue"
+    pipeline.run(c, wd)
+    rte = read_json(os.path.join(wd, "glue", "teacher", "rte.json"))
+    c.glue.tasks = "stsb"
+    capsys.readouterr()
+    pipeline.run(c, wd)
+    assert "already finished" not in capsys.readouterr().out
+    assert os.path.exists(os.path.join(wd, "glue", "teacher", "stsb.json"))
+    assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte
+    pipeline.run(c, wd)
+    assert "glue: already finished" in capsys.readouterr().out
+
+
 def _with_stages(glue_dir):
     c = _config(glue_dir)
     c.stages = "teacher,glue,report"
