@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -37,6 +38,16 @@ for _name in ("absl", "optuna.study._optimize"):
 _received: list[str] = []  # names of the signals other than Ctrl-C that interrupted the run
 _defer_depth = [0]  # nesting depth of `deferred()` sections
 _pending: list[int] = []  # a signal that arrived inside one
+_signalled = [False]  # a signal already arrived in this run
+
+
+def _stop_now(signum: int) -> None:
+    """A second signal: the first one's KeyboardInterrupt may have been swallowed where Python ignores exceptions (a
+    garbage-collector or __del__ callback, such as JAX's), leaving the run going. Stop at once; checkpoints are
+    written atomically, so what is on disk is either a whole step or invisible."""
+    name = signal.Signals(signum).name
+    os.write(2, f"kdjax: error: stopped by a second {name}; run the same command to resume\n".encode())
+    os._exit(128 + signum)
 
 
 def _interrupt(signum: int) -> None:
@@ -46,6 +57,9 @@ def _interrupt(signum: int) -> None:
 
 
 def _on_signal(signum, frame) -> None:
+    if _signalled[0]:
+        _stop_now(signum)
+    _signalled[0] = True
     if _defer_depth[0]:
         _pending[:] = [signum]  # raised when the protected section ends
         return
@@ -55,11 +69,13 @@ def _on_signal(signum, frame) -> None:
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """SIGINT and SIGTERM (what `kill`, schedulers and containers send) unwind as KeyboardInterrupt, so `finally`
-    blocks run, except inside `deferred()` sections, which they interrupt only once the section is over."""
+    blocks run, except inside `deferred()` sections, which they interrupt only once the section is over. A second
+    signal ends the process at once with one error line (`_stop_now`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     _received.clear()
+    _signalled[0] = False
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield

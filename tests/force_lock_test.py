@@ -340,3 +340,32 @@ def test_set_aside_keeps_the_last_finished_outputs(tmp_path):
     assert not (tmp_path / ".previous" / "kd").exists()
     with pytest.raises(ValueError):
         wd.set_aside("kd", str(tmp_path.parent))
+
+
+def test_a_second_signal_stops_a_run_whose_first_interrupt_was_swallowed():
+    """A KeyboardInterrupt raised where Python ignores exceptions (a GC or __del__ callback, as JAX's) leaves the run
+    going; the second SIGTERM then ends it at once with one error line."""
+    code = (
+        "import os, signal, sys, time\n"
+        "from kdjax.interrupts import signals_as_interrupts\n"
+        "with signals_as_interrupts():\n"
+        "    ready = False\n"
+        "    while True:\n"
+        "        try:\n"
+        "            if not ready:\n"
+        "                ready = True\n"
+        "                print('ready', flush=True)\n"
+        "            time.sleep(0.05)\n"
+        "        except KeyboardInterrupt:\n"
+        "            print('swallowed', flush=True)\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    assert p.stdout.readline().strip() == "swallowed", p.communicate(timeout=30)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["kdjax: error: stopped by a second SIGTERM; run the same command to resume"]
