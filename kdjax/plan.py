@@ -114,6 +114,8 @@ def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int) -> StagePlan:
     seq = recipe.max_seq_len
     synthetic = s.data.glue_dir == "synthetic"  # generated: 64 train / 32 dev examples per task
     examples = flops = 0.0
+    steps = 0
+    batch = max(1, recipe.per_device_batch_size * ctx.mesh.size)
     units: dict[str, float] = {}
     for t in tasks:
         n_train = 64 if synthetic else GLUE_TRAIN[t]
@@ -121,11 +123,12 @@ def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int) -> StagePlan:
         tok = min(GLUE_TOKENS[t], seq)
         seen = n_train * recipe.num_epochs * grid
         examples += seen * (n_student + has_teacher)
+        # As training counts them: a partial last batch is a step, per task, epoch, rate and model.
+        steps += -(-n_train // batch) * recipe.num_epochs * grid * (n_student + has_teacher)
         units[t] = (3 * seen + (32 if synthetic else GLUE_DEV[t]) * grid) * tok
         flops += units[t] * (
             n_student * kd_spec.flops_per_token(tok) + has_teacher * ctx.teacher.spec.flops_per_token(tok)
         )
-    steps = int(examples // max(1, recipe.per_device_batch_size * ctx.mesh.size))
     what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {recipe.num_epochs} epochs"
     if grid > 1:
         what += f" x {grid} learning rates"

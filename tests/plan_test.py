@@ -71,3 +71,24 @@ def test_tiny_run_prints_the_plan_and_an_eta(tmp_path):
     assert "plan (" in out and "  nas      lstm, 4 candidates x mini-KD 4 steps" in out
     assert "PDT of 3 winner(s) x 2 steps" in out
     assert "eta (nas timed): nas" in out and "overall" in out
+
+
+def test_glue_plan_counts_steps_as_training_does(tmp_path, tiny_teacher):
+    """A partial last batch is a step per task, epoch, rate and model (10 examples in batches of 4 are 3 steps, not
+    2.5 summed over tasks and floored)."""
+    from helpers import run_context
+
+    from kdjax import plan
+
+    fields = {
+        "glue.models": "teacher",
+        "glue.tasks": "sst2,stsb",
+        "glue.max_train_examples": 10,
+        "glue.per_device_batch_size": 4,
+        "glue.num_epochs": 2,
+        "glue.learning_rates": "1e-3,1e-4",
+    }
+    ctx = run_context(tmp_path, fields, teacher=tiny_teacher)
+    glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    per_epoch = -(-10 // (4 * ctx.mesh.size))  # the global batch is per device x devices, as in training
+    assert glue.steps == 2 * per_epoch * 2 * 2  # tasks x batches x epochs x rates
