@@ -209,3 +209,22 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retried = [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in complete]
     assert retried.count(stolen[0]) == 1
+
+
+def test_a_retried_copy_taken_by_a_live_worker_is_not_an_orphan(tmp_path):
+    """A retried trial inherits the dead worker's pid; while the live worker that took it has not yet written its own,
+    another worker must not fail it as an orphan (the race behind a crashed worker in CI)."""
+    import optuna
+
+    from kdjax.nas import optuna_search
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", direction="maximize")
+    trial = study.ask()  # RUNNING, as the live worker's `ask` leaves the re-queued copy
+    attrs = {"host": socket.gethostname(), "pid": dead.pid, "owner_trial": trial.number - 1}  # inherited
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    assert optuna_search.fail_orphaned_trials(study) == []
+    trial.set_user_attr("owner_trial", trial.number)  # a worker that claimed it, now dead
+    assert optuna_search.fail_orphaned_trials(study) == [trial.number]

@@ -83,6 +83,10 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     host, failed = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
+        # A retried copy inherits its original's user attributes, the dead worker's pid among them; until the worker
+        # that took the copy writes its own (`owner_trial` = its number), it is not an orphan.
+        if t.user_attrs.get("owner_trial") != t.number:
+            continue
         if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
             continue
         try:
@@ -157,6 +161,7 @@ def search(
         # The owner, so that a resumed process can tell this trial's worker is gone (fail_orphaned_trials).
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("owner_trial", trial.number)
         # Trial numbers are handed out atomically by the storage: the first `num_trials` live (not failed) numbers
         # are the study's slots, so a trial that two racing workers made one too many stops before any training.
         before = study.get_trials(deepcopy=False, states=(*FINISHED, *ACTIVE))
@@ -210,7 +215,8 @@ def search(
             study.optimize(objective, n_trials=1, callbacks=[stop], gc_after_trial=False, catch=(SurplusTrial,))
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # A worker whose heartbeat thread was starved for the grace period (a saturated machine, a long SQLite
-            # lock) has its trial failed and re-queued by another worker; Optuna then cannot tell the result here.
+            # lock), or whose trial another worker took for an orphan, has that trial failed and re-queued by the
+            # other worker; Optuna then cannot tell the result here.
             # The re-queued copy is run by whoever takes it, so this worker only goes on.
             if ours[2] not in ("lost", "returned") or _state(study, ours[0]) != optuna.trial.TrialState.FAIL:
                 raise
@@ -219,4 +225,6 @@ def search(
 
 
 def _state(study: optuna.Study, trial_id: int | None):
-    return None if trial_id is None else study._storage.get_trial(trial_id).state
+    """The trial's state in the database: Optuna's cache keeps this worker's own trials as it last wrote them."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return None if trial_id is None else storage.get_trial(trial_id).state
