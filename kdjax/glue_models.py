@@ -132,6 +132,11 @@ KEYWORDS: dict[str, Callable[[RunContext], list[ModelRef]]] = {
 _VARIANT_RE = re.compile(r"^(nas|kd|pdt)-\d+L-\d+H-\d+A-\d+F(-[a-z_]+)?$")
 
 
+def is_variant_name(item: str) -> bool:
+    """Whether `item` names one export of an architecture by its row name (nas-<arch>, kd-<arch>, pdt-<arch>)."""
+    return _VARIANT_RE.match(item) is not None
+
+
 def _named_variant(ctx: RunContext, kind: str, arch_id: str) -> list[ModelRef]:
     found = [r for r in variants(ctx, arch_id) if r.kind == kind]
     if not found:
@@ -163,7 +168,7 @@ def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
     for item in models:
         if item in KEYWORDS:
             refs += KEYWORDS[item](ctx)
-        elif _VARIANT_RE.match(item):
+        elif is_variant_name(item):
             # One export of an architecture by its row name: nas-<arch> (mini-KD), kd-<arch>, pdt-<arch> (PDT).
             kind, arch_id = item.split("-", 1)
             refs += _named_variant(ctx, kind, ctx.student_spec(arch_id).arch_id)
@@ -188,7 +193,7 @@ def kd_targets(ctx: RunContext) -> list[ModelRef]:
     for item in ctx.settings.glue.models:
         if item == "random":
             refs += _random(ctx)
-        elif is_arch_id(item) and not _VARIANT_RE.match(item):
+        elif is_arch_id(item) and not is_variant_name(item):
             refs.append(_arch(ctx, item))
     return _unique(refs)
 

@@ -21,7 +21,7 @@ import flax.serialization
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import glue_data, model_latency, plan
+from kdjax import glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
 from kdjax.context import RunContext
 from kdjax.finetune import Recipe, finetune
@@ -76,7 +76,7 @@ def glue_root(ctx: RunContext) -> str:
     if not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
         from kdjax.data.synthetic_glue import write_glue_dir
 
-        write_glue_dir(root, n_train=64, n_dev=32, seed=ctx.settings.seed)
+        write_glue_dir(root, n_train=glue_plan.SYNTHETIC_TRAIN, n_dev=glue_plan.SYNTHETIC_DEV, seed=ctx.settings.seed)
     return root
 
 
@@ -192,7 +192,8 @@ class _Stage:
             f"({out['wall_s']:.1f} s, {out['num_train_examples']} train)"
         )
         self.done.append(f"{name}/{task}")
-        plan.glue_scored(task, float(out.get("wall_s", 0.0)))
+        role = "teacher" if keep else "distill" if method else "finetune"
+        plan.glue_scored(glue_plan.unit(role, task), float(out.get("wall_s", 0.0)))
 
 
 def _pct(x) -> str:
