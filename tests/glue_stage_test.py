@@ -62,6 +62,46 @@ def test_finished_glue_stage_scores_a_new_request(tmp_path, glue_dir, capsys):
     assert "glue: already finished" in capsys.readouterr().out
 
 
+def test_glue_request_is_read_from_the_typed_settings(tmp_path, glue_dir, capsys):
+    # Spellings that validate to the same settings are the same request: the finished stage is skipped.
+    wd = str(tmp_path / "w")
+    c = _config(glue_dir, tasks="rte", learning_rates="1e-3")
+    c.stages = "glue"
+    pipeline.run(c, wd)
+    c.glue.learning_rates = "0.001"
+    capsys.readouterr()
+    pipeline.run(c, wd)
+    assert "glue: already finished" in capsys.readouterr().out
+
+
+def test_an_old_glue_marker_keeps_its_workdir_finished(tmp_path, glue_dir, capsys):
+    """A marker written before requests were read from the typed settings (the raw config's glue section) still
+    says the stage finished for the same request, and a changed one still scores only what is new."""
+    wd = str(tmp_path / "w")
+    c = _config(glue_dir, tasks="rte")
+    c.stages = "glue"
+    pipeline.run(c, wd)
+    marker = os.path.join(wd, ".stages", "glue.json")
+    info = read_json(marker)
+    assert info["request"]["format"] == pipeline.REQUEST_FORMAT
+    old = {"glue": c.glue.to_dict(), "glue_dir": c.data.glue_dir, "seed": c.seed}  # as the raw config wrote it
+    write_json(marker, {**info, "request": old})
+    rte = read_json(os.path.join(wd, "glue", "teacher", "rte.json"))
+    capsys.readouterr()
+    pipeline.run(c, wd)
+    assert "glue: already finished" in capsys.readouterr().out
+    c.glue.tasks = "rte,stsb"
+    pipeline.run(c, wd)
+    assert "running again for what is new" in capsys.readouterr().out
+    assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte  # kept, not re-scored
+    assert read_json(marker)["request"]["glue"]["tasks"] == ["rte", "stsb"]
+    # An old request that cannot be read runs the stage again, which finds everything scored.
+    write_json(marker, {**info, "request": {"glue": {"tasks": "rte"}}})
+    pipeline.run(c, wd)
+    out = capsys.readouterr().out
+    assert "running again for what is new" in out and "all 2 task(s) already scored" in out
+
+
 def _with_stages(glue_dir):
     c = _config(glue_dir)
     c.stages = "teacher,glue,report"
