@@ -156,14 +156,13 @@ def _folder_spec(folder: str) -> ArchSpec | None:
 
 
 def roles(ctx, row: Row) -> list[str]:
-    """The trainings of one row per task, as kdjax.glue_stage's `_Stage.methods` makes them."""
-    from kdjax.glue_models import STUDENT_KINDS
+    """The trainings of one row per task, as the glue stage makes them (kdjax.glue_models.row_names)."""
+    from kdjax.glue_models import distils
 
-    d = ctx.settings.glue.distill
     if row.kind == "teacher":
         return ["teacher"]
-    if row.kind in STUDENT_KINDS and d.enabled:
-        return ["distill"] + ["finetune"] * d.baseline
+    if distils(ctx, row.kind):
+        return ["distill"] + ["finetune"] * ctx.settings.glue.distill.baseline
     return ["finetune"]
 
 

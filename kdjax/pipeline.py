@@ -73,9 +73,19 @@ STAGES = {
 # What a forced stage must not resume from, set aside before it runs (the kd stage sets aside its own arch folder).
 FRESH_OUTPUTS = {"nas": ("nas",)}
 
-# Outputs a finished stage has not made yet (models glue.models names that the kd stage distils): it runs again for
-# them instead of being skipped.
-PENDING = {"kd": kd_stage.pending}
+
+def _glue_pending(ctx: RunContext) -> list[str]:
+    from kdjax import glue_stage
+
+    return glue_stage.pending(ctx)
+
+
+# Outputs a finished stage has not made yet, and why: models glue.models names that the kd stage distils, and scores
+# of models re-made since. The stage runs again for them instead of being skipped.
+PENDING = {
+    "kd": (kd_stage.pending, "named since in glue.models"),
+    "glue": (_glue_pending, "their weights changed since they were scored"),
+}
 
 
 def _skipped(ctx: RunContext, name: str) -> bool:
@@ -85,9 +95,10 @@ def _skipped(ctx: RunContext, name: str) -> bool:
     if not finished(ctx.workdir, name, ctx.settings):
         print(f"{name}: finished before for another request; running again for what is new")
         return False
-    missing = PENDING[name](ctx) if name in PENDING else []
+    pending, why = PENDING.get(name, (None, ""))
+    missing = pending(ctx) if pending else []
     if missing:
-        print(f"{name}: finished before; running again for {', '.join(missing)} (named since in glue.models)")
+        print(f"{name}: finished before; running again for {', '.join(missing)} ({why})")
     return not missing
 
 
