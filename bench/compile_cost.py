@@ -1,7 +1,7 @@
 """Compile cost of one candidate: CPU seconds to trace + lower + compile its init and student-step programs, and to
 run one step, with the layers per-layer or scanned (`nas.scan_layers`), at several depths, and with AdamW's update
 per parameter leaf (kdjax's) or over two flat vectors (`flat`, defined only here: measured, it did not pay; see
-docs/performance.md, "Cold search").
+docs/performance.md, "Cold search"), or replaced by plain SGD (`sgd`, the bound on what an optimizer change saves).
 
     PYTHONPATH=. python bench/compile_cost.py --depths 1,3,6,12
     PYTHONPATH=. python bench/compile_cost.py --depths 3,6 --batch-rows 3 --layers per-layer \
@@ -12,8 +12,8 @@ shapes (or `--teacher`), `--batch-rows` rows of 128 tokens; fp32, random init, h
 cold: no persistent cache, and kdjax's and jax's in-process caches emptied, except the teacher's program, compiled
 once before the first row and not counted. Rows run repeat by repeat, and within one over depths, layer layouts and
 optimizers, so the variants alternate under the same machine load. Each row also records the losses of its steps
-(same init and batch for every variant of a shape: equal losses show the same maths). The last output line is one
-JSON object, with each (depth, layers, optimizer) cell's median over the repeats.
+(same init and batch for every variant of a shape: equal losses for per_leaf and flat show the same maths). The last
+output line is one JSON object, with each (depth, layers, optimizer) cell's median over the repeats.
 """
 
 from __future__ import annotations
@@ -30,6 +30,22 @@ def _cpu(fn):
     c0 = time.process_time()
     out = fn()
     return out, time.process_time() - c0
+
+
+def plain_sgd(base):
+    """`base` with plain SGD at its schedule, no clip and no state: not a real optimiser, the lower bound of what any
+    change to AdamW's layout could save (the rest of the step's compile is the model's forward and backward)."""
+    import dataclasses
+
+    import optax
+
+    from kdjax.optim import OptimConfig
+
+    class PlainSGD(OptimConfig):
+        def make(self) -> optax.GradientTransformation:
+            return optax.sgd(self.schedule_fn())
+
+    return PlainSGD(**dataclasses.asdict(base))
 
 
 def flat_adamw(base):
@@ -70,7 +86,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch-rows", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps (median CPU seconds)")
     p.add_argument("--layers", default="per-layer,scanned", help="comma list of per-layer, scanned")
-    p.add_argument("--optimizers", default="per_leaf", help="comma list of AdamW layouts: per_leaf (kdjax's), flat")
+    p.add_argument("--optimizers", default="per_leaf", help="comma list of per_leaf (kdjax's AdamW), flat, sgd")
     p.add_argument("--repeats", type=int, default=1, help="times every row is compiled cold")
     args = p.parse_args(argv)
 
@@ -89,8 +105,8 @@ def main(argv=None) -> None:
 
     layers = args.layers.split(",")
     layouts = args.optimizers.split(",")
-    if not set(layers) <= {"per-layer", "scanned"} or not set(layouts) <= {"per_leaf", "flat"}:
-        p.error("--layers takes per-layer,scanned and --optimizers per_leaf,flat")
+    if not set(layers) <= {"per-layer", "scanned"} or not set(layouts) <= {"per_leaf", "flat", "sgd"}:
+        p.error("--layers takes per-layer,scanned and --optimizers per_leaf,flat,sgd")
     teacher = common.load_teacher(args.teacher)
     mesh, loss = make_mesh(), LossConfig()
     t_params = replicate(teacher_inputs(teacher.params, loss), mesh)
@@ -121,7 +137,7 @@ def main(argv=None) -> None:
         for depth, scan, layout in grid:
             cold()
             opt = OptimConfig(learning_rate=5e-5, total_steps=100, schedule="constant")
-            opt = flat_adamw(opt) if layout == "flat" else opt
+            opt = {"flat": flat_adamw, "sgd": plain_sgd}.get(layout, lambda o: o)(opt)
             spec = parse_arch_id(f"{depth}L-{args.dims}", teacher.spec)
             (init, _), init_cpu = _cpu(
                 lambda spec=spec, scan=scan, opt=opt: compile_init(
