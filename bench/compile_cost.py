@@ -10,7 +10,8 @@ docs/performance.md, "Cold search"), or replaced by plain SGD (`sgd`, the bound 
 The student programs are the ones `distill` compiles (kdjax.steps), against the packaged MiniLM teacher's output
 shapes (or `--teacher`), `--batch-rows` rows of 128 tokens; fp32, random init, hidden-state loss. Every row compiles
 cold: no persistent cache, and kdjax's and jax's in-process caches emptied, except the teacher's program, compiled
-once before the first row and not counted. Rows run repeat by repeat, and within one over depths, layer layouts and
+once before the first row and not counted (a row still re-traces it for the student's input shapes, equally in
+every row). Rows run repeat by repeat, and within one over depths, layer layouts and
 optimizers, so the variants alternate under the same machine load. Each row also records the losses of its steps
 (same init and batch for every variant of a shape: equal losses for per_leaf and flat show the same maths). The last
 output line is one JSON object, with each (depth, layers, optimizer) cell's median over the repeats.
