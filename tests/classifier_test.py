@@ -10,15 +10,32 @@ import numpy as np
 import pytest
 
 from kdjax import glue_data
-from kdjax.classifier import POOLINGS, masked_mean, resolve_pooling, sentence_transformers_pooling
+from kdjax.classifier import (
+    POOLINGS,
+    SequenceClassifier,
+    masked_mean,
+    resolve_pooling,
+    sentence_transformers_pooling,
+)
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.finetune import Recipe, finetune
 from kdjax.finetune_steps import FinetuneError, Head, init_params
+from kdjax.spec import ArchSpec
 
 
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory):
     return write_glue_dir(str(tmp_path_factory.mktemp("glue")), n_train=32, n_dev=12)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_sequence_classifier_regression_head(pooling):
+    spec = ArchSpec(num_layers=1, hidden_size=16, num_heads=2, ffn_size=32, vocab_size=30)
+    ids = jnp.ones((3, 5), jnp.int32)
+    model = SequenceClassifier(spec, num_labels=1, pooling=pooling)
+    params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
+    assert model.apply({"params": params}, ids, jnp.ones_like(ids)).shape == (3, 1)
+    assert ("pooler" in params) == (pooling != "mean")
 
 
 def _with_pooler(tiny_teacher):
