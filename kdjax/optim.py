@@ -12,6 +12,17 @@ import optax
 from kdjax.models import STACKED
 
 
+def decay_mask(params: Any) -> Any:
+    """True for the leaves AdamW decays: not biases or LayerNorm scales, as in BERT. Leaves of a scanned layer stack
+    carry a leading layer axis (kdjax.models.STACKED), so a bias there is 2-D."""
+
+    def decays(path, x) -> bool:
+        names = [str(getattr(k, "key", k)) for k in path]
+        return x.ndim - (STACKED in names) > 1 and not any("LayerNorm" in n for n in names)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """Hashable AdamW + schedule settings (a static argument of the jitted step)."""
@@ -37,15 +48,6 @@ class OptimConfig:
         return optax.join_schedules([warm, decay], [self.warmup_steps])
 
     def make(self) -> optax.GradientTransformation:
-        # No weight decay on biases and LayerNorm scales, as in BERT. Leaves of a scanned layer stack carry a leading
-        # layer axis (kdjax.models.STACKED), so a bias there is 2-D.
-        def decay_mask(params):
-            def decays(path, x) -> bool:
-                names = [str(getattr(k, "key", k)) for k in path]
-                return x.ndim - (STACKED in names) > 1 and not any("LayerNorm" in n for n in names)
-
-            return jax.tree_util.tree_map_with_path(decays, params)
-
         tx = optax.adamw(
             self.schedule_fn(), b1=0.9, b2=0.999, eps=1e-6, weight_decay=self.weight_decay, mask=decay_mask
         )

@@ -51,3 +51,16 @@ def test_scaled_state_round_trips_and_scales_the_unit_schedule(tmp_path):
     _, restored, _ = ck.restore(jax.tree.map(np.zeros_like, a))
     ck.close()
     assert restored.scaled and float(restored.lr) == np.float32(3e-3) and int(restored.step) == 1
+
+
+def test_decay_mask_spares_biases_and_layernorm_in_both_layer_layouts():
+    from kdjax.models import STACKED
+    from kdjax.optim import decay_mask
+
+    layer = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}, "LayerNorm": {"scale": jnp.ones((2,))}}
+    stacked = {STACKED: jax.tree.map(lambda x: jnp.stack([x, x]), layer)}
+    for params, prefix in ((layer, ()), (stacked, (STACKED,))):
+        mask = decay_mask(params)
+        sub = mask[prefix[0]] if prefix else mask
+        # A stacked bias is 2-D and a stacked kernel 3-D: the layer axis must not count.
+        assert sub["dense"]["kernel"] is True and sub["dense"]["bias"] is False and sub["LayerNorm"]["scale"] is False
