@@ -4,8 +4,9 @@
 # or examples where the step name says so), one workdir per variant, one step at a time. Every step is resumable: a
 # finished (model, task) is skipped on re-run. Each step's wall/CPU seconds go to ROOT/time-<step>.txt (GNU time -v).
 #   KDJAX_DATA=DIR bash docs/results_yardstick.sh [ROOT] [STEP...]   (ROOT defaults to runs/yardstick)
-# Steps: teacher-<lr>-<task>[-n<N>][-e<E>] (e.g. teacher-1e-4-sst2-n8000-e1: lr 1e-4, a seeded subset of 8,000
-# training examples, 1 epoch; one workdir per variant); default: the steps docs/results.md reports.
+# Steps: teacher-<lr>-<task>[-n<N>][-e<E>][-p<HEAD>] (e.g. teacher-1e-4-sst2-n8000-e1: lr 1e-4, a seeded subset of
+# 8,000 training examples, 1 epoch; one workdir per variant); default: the steps docs/results.md reports. The head is
+# glue.pooling=pooler (the rows were measured with it) unless -p<HEAD> names another (e.g. -pmean, -pfresh_pooler).
 set -euo pipefail
 ROOT=${1:-runs/yardstick}
 shift || true
@@ -25,8 +26,9 @@ step() {  # step NAME ARGS...: one main.py run, timed
 
 run() {
   case $1 in
-    teacher-*)  # teacher-<lr>-<task>[-n<N>][-e<E>]: the default recipe, a grid of one rate [N examples] [E epochs]
-      local lr task opts=() extra=() w o
+    teacher-*)  # teacher-<lr>-<task>[-n<N>][-e<E>][-p<HEAD>]: the default recipe, a grid of one rate [N examples]
+      # [E epochs] [another head]
+      local lr task opts=() extra=() w o pooling=pooler
       IFS=- read -r _ lr task rest <<<"${1/e-/e_}"
       lr=${lr/e_/e-}
       w=$ROOT/lr$lr
@@ -35,12 +37,13 @@ run() {
         case $o in
           n*) extra+=(--config.glue.max_train_examples="${o#n}") ;;
           e*) extra+=(--config.glue.num_epochs="${o#e}") ;;
+          p*) pooling=${o#p} ;;
           *) echo "unknown option $o in $1" >&2; exit 2 ;;
         esac
         w=$w-$o
       done
       step "$1" --workdir="$w" --config.stages=glue --config.glue.models=teacher \
-        --config.glue.tasks="$task" --config.glue.learning_rates="$lr" "${extra[@]}" ;;
+        --config.glue.tasks="$task" --config.glue.learning_rates="$lr" --config.glue.pooling="$pooling" "${extra[@]}" ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
   esac
 }

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kdjax import glue_data
+from kdjax.classifier import POOLINGS
 from kdjax.finetune_steps import FinetuneError, Head, init_params, jitted_logits_step, jitted_train_step
 from kdjax.losses import init_projection
 from kdjax.metrics import task_score, task_scores
@@ -59,6 +60,9 @@ class Recipe:
     # Regression (STS-B): start the head's bias at the mean training label, so the first steps go into the
     # correlation rather than into moving the output from 0 to ~2.7.
     regression_bias_to_label_mean: bool = True
+    # The classifier's sentence vector (kdjax.classifier.POOLINGS). The config's 'auto' is resolved from the run's
+    # teacher before a recipe is used (kdjax.glue_stage.recipe_of), so the recorded recipe names the head trained.
+    pooling: str = "pooler"
 
     def seeds_for(self, num_train: int) -> list[int]:
         n = self.seeds if num_train <= self.small_task_examples else 1
@@ -68,6 +72,11 @@ class Recipe:
         d = dataclasses.asdict(self)
         d["learning_rates"] = list(self.learning_rates)  # as JSON reads it back, so recipes compare equal
         return d
+
+
+def head_of(spec: ArchSpec, num_labels: int, recipe: Recipe) -> Head:
+    """The classifier `recipe` trains on `spec`: its dtype, dropout and pooling."""
+    return Head(spec, num_labels, recipe.compute_dtype, recipe.dropout_rate, recipe.pooling)
 
 
 def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:
@@ -187,7 +196,9 @@ def finetune(
     mesh = mesh or make_mesh()
     t_start = time.perf_counter()
     task = task_data.task
-    head = Head(spec, task.num_labels, recipe.compute_dtype, recipe.dropout_rate)
+    if recipe.pooling not in POOLINGS:
+        raise FinetuneError(f"recipe pooling {recipe.pooling!r} is not one of {', '.join(POOLINGS)} (resolve 'auto')")
+    head = head_of(spec, task.num_labels, recipe)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else spec.pad_token_id
     batch_size = recipe.per_device_batch_size * mesh.size
     if distill is not None:

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from kdjax.classifier import SequenceClassifier
 from kdjax.errors import KdjaxError
-from kdjax.models import SequenceClassifier
 from kdjax.optim import OptimConfig, TrainState
 from kdjax.sharding import shardings
 from kdjax.spec import ArchSpec
@@ -38,17 +38,22 @@ class Head:
     num_labels: int
     dtype_name: str = "float32"
     dropout_rate: float = 0.1
+    # The sentence vector the classifier reads (kdjax.classifier.POOLINGS; 'auto' is resolved before this).
+    pooling: str = "pooler"
 
     @property
     def regression(self) -> bool:
         return self.num_labels == 1
 
     def module(self) -> SequenceClassifier:
-        return SequenceClassifier(self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate)
+        return SequenceClassifier(
+            self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate, self.pooling
+        )
 
 
 def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
-    """A fresh classifier whose encoder (and pooler, when the checkpoint has one) are the pretrained weights."""
+    """A fresh classifier whose encoder is the pretrained weights; its pooler is the checkpoint's only with
+    pooling 'pooler' and a checkpoint that has one ('fresh_pooler' keeps the fresh draw; 'mean' has no pooler)."""
     ids = jnp.zeros((1, 8), jnp.int32)
     params = dict(head.module().init(rng, ids, jnp.ones_like(ids))["params"])
     fresh = jax.tree.structure(params["bert"])
@@ -57,7 +62,7 @@ def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
         raise FinetuneError("pretrained encoder parameters do not match the architecture spec")
     # Copies: the train step donates its state, which must never free the caller's pretrained arrays.
     params["bert"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), pretrained["encoder"])
-    if "pooler" in pretrained:
+    if head.pooling == "pooler" and "pooler" in pretrained:
         params["pooler"] = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), dict(pretrained["pooler"]))
     return params
 

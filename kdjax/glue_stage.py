@@ -26,6 +26,7 @@ import numpy as np
 
 from kdjax import glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
+from kdjax.classifier import DESCRIPTIONS, resolve_pooling
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
@@ -47,9 +48,20 @@ log = logging.getLogger(__name__)
 
 
 def recipe_of(ctx: RunContext) -> Recipe:
-    """The configured recipe with its compute dtype resolved on this machine ('auto': bfloat16 on GPU/TPU)."""
+    """The configured recipe with its compute dtype resolved on this machine ('auto': bfloat16 on GPU/TPU) and its
+    pooling resolved from the run's teacher ('auto': mean for a mean-pooling sentence-transformers teacher).
+
+    The pooling is resolved once, from the teacher, for every row: students distilled from a mean-pooling teacher
+    train the teacher's head, so a table compares models, not heads."""
+    return resolved_recipe(ctx)[0]
+
+
+def resolved_recipe(ctx: RunContext) -> tuple[Recipe, str]:
+    """(recipe_of's recipe, why its pooling is what it is)."""
     recipe = ctx.settings.glue.recipe
-    return dataclasses.replace(recipe, compute_dtype=jnp.dtype(compute_dtype(recipe.compute_dtype)).name)
+    pooling, why = resolve_pooling(recipe.pooling, ctx.teacher.folder)
+    dtype = jnp.dtype(compute_dtype(recipe.compute_dtype)).name
+    return dataclasses.replace(recipe, compute_dtype=dtype, pooling=pooling), why
 
 
 def distill_of(ctx: RunContext, recipe: Recipe) -> DistillConfig:
@@ -76,7 +88,9 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, metho
         old = read_json(path)
     except ValueError:
         return False
-    same = old.get("recipe") == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
+    # Rows written before glue.pooling existed trained BERT's head: they stay current for pooling 'pooler'.
+    old_recipe = {"pooling": "pooler", **(old.get("recipe") or {})}
+    same = old_recipe == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
     return same and old.get("distill") == (method or {}).get("distill") and same_weights(path, old, ref)
 
 
@@ -116,7 +130,8 @@ class _Stage:
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-        self.recipe = recipe_of(ctx)
+        self.recipe, why = resolved_recipe(ctx)
+        print(f"glue: head {self.recipe.pooling}: {DESCRIPTIONS[self.recipe.pooling]} ({why})")
         self.distill = distill_of(ctx, self.recipe)
         self.tasks: dict[str, glue_data.TaskData] = {}
         self.teachers: dict[str, dict] = {}
@@ -152,13 +167,13 @@ class _Stage:
 
     def distill_data(self, task: str) -> DistillData:
         """A student's training set (subsampled as the recipe says, maybe augmented) with the teacher's logits."""
-        from kdjax.finetune import predict_logits, subsample
-        from kdjax.finetune_steps import Head
+        from kdjax.finetune import head_of, predict_logits, subsample
 
         ctx, recipe, cfg = self.ctx, self.recipe, self.distill
         data, teacher = self.task(task), ctx.teacher
         classifier = self.fine_tuned_teacher(task)
-        head = Head(teacher.spec, data.task.num_labels, recipe.compute_dtype, recipe.dropout_rate)
+        # The head the teacher was fine-tuned with (the recipe's pooling), so its logits are the saved classifier's.
+        head = head_of(teacher.spec, data.task.num_labels, recipe)
         split = subsample(data.train, recipe.max_train_examples, recipe.seed)
         train = glue_data.encode(teacher.tokenizer, split, recipe.max_seq_len)
         batch = 4 * recipe.per_device_batch_size * ctx.mesh.size

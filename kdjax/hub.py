@@ -34,6 +34,8 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
+# A sentence-transformers repo's module list and pooling config: glue.pooling=auto reads them (kdjax.classifier).
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "*Pooling/config.json")
 # Seconds to wait for the hub's answer before falling back to the cache or giving up.
 _TIMEOUT_S = 10.0
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -121,7 +123,7 @@ def snapshot_folder(repo_id: str, allow_pickle: bool) -> str:
         raise TeacherError(
             f"teacher {repo_id!r} on the hub has no flax_model.msgpack, model.safetensors or pytorch_model.bin"
         )
-    patterns = ["config.json", weights[0], *TOKENIZER_FILES]
+    patterns = ["config.json", weights[0], *TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES]
     try:
         return snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns, etag_timeout=_TIMEOUT_S)
     except (requests.exceptions.RequestException, OSError) as e:

@@ -326,35 +326,3 @@ class _EncoderBody(nn.Module):
         return LayerStack(s, self.dtype, self.dropout_rate, self.scan_layers, name="layer")(
             x, mask, num_layers, deterministic, return_qkv
         )
-
-
-class SequenceClassifier(nn.Module):
-    """Encoder + BERT pooler (dense + tanh on the first token) + dropout + linear head, for GLUE fine-tuning.
-
-    `num_labels` == 1 is regression (STS-B). `return_encoder` also returns the encoder's outputs (task distillation
-    matches hidden states and attention relations).
-    """
-
-    spec: ArchSpec
-    num_labels: int
-    dtype: Dtype = jnp.float32
-    dropout_rate: float = 0.1
-
-    @nn.compact
-    def __call__(
-        self,
-        input_ids,
-        attention_mask,
-        token_type_ids=None,
-        *,
-        deterministic: bool = True,
-        return_encoder: bool = False,
-        return_qkv: bool = False,
-    ):
-        out = Encoder(self.spec, self.dtype, self.dropout_rate, name="bert")(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic, return_qkv=return_qkv
-        )
-        pooled = jnp.tanh(_dense(self.spec.hidden_size, self.dtype, "pooler")(out["hidden_states"][-1][:, 0]))
-        pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
-        logits = _dense(self.num_labels, jnp.float32, "classifier")(pooled).astype(jnp.float32)
-        return (logits, out) if return_encoder else logits

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kdjax import model_latency
+from kdjax.classifier import DESCRIPTIONS
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
 from kdjax.report_searches import finite_or_none, load_histories, one_reward_scale, series_by_strategy
@@ -264,7 +265,7 @@ def readme(
     recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
-        out += [f"Fine-tuning recipe ({note}): `{sorted(recipes)[0]}`", ""]
+        out += [f"Fine-tuning recipe ({note}; head: {_heads(rows)}): `{sorted(recipes)[0]}`", ""]
     if history:
         counts = {k: len(v) for k, v in series_by_strategy(history).items()}
         out += ["NAS candidates: " + ", ".join(f"{k}: {n}" for k, n in counts.items()), ""]
@@ -273,6 +274,13 @@ def readme(
         f = figures.get(key, "")
         out += [f"![{cap}]({f})", "", f"*{cap}*", ""] if f.endswith(".png") else [f"*{cap}: not drawn, {f}.*", ""]
     return "\n".join(out)
+
+
+def _heads(rows: list[dict]) -> str:
+    """The classifier head(s) the rows trained, as kdjax.classifier names them (rows older than glue.pooling:
+    pooler)."""
+    names = sorted({(r.get("recipe") or {}).get("pooling", "pooler") for r in rows if r.get("recipe")})
+    return "; ".join(f"{n} = {DESCRIPTIONS.get(n, n)}" for n in names)
 
 
 def build_report(

@@ -3,6 +3,8 @@
 import os
 import time
 
+import flax.serialization
+import numpy as np
 import pytest
 from helpers import run_context
 
@@ -37,6 +39,10 @@ def test_teacher_glue_report_then_resume(tmp_path, glue_dir, capsys):
         assert r["kind"] == "teacher" and r["params"] > 0 and r["wall_s"] > 0
     assert set(read_json(os.path.join(wd, "glue", "teacher", "stsb.json"))["scores"]) == {"pearson", "spearman"}
     assert os.path.exists(os.path.join(wd, "report", "glue.md"))
+    # glue.pooling=auto on a plain BERT teacher is BERT's head; the recipe and the report's recipe line name it.
+    assert read_json(os.path.join(wd, "glue", "teacher", "rte.json"))["recipe"]["pooling"] == "pooler"
+    with open(os.path.join(wd, "report", "README.md")) as f:
+        assert "head: pooler = the checkpoint's pooler" in f.read()
     # Same recipe again: nothing is recomputed, even when the stage itself is forced.
     info = glue_stage.run(run_context(wd, config=_with_stages(glue_dir)))
     assert info["scored"] == 0 and info["skipped"] == 2
@@ -261,3 +267,50 @@ def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue
     # The fine-tune-only twin of a stale student is stale too.
     write_json(glue_stage.result_path(ctx, f"{ref.name}-ft", "stsb"), record)
     assert glue_stage.pending(ctx) == [ref.name, f"{ref.name}-ft"]
+
+
+def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):
+    from kdjax.finetune import head_of, predict_logits
+
+    c = _config(glue_dir, tasks="stsb", learning_rates="1e-3")
+    ctx = run_context(tmp_path, config=c)
+    assert glue_stage.run(ctx)["scored"] == 1 and "glue: head pooler" in capsys.readouterr().out
+    teacher_json = glue_stage.result_path(ctx, "teacher", "stsb")
+    # A row written before glue.pooling existed trained BERT's head: still current for 'pooler'.
+    old = read_json(teacher_json)
+    del old["recipe"]["pooling"]
+    write_json(teacher_json, old)
+    assert glue_stage.run(run_context(tmp_path, config=c))["scored"] == 0
+
+    # The teacher folder becomes a mean-pooling sentence-transformers model: 'auto' now means mean, for the teacher
+    # (re-fine-tuned: its saved classifier has another head) and for the student distilled from it alike.
+    folder = ctx.teacher.folder
+    os.makedirs(os.path.join(folder, "1_Pooling"))
+    write_json(os.path.join(folder, "modules.json"), [{"path": "1_Pooling", "type": "x.models.Pooling"}])
+    write_json(os.path.join(folder, "1_Pooling", "config.json"), {"pooling_mode_mean_tokens": True})
+
+    def student(run_ctx):  # a student of this run: a copy of the tiny teacher under the 'kd' kind
+        return [glue_models.ModelRef("kd-copy", "kd", run_ctx.teacher.source, run_ctx.teacher.spec.arch_id)]
+
+    monkeypatch.setitem(glue_models.KEYWORDS, "copy", student)
+    c.glue.models = "teacher,copy"
+    c.glue.distill.baseline = False
+    ctx = run_context(tmp_path, config=c)
+    info = glue_stage.run(ctx)
+    assert "glue: head mean" in capsys.readouterr().out
+    assert info["scored"] == 2 and info["skipped"] == 0
+    for row in ("teacher", "kd-copy"):
+        assert read_json(glue_stage.result_path(ctx, row, "stsb"))["recipe"]["pooling"] == "mean"
+    with open(glue_stage.weights_path(ctx, "stsb"), "rb") as f:
+        saved = flax.serialization.msgpack_restore(f.read())
+    assert set(saved) == {"bert", "classifier"}
+    # The student learnt from the logits of the head the teacher was fine-tuned with.
+    stage = glue_stage._Stage(ctx)
+    data = stage.distill_data("stsb")
+    head = head_of(ctx.teacher.spec, 1, stage.recipe)
+    assert head.pooling == "mean"
+    expected = predict_logits(saved, head, data.train, 8, 0, stage.recipe, ctx.mesh)
+    np.testing.assert_allclose(data.teacher_logits, expected, rtol=1e-5, atol=1e-6)
+    # An explicit head wins over auto: the pretrained pooler again, so everything is recomputed.
+    ctx = run_context(tmp_path, {"glue.pooling": "pooler"}, config=c)
+    assert glue_stage.run(ctx)["scored"] == 2

@@ -225,6 +225,8 @@ def test_online_download_fetches_one_weight_file_and_never_unasked_pickle(monkey
     assert kdhub.snapshot_folder("bert-base-uncased", allow_pickle=False) == "/snapshot"
     assert "model.safetensors" in asked["patterns"] and "pytorch_model.bin" not in asked["patterns"]
     assert "tf_model.h5" not in asked["patterns"] and asked["timeout"] <= 10
+    # A sentence-transformers repo's pooling files come along: glue.pooling=auto reads them.
+    assert {"modules.json", "*Pooling/config.json"} <= set(asked["patterns"])
     asked["files"], asked["patterns"] = ["config.json", "vocab.txt", "pytorch_model.bin"], None
     with pytest.raises(TeacherError, match=r"--config\.teacher\.allow_pickle=true"):
         kdhub.snapshot_folder("google/bert_uncased_L-4_H-512_A-8", allow_pickle=False)

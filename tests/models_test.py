@@ -9,7 +9,6 @@ from kdjax.models import (
     INIT_STD,
     STACKED,
     Encoder,
-    SequenceClassifier,
     random_params,
     stack_layers,
     unstack_layers,
@@ -115,14 +114,6 @@ def test_bf16_compute_keeps_fp32_params_and_finite_outputs():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     out = model.apply({"params": params}, ids, jnp.ones_like(ids))["hidden_states"][-1]
     assert out.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
-
-
-def test_sequence_classifier_regression_head():
-    spec = ArchSpec(num_layers=1, hidden_size=16, num_heads=2, ffn_size=32, vocab_size=30)
-    ids = jnp.ones((3, 5), jnp.int32)
-    model = SequenceClassifier(spec, num_labels=1)
-    params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
-    assert model.apply({"params": params}, ids, jnp.ones_like(ids)).shape == (3, 1)
 
 
 SCAN_SPEC = ArchSpec(num_layers=3, hidden_size=32, num_heads=4, ffn_size=48, vocab_size=99, max_position_embeddings=40)

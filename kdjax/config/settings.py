@@ -135,7 +135,8 @@ class GlueSettings:
     tasks: tuple[str, ...]
     models: tuple[str, ...]
     num_random_baselines: int
-    # The fine-tuning recipe with `compute_dtype` as configured: the glue stage resolves 'auto' on the device.
+    # The fine-tuning recipe with `compute_dtype` and `pooling` as configured: the glue stage resolves their 'auto'
+    # (dtype on the device, pooling from the run's teacher; kdjax.glue_stage.recipe_of).
     recipe: Recipe
     distill: GlueDistillSettings
 
@@ -292,6 +293,7 @@ def glue_settings(g: ml_collections.ConfigDict, seed: int) -> GlueSettings:
             seeds=int(g.seeds),
             small_task_examples=int(g.small_task_examples),
             length_window=int(g.length_window),
+            pooling=str(g.pooling),
         ),
         distill=GlueDistillSettings(
             enabled=bool(d.enabled),

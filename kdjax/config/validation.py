@@ -11,6 +11,7 @@ import ml_collections
 
 from kdjax.config.schema import (
     DTYPES,
+    GLUE_POOLINGS,
     GLUE_TASKS,
     INITS,
     LATENCY_DEVICES,
@@ -186,6 +187,7 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
     if not 0.0 <= c.glue.dropout_rate < 1.0:
         raise ConfigError(f"glue.dropout_rate={c.glue.dropout_rate} must be in [0, 1)")
     _choice(c.glue.compute_dtype, "glue.compute_dtype", DTYPES)
+    _choice(c.glue.pooling, "glue.pooling", GLUE_POOLINGS)
 
     # Imported here, not at the top: every configs/*.py imports this package while the flags are parsed, and the
     # settings hold the runtime types (jax-backed modules) that command-line errors and --print_config never need.
