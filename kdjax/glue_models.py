@@ -20,6 +20,8 @@ come from kdjax.workdir.Workdir's layout methods.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -57,6 +59,55 @@ class ModelRef:
 
     def exported(self) -> bool:
         return os.path.isfile(os.path.join(self.source, "config.json"))
+
+    def weights_file(self) -> str | None:
+        """The weights file a score of this row is made from: a folder's (a kdjax export's model.safetensors); None
+        for the teacher (identified by its source) and hub ids."""
+        if self.kind == "teacher" or not os.path.isdir(self.source):
+            return None
+        return weights_file(self.source)
+
+    def weights(self) -> str | None:
+        """A fingerprint of `weights_file()` (None without one): what a GLUE score records, so a model re-made at the
+        same folder (e.g. re-distilled with --config.force=true) is scored again and an unchanged one is not."""
+        path = self.weights_file()
+        return fingerprint(path) if path else None
+
+
+def distils(ctx: RunContext, kind: str) -> bool:
+    """Rows of `kind` are task-distilled: students of this run, with glue.distill.enabled."""
+    return kind in STUDENT_KINDS and ctx.settings.glue.distill.enabled
+
+
+def row_names(ctx: RunContext, ref: ModelRef) -> list[str]:
+    """The rows `ref` makes: itself, and for a distilled student its fine-tune-only twin (glue.distill.baseline)."""
+    twin = distils(ctx, ref.kind) and ctx.settings.glue.distill.baseline
+    return [ref.name] + ([f"{ref.name}-ft"] if twin else [])
+
+
+def weights_file(folder: str) -> str | None:
+    """The weights kdjax loads from `folder` (kdjax.hub.WEIGHT_FILES, in its order of preference), if any."""
+    from kdjax.hub import WEIGHT_FILES
+
+    paths = (os.path.join(folder, name) for _, name in WEIGHT_FILES)
+    return next((p for p in paths if os.path.isfile(p)), None)
+
+
+def fingerprint(path: str) -> str:
+    """'sha256:<hex>' of a file's bytes, hashed once per version of the file in a process: the cache is keyed by
+    path, size, inode and modification and status-change times (the last is set by the kernel on any write, rename or
+    `utime`), so a model re-made at the same path, even at the same size and modification time, is hashed again."""
+    st = os.stat(path)
+    return _sha256(path, st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, inode: int, mtime_ns: int, ctime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def variants(ctx: RunContext, arch_id: str) -> list[ModelRef]:
@@ -132,6 +183,11 @@ KEYWORDS: dict[str, Callable[[RunContext], list[ModelRef]]] = {
 _VARIANT_RE = re.compile(r"^(nas|kd|pdt)-\d+L-\d+H-\d+A-\d+F(-[a-z_]+)?$")
 
 
+def is_variant_name(item: str) -> bool:
+    """Whether `item` names one export of an architecture by its row name (nas-<arch>, kd-<arch>, pdt-<arch>)."""
+    return _VARIANT_RE.match(item) is not None
+
+
 def _named_variant(ctx: RunContext, kind: str, arch_id: str) -> list[ModelRef]:
     found = [r for r in variants(ctx, arch_id) if r.kind == kind]
     if not found:
@@ -163,7 +219,7 @@ def resolve_models(ctx: RunContext, models: list[str]) -> list[ModelRef]:
     for item in models:
         if item in KEYWORDS:
             refs += KEYWORDS[item](ctx)
-        elif _VARIANT_RE.match(item):
+        elif is_variant_name(item):
             # One export of an architecture by its row name: nas-<arch> (mini-KD), kd-<arch>, pdt-<arch> (PDT).
             kind, arch_id = item.split("-", 1)
             refs += _named_variant(ctx, kind, ctx.student_spec(arch_id).arch_id)
@@ -188,7 +244,7 @@ def kd_targets(ctx: RunContext) -> list[ModelRef]:
     for item in ctx.settings.glue.models:
         if item == "random":
             refs += _random(ctx)
-        elif is_arch_id(item) and not _VARIANT_RE.match(item):
+        elif is_arch_id(item) and not is_variant_name(item):
             refs.append(_arch(ctx, item))
     return _unique(refs)
 

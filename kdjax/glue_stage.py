@@ -6,14 +6,17 @@ Every (model, task) is trained once per learning rate of glue.learning_rates and
 (kdjax.finetune). Students of this run (nas/kd/pdt/random rows) are task-distilled from the fine-tuned teacher
 (kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The teacher's picked
 classifier is saved as W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
-its recipe and method; a file with the same recipe, method and source is not recomputed, so an interrupted stage
-resumes where it stopped. A scored model's latency is recorded once (kdjax.model_latency; the kd stage records those
-it distils), so the report only reads.
+its recipe, method and (for a model in a folder) a fingerprint of its weights; a file with the same recipe, method,
+source and weights is not recomputed, so an interrupted stage resumes where it stopped, and a model re-made at the same
+folder (re-distilled with --config.force=true) is scored again. A scored model's latency is recorded once
+(kdjax.model_latency; the kd stage records those it distils), so the report only reads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 
@@ -21,12 +24,21 @@ import flax.serialization
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import glue_data, model_latency, plan
+from kdjax import glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
 from kdjax.classifier import DESCRIPTIONS, resolve_pooling
 from kdjax.context import RunContext
+from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
-from kdjax.glue_models import STUDENT_KINDS, ModelRef, check_distilled, load_model, resolve_models, teacher_ref
+from kdjax.glue_models import (
+    ModelRef,
+    check_distilled,
+    distils,
+    load_model,
+    resolve_models,
+    row_names,
+    teacher_ref,
+)
 from kdjax.sharding import compute_dtype
 from kdjax.spec import ArchSpec
 from kdjax.task_distill import DistillConfig, DistillData, prepare
@@ -68,7 +80,8 @@ def weights_path(ctx: RunContext, task: str) -> str:
 
 
 def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, method: dict | None = None) -> bool:
-    """True when `path` holds a score of the same model source, recipe, data and method (fine-tune or distill)."""
+    """True when `path` holds a score of the same model (source and weights), recipe, data and method (fine-tune or
+    distill)."""
     if not os.path.exists(path):
         return False
     try:
@@ -78,7 +91,18 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, metho
     # Rows written before glue.pooling existed trained BERT's head: they stay current for pooling 'pooler'.
     old_recipe = {"pooling": "pooler", **(old.get("recipe") or {})}
     same = old_recipe == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
-    return same and old.get("distill") == (method or {}).get("distill")
+    return same and old.get("distill") == (method or {}).get("distill") and same_weights(path, old, ref)
+
+
+def same_weights(path: str, old: dict, ref: ModelRef) -> bool:
+    """Whether the score `old` (read from `path`) was made from the weights `ref`'s folder holds now. A score written
+    before scores recorded their weights counts as made from them unless the weights file changed after it."""
+    weights = ref.weights_file()
+    if weights is None:  # the teacher, a hub id: nothing on disk to compare
+        return True
+    if "weights" in old:
+        return old["weights"] == ref.weights()
+    return os.path.getmtime(weights) <= os.path.getmtime(path)
 
 
 def glue_root(ctx: RunContext) -> str:
@@ -90,7 +114,7 @@ def glue_root(ctx: RunContext) -> str:
     if not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
         from kdjax.data.synthetic_glue import write_glue_dir
 
-        write_glue_dir(root, n_train=64, n_dev=32, seed=ctx.settings.seed)
+        write_glue_dir(root, n_train=glue_plan.SYNTHETIC_TRAIN, n_dev=glue_plan.SYNTHETIC_DEV, seed=ctx.settings.seed)
     return root
 
 
@@ -120,11 +144,10 @@ class _Stage:
 
     def methods(self, ref: ModelRef) -> list[tuple[str, dict | None]]:
         """(row name, distill record) per row this ref makes: distilled students, plus their fine-tune-only twin."""
-        d = self.ctx.settings.glue.distill
-        if ref.kind not in STUDENT_KINDS or not d.enabled:
-            return [(ref.name, None)]
-        rows = [(ref.name, {"distill": self.distill.to_dict()})]
-        return rows + ([(f"{ref.name}-ft", None)] if d.baseline else [])
+        names = row_names(self.ctx, ref)
+        if not distils(self.ctx, ref.kind):
+            return [(names[0], None)]
+        return [(names[0], {"distill": self.distill.to_dict()})] + [(n, None) for n in names[1:]]
 
     def teacher_current(self, task: str) -> bool:
         ref = teacher_ref(self.ctx)
@@ -197,6 +220,9 @@ class _Stage:
         }
         if method:
             record["distill_teacher"] = weights_path(ctx, task)
+        weights = ref.weights()
+        if weights:
+            record["weights"] = weights  # what the score was made from (see same_weights)
         if name != ref.name:
             record["twin"] = ref.name  # the distilled row this fine-tune-only baseline belongs to
         write_json(result_path(ctx, name, task), record)
@@ -207,7 +233,8 @@ class _Stage:
             f"({out['wall_s']:.1f} s, {out['num_train_examples']} train)"
         )
         self.done.append(f"{name}/{task}")
-        plan.glue_scored(task, float(out.get("wall_s", 0.0)))
+        role = "teacher" if keep else "distill" if method else "finetune"
+        plan.glue_scored(glue_plan.unit(role, task), float(out.get("wall_s", 0.0)))
 
 
 def _pct(x) -> str:
@@ -234,6 +261,32 @@ def record_latency(ctx: RunContext, ref: ModelRef, spec: ArchSpec | None, scored
         model_latency.record(path, spec, ctx.settings.nas.latency, ctx.teacher.folder, xla=ctx.teacher_latency())
     else:
         model_latency.record(path, spec, ctx.settings.nas.latency, ref.source if os.path.isdir(ref.source) else None)
+
+
+def pending(ctx: RunContext) -> list[str]:
+    """Rows of glue.models whose scores were made from other weights than their folder holds now (a model re-made
+    since, e.g. re-distilled with --config.force=true): a finished glue stage runs again for them (kdjax.pipeline)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # what resolving skips, the stage itself says when it runs
+            refs = resolve_models(ctx, list(ctx.settings.glue.models))
+    except KdjaxError:  # for the stage to report when it runs
+        return []
+    stale = []
+    for ref in refs:
+        if ref.weights_file() is None:
+            continue
+        for name in row_names(ctx, ref):
+            paths = [result_path(ctx, name, task) for task in ctx.settings.glue.tasks]
+            if any(_stale(p, ref) for p in paths):
+                stale.append(name)
+    return stale
+
+
+def _stale(path: str, ref: ModelRef) -> bool:
+    try:
+        return os.path.exists(path) and not same_weights(path, read_json(path), ref)
+    except ValueError:  # unreadable: the stage's is_current scores it again anyway
+        return True
 
 
 def run(ctx: RunContext) -> dict:

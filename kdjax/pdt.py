@@ -63,13 +63,14 @@ def winners(ctx: RunContext) -> list[str]:
     return [e["arch_id"] for e in read_json(path).get("top_k", [])]
 
 
-def _ready(ctx: RunContext) -> list[str]:
+def ready_winners(ctx: RunContext) -> list[str]:
+    """The winners PDT can continue: those whose mini-KD state the search saved."""
     return [a for a in winners(ctx) if os.path.exists(os.path.join(ctx.workdir.candidate_dir(a), STATE_FILE))]
 
 
 def planned_steps(ctx: RunContext) -> int:
     """PDT steps the kd stage will run (for the plan and ETA)."""
-    return ctx.settings.kd.pdt_steps * len(_ready(ctx))
+    return ctx.settings.kd.pdt_steps * len(ready_winners(ctx))
 
 
 def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int = 0) -> list[dict]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import ml_collections
 
 from kdjax import kd_stage, plan
 from kdjax.config import check_data, validate
+from kdjax.config.settings import Settings, glue_settings
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.interrupts import Interrupted, disk_error, disk_error_message, interrupted_message, signals_as_interrupts
@@ -67,44 +73,86 @@ STAGES = {
 # What a forced stage must not resume from, set aside before it runs (the kd stage sets aside its own arch folder).
 FRESH_OUTPUTS = {"nas": ("nas",)}
 
-# Outputs a finished stage has not made yet (models glue.models names that the kd stage distils): it runs again for
-# them instead of being skipped.
-PENDING = {"kd": kd_stage.pending}
+
+def _glue_pending(ctx: RunContext) -> list[str]:
+    from kdjax import glue_stage
+
+    return glue_stage.pending(ctx)
 
 
-def _skipped(ctx: RunContext, name: str, config) -> bool:
+# Outputs a finished stage has not made yet, and why: models glue.models names that the kd stage distils, and scores
+# of models re-made since. The stage runs again for them instead of being skipped.
+PENDING = {
+    "kd": (kd_stage.pending, "named since in glue.models"),
+    "glue": (_glue_pending, "their weights changed since they were scored"),
+}
+
+
+def _skipped(ctx: RunContext, name: str) -> bool:
     """A finished stage is skipped unless forced or asked for outputs it has not made (then it says so)."""
     if ctx.settings.force or not ctx.workdir.is_done(name):
         return False
-    if not finished(ctx.workdir, name, config):
+    if not finished(ctx.workdir, name, ctx.settings):
         print(f"{name}: finished before for another request; running again for what is new")
         return False
-    missing = PENDING[name](ctx) if name in PENDING else []
+    pending, why = PENDING.get(name, (None, ""))
+    missing = pending(ctx) if pending else []
     if missing:
-        print(f"{name}: finished before; running again for {', '.join(missing)} (named since in glue.models)")
+        print(f"{name}: finished before; running again for {', '.join(missing)} ({why})")
     return not missing
 
 
-def glue_request(config) -> dict:
-    """What a glue stage was asked to score (models, tasks, recipe, data), as JSON reads it back."""
-    request = {"glue": config.glue.to_dict(), "glue_dir": config.data.glue_dir, "seed": config.seed}
+# Recorded requests say their format; markers written before it hold the raw config's glue section instead.
+REQUEST_FORMAT = 2
+
+
+def glue_request(settings: Settings) -> dict:
+    """What a glue stage was asked to score (models, tasks, recipe, task distillation, data, seed), from the typed
+    settings, as JSON reads it back: spellings that validate to the same settings ('1e-3' and '0.001') are one
+    request."""
+    request = {
+        "format": REQUEST_FORMAT,
+        "glue": dataclasses.asdict(settings.glue),
+        "glue_dir": settings.data.glue_dir,
+        "seed": settings.seed,
+    }
     return json.loads(json.dumps(request))
+
+
+def read_glue_request(recorded) -> dict | None:
+    """A recorded glue request in the current format. An older marker's raw config section is read as `validate`
+    reads a config; one that cannot be read is None, and the stage runs again (scoring only what is new)."""
+    if not isinstance(recorded, dict) or "format" in recorded:
+        return recorded
+    try:
+        seed = int(recorded["seed"])
+        glue = glue_settings(ml_collections.ConfigDict(recorded["glue"]), seed)
+        request = {"format": REQUEST_FORMAT, "glue": dataclasses.asdict(glue), "glue_dir": str(recorded["glue_dir"])}
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None
+    return json.loads(json.dumps({**request, "seed": seed}))
+
+
+class StageRequest(NamedTuple):
+    make: Callable[[Settings], dict]  # this run's request
+    read: Callable[[Any], dict | None]  # a recorded one, in the current format
 
 
 # Stages whose marker records their request: a finished one runs again (without force) when the request changed.
 # The glue stage keeps every (model, task) already scored with the same recipe, so asking for another task, model or
 # recipe on a finished workdir scores just what is new instead of skipping the request.
-STAGE_REQUEST = {"glue": glue_request}
+STAGE_REQUEST = {"glue": StageRequest(glue_request, read_glue_request)}
 
 
-def finished(wd: Workdir, name: str, config) -> bool:
+def finished(wd: Workdir, name: str, settings: Settings) -> bool:
     """The stage finished, for this request where the stage records one."""
     if not wd.is_done(name):
         return False
     if name not in STAGE_REQUEST:
         return True
     # An unreadable marker reads as {}: the stage runs again.
-    return wd.stage_info(name).get("request") == STAGE_REQUEST[name](config)
+    request = STAGE_REQUEST[name]
+    return request.read(wd.stage_info(name).get("request")) == request.make(settings)
 
 
 def machine_cache_dir() -> str:
@@ -154,7 +202,7 @@ def run(config, workdir: str) -> None:
             enable_compilation_cache()
             record_config(wd, config.to_dict())
             # What this run will cost (stages that will not be skipped), and an ETA once their first steps are timed.
-            skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s, config)}
+            skipped = {s for s in STAGES if s in ctx.stages and _skipped(ctx, s)}
             plan.start(ctx, [s for s in STAGES if s in ctx.stages and s not in skipped])
             for name in STAGES:
                 if name not in ctx.stages:
@@ -171,7 +219,7 @@ def run(config, workdir: str) -> None:
                 log.info("stage %s", name)
                 info = STAGES[name](ctx) or {}
                 if name in STAGE_REQUEST:
-                    info = {**info, "request": STAGE_REQUEST[name](config)}
+                    info = {**info, "request": STAGE_REQUEST[name].make(settings)}
                 wd.mark_done(name, info)
                 plan.stage_done(name)
                 wd.drop_previous(name)

@@ -19,14 +19,6 @@ from kdjax.hooks import Hook, Report
 
 log = logging.getLogger(__name__)
 
-# GLUE train / dev sizes (the standard release) and typical tokens per example (WordPiece, with specials; rough).
-GLUE_TRAIN = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
-              "qnli": 104743, "rte": 2490, "wnli": 635}  # fmt: skip
-GLUE_DEV = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, "mnli": 19647, "qnli": 5463,
-            "rte": 277, "wnli": 71}  # fmt: skip
-GLUE_TOKENS = {"cola": 12, "sst2": 25, "mrpc": 53, "stsb": 31, "qqp": 30, "mnli": 40, "qnli": 50, "rte": 70,
-               "wnli": 40}  # fmt: skip
-
 
 @dataclasses.dataclass
 class StagePlan:
@@ -35,9 +27,9 @@ class StagePlan:
     steps: int  # optimizer steps (all models of the stage)
     examples: int  # training examples (rows or sentences) seen
     flops: float  # estimated compute (FLOPs); 0 = negligible
-    # glue: relative cost of one (model, task) unit by task, and the number of models (progress by scored unit).
+    # glue: progress by scored unit (kdjax.glue_plan.unit: role/task): the cost of one unit, and how many there are.
     units: dict[str, float] = dataclasses.field(default_factory=dict)
-    models: int = 0
+    unit_counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = True) -> float:
@@ -94,45 +86,26 @@ def build(ctx, stages: list[str]) -> list[StagePlan]:
             total += len(extra) * steps
         plans.append(StagePlan("kd", what, total, total * batch, flops))
     if "glue" in stages:
-        plans.append(_glue_plan(ctx, stages, kd_spec, top_k))
+        plans.append(_glue_plan(ctx, stages, kd_spec))
     if "report" in stages:
         plans.append(StagePlan("report", "tables and figures", 0, 0, 0.0))
     return plans
 
 
-def _glue_plan(ctx, stages: list[str], kd_spec, top_k: int) -> StagePlan:
-    s = ctx.settings
-    g, recipe = s.glue, s.glue.recipe
-    variants = 1 + ("kd" in stages) + (s.kd.pdt_steps > 0)  # mini-KD export, full KD, PDT
-    counts = {"teacher": 1, "best": variants, "top_k": top_k * variants, "random": g.num_random_baselines}
-    models = g.models
-    n_student = sum(counts.get(m, 1) for m in models if m != "teacher")
-    has_teacher = "teacher" in models
-    tasks = g.tasks
-    grid = len(recipe.learning_rates) or 1
-    cap = recipe.max_train_examples
-    seq = recipe.max_seq_len
-    synthetic = s.data.glue_dir == "synthetic"  # generated: 64 train / 32 dev examples per task
-    examples = flops = 0.0
-    steps = 0
-    batch = max(1, recipe.per_device_batch_size * ctx.mesh.size)
-    units: dict[str, float] = {}
-    for t in tasks:
-        n_train = 64 if synthetic else GLUE_TRAIN[t]
-        n_train = min(n_train, cap) if cap else n_train
-        tok = min(GLUE_TOKENS[t], seq)
-        seen = n_train * recipe.num_epochs * grid
-        examples += seen * (n_student + has_teacher)
-        # As training counts them: a partial last batch is a step, per task, epoch, rate and model.
-        steps += -(-n_train // batch) * recipe.num_epochs * grid * (n_student + has_teacher)
-        units[t] = (3 * seen + (32 if synthetic else GLUE_DEV[t]) * grid) * tok
-        flops += units[t] * (
-            n_student * kd_spec.flops_per_token(tok) + has_teacher * ctx.teacher.spec.flops_per_token(tok)
-        )
-    what = f"{n_student + has_teacher} model(s) x {len(tasks)} task(s) ({','.join(tasks)}) x {recipe.num_epochs} epochs"
-    if grid > 1:
-        what += f" x {grid} learning rates"
-    return StagePlan("glue", what, steps, int(examples), flops, units, n_student + has_teacher)
+def _glue_plan(ctx, stages: list[str], kd_spec) -> StagePlan:
+    from kdjax import glue_plan
+
+    planned = glue_plan.work(ctx, stages, kd_spec)
+    units = planned.units.values()
+    return StagePlan(
+        "glue",
+        glue_plan.describe(ctx, planned),
+        sum(w.steps for w in units),
+        sum(w.examples for w in units),
+        sum(w.flops for w in units),
+        {k: w.flops / w.trainings for k, w in planned.units.items()},
+        {k: w.trainings for k, w in planned.units.items()},
+    )
 
 
 def format_plan(plans: list[StagePlan]) -> str:
@@ -188,11 +161,11 @@ class Eta:
         return line
 
     def unit_done(self, stage: str, unit: str, wall_s: float) -> str | None:
-        """Progress by finished units (glue: one model on one task), weighted by their planned cost."""
+        """Progress by finished units (glue: one row on one task), weighted by their planned cost."""
         plan = self.plans.get(stage)
         if plan is None or not plan.units or unit not in plan.units:
             return None
-        total = plan.models * sum(plan.units.values())
+        total = sum(cost * plan.unit_counts.get(u, 1) for u, cost in plan.units.items())
         got = self._units.setdefault(stage, [0.0, 0.0])
         got[0] += plan.units[unit] / total
         got[1] += wall_s
@@ -258,10 +231,10 @@ def timed(stage: str, done: float, work: float, elapsed_s: float, compute_s: flo
         current.timed(stage, done, work, elapsed_s, compute_s)
 
 
-def glue_scored(task: str, wall_s: float) -> None:
-    """One (model, task) of the glue stage was scored in `wall_s` seconds."""
+def glue_scored(unit: str, wall_s: float) -> None:
+    """One row of the glue stage was scored on one task (`kdjax.glue_plan.unit`) in `wall_s` seconds."""
     if current is not None:
-        current.unit_done("glue", task, wall_s)
+        current.unit_done("glue", unit, wall_s)
 
 
 def stage_done(stage: str) -> None:

@@ -1,6 +1,7 @@
 """The glue stage on the tiny config: scores per (model, task) with their recipe, resumable, model keywords."""
 
 import os
+import time
 
 import flax.serialization
 import numpy as np
@@ -66,6 +67,46 @@ def test_finished_glue_stage_scores_a_new_request(tmp_path, glue_dir, capsys):
     assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte
     pipeline.run(c, wd)
     assert "glue: already finished" in capsys.readouterr().out
+
+
+def test_glue_request_is_read_from_the_typed_settings(tmp_path, glue_dir, capsys):
+    # Spellings that validate to the same settings are the same request: the finished stage is skipped.
+    wd = str(tmp_path / "w")
+    c = _config(glue_dir, tasks="rte", learning_rates="1e-3")
+    c.stages = "glue"
+    pipeline.run(c, wd)
+    c.glue.learning_rates = "0.001"
+    capsys.readouterr()
+    pipeline.run(c, wd)
+    assert "glue: already finished" in capsys.readouterr().out
+
+
+def test_an_old_glue_marker_keeps_its_workdir_finished(tmp_path, glue_dir, capsys):
+    """A marker written before requests were read from the typed settings (the raw config's glue section) still
+    says the stage finished for the same request, and a changed one still scores only what is new."""
+    wd = str(tmp_path / "w")
+    c = _config(glue_dir, tasks="rte")
+    c.stages = "glue"
+    pipeline.run(c, wd)
+    marker = os.path.join(wd, ".stages", "glue.json")
+    info = read_json(marker)
+    assert info["request"]["format"] == pipeline.REQUEST_FORMAT
+    old = {"glue": c.glue.to_dict(), "glue_dir": c.data.glue_dir, "seed": c.seed}  # as the raw config wrote it
+    write_json(marker, {**info, "request": old})
+    rte = read_json(os.path.join(wd, "glue", "teacher", "rte.json"))
+    capsys.readouterr()
+    pipeline.run(c, wd)
+    assert "glue: already finished" in capsys.readouterr().out
+    c.glue.tasks = "rte,stsb"
+    pipeline.run(c, wd)
+    assert "running again for what is new" in capsys.readouterr().out
+    assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte  # kept, not re-scored
+    assert read_json(marker)["request"]["glue"]["tasks"] == ["rte", "stsb"]
+    # An old request that cannot be read runs the stage again, which finds everything scored.
+    write_json(marker, {**info, "request": {"glue": {"tasks": "rte"}}})
+    pipeline.run(c, wd)
+    out = capsys.readouterr().out
+    assert "running again for what is new" in out and "all 2 task(s) already scored" in out
 
 
 def _with_stages(glue_dir):
@@ -154,6 +195,78 @@ def test_students_are_task_distilled_from_the_saved_teacher(tmp_path, glue_dir, 
     ctx = run_context(tmp_path, {"glue.distill.enabled": False}, config=c)
     assert glue_stage.run(ctx)["scored"] == 1
     assert read_json(glue_stage.result_path(ctx, "kd-copy", "stsb"))["method"] == "finetune"
+
+
+@pytest.mark.slow
+def test_a_re_distilled_model_is_scored_again(tmp_path, glue_dir, capsys):
+    """A score records a fingerprint of the weights it was made from: a model re-distilled at the same folder with
+    --config.force=true is scored again, by a finished glue stage too, and an unchanged one keeps its score."""
+    wd = str(tmp_path / "w")
+    best, other = "kd-2L-32H-2A-64F-gelu", "kd-1L-32H-2A-64F-gelu"
+    c = _config(glue_dir, tasks="stsb", models="best,1L-32H-2A-64F-gelu")
+    c.glue.distill.baseline = False
+    c.stages = "kd,glue"
+    pipeline.run(c, wd)
+    ctx = run_context(wd, config=c)
+    refs = {r.name: r for r in glue_models.resolve_models(ctx, list(ctx.settings.glue.models))}
+    path = {name: glue_stage.result_path(ctx, name, "stsb") for name in refs}
+    first = {name: read_json(p) for name, p in path.items()}
+    for name, ref in refs.items():
+        assert first[name]["weights"] == glue_models.fingerprint(os.path.join(ref.source, "model.safetensors"))
+    # A score written before scores recorded their weights: kept while its model's weights are older than it.
+    legacy = {k: v for k, v in first[other].items() if k != "weights"}
+    write_json(path[other], legacy)
+
+    forced = _config(glue_dir, tasks="stsb", models="best")  # re-distil the best alone, to other weights
+    forced.kd.num_train_steps = 4
+    forced.stages, forced.force = "kd", True
+    pipeline.run(forced, wd)
+    assert refs[best].weights() != first[best]["weights"]
+    capsys.readouterr()
+    c.stages = "glue"
+    pipeline.run(c, wd)
+    out = capsys.readouterr().out
+    assert f"glue: finished before; running again for {best} (their weights changed" in out
+    assert f"glue: {best} stsb (task-distilled)" in out and f"glue: {other} stsb" not in out
+    assert read_json(path[best])["weights"] == refs[best].weights()
+    assert read_json(path[other]) == legacy
+    pipeline.run(c, wd)
+    assert "glue: already finished" in capsys.readouterr().out
+    # The legacy score's model re-made after it: stale.
+    weights = refs[other].weights_file()
+    assert weights is not None
+    later = os.path.getmtime(path[other]) + 10
+    os.utime(weights, (later, later))
+    assert glue_stage.pending(ctx) == [other]
+
+
+def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue_dir, tiny_teacher):
+    # No training: a score file as the stage writes it, beside an export whose weights then change.
+    arch = "1L-32H-2A-64F-gelu"
+    c = _config(glue_dir, tasks="stsb", models=arch)
+    ctx = run_context(tmp_path, config=c, teacher=tiny_teacher)
+    ref = glue_models.resolve_models(ctx, [arch])[0]
+    os.makedirs(ref.source)
+    weights = os.path.join(ref.source, "model.safetensors")
+    with open(weights, "wb") as f:
+        f.write(b"first weights")
+    recipe, data = glue_stage.recipe_of(ctx), glue_stage.data_source(ctx, "stsb")
+    path = glue_stage.result_path(ctx, ref.name, "stsb")
+    method = {"distill": glue_stage.distill_of(ctx, recipe).to_dict()}
+    record = {"recipe": recipe.to_dict(), "source": ref.source, "data": data, **method, "weights": ref.weights()}
+    write_json(path, record)
+    assert glue_stage.is_current(path, ref, recipe, data, method) and glue_stage.pending(ctx) == []
+    # Re-made at the same folder (an export replaces the file): another fingerprint, even at the same size and time.
+    stat = os.stat(weights)
+    time.sleep(0.05)  # past the kernel's timestamp granularity: a later write has a later status-change time
+    os.remove(weights)
+    with open(weights, "wb") as f:
+        f.write(b"other weights")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert not glue_stage.is_current(path, ref, recipe, data, method) and glue_stage.pending(ctx) == [ref.name]
+    # The fine-tune-only twin of a stale student is stale too.
+    write_json(glue_stage.result_path(ctx, f"{ref.name}-ft", "stsb"), record)
+    assert glue_stage.pending(ctx) == [ref.name, f"{ref.name}-ft"]
 
 
 def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):

@@ -1,11 +1,17 @@
 """The run plan (steps, examples, FLOPs per stage) and the ETA extrapolated from the first timed steps."""
 
+import collections
+import os
+import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from helpers import run_main
+from helpers import run_context, run_main
 
-from kdjax import plan
+from kdjax import glue_plan, plan
+from kdjax.data.synthetic_glue import write_glue_dir
+from kdjax.glue_data import TASKS
 from kdjax.plan import Eta, EtaHook, StagePlan
 
 
@@ -14,7 +20,7 @@ def _eta():
         [
             StagePlan("nas", "", 100, 1000, 2e12),
             StagePlan("kd", "", 50, 500, 4e12),
-            StagePlan("glue", "", 10, 100, 1e12, units={"sst2": 3.0, "rte": 1.0}, models=2),
+            StagePlan("glue", "", 10, 100, 1e12, units={"sst2": 3.0, "rte": 1.0}, unit_counts={"sst2": 2, "rte": 2}),
             StagePlan("report", "", 0, 0, 0.0),
         ],
         min_interval_s=0.0,
@@ -92,3 +98,136 @@ def test_glue_plan_counts_steps_as_training_does(tmp_path, tiny_teacher):
     glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
     per_epoch = -(-10 // (4 * ctx.mesh.size))  # the global batch is per device x devices, as in training
     assert glue.steps == 2 * per_epoch * 2 * 2  # tasks x batches x epochs x rates
+
+
+def _glue_folder(root: str, train_sizes: dict[str, int], n_dev: int = 4) -> str:
+    """Synthetic GLUE TSVs with `train_sizes[task]` training examples per task."""
+    write_glue_dir(root, n_train=max(train_sizes.values()), n_dev=n_dev)
+    for task, n in train_sizes.items():
+        path = os.path.join(root, TASKS[task].folder, "train.tsv")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        with open(path, "w") as f:
+            f.write("\n".join(lines[: int(TASKS[task].header) + n]) + "\n")
+    return root
+
+
+def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
+    """Instrument the glue stage: per unit (role/task), its trainings, the optimizer steps and the examples in them,
+    the examples the fine-tuned teacher labels or encodes inside steps, and the augmented copies, as they happen."""
+    from kdjax import finetune, glue_stage
+
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    now: list[collections.Counter] = []
+    real_finetune, real_step, real_data = (
+        glue_stage.finetune,
+        finetune.jitted_train_step,
+        glue_stage._Stage.distill_data,
+    )
+
+    def counted_finetune(**kw):
+        role = "teacher" if kw["keep_params"] else "distill" if kw["distill"] is not None else "finetune"
+        now[:] = [counts[glue_plan.unit(role, kw["task_data"].task.name)]]
+        now[0]["trainings"] += 1
+        return real_finetune(**kw)
+
+    def counted_step(head, opt, cfg, mesh):
+        step = real_step(head, opt, cfg, mesh)
+
+        def run(state, batch, key, teacher):
+            n = int(np.asarray(batch["weights"]).sum())
+            now[0].update(steps=1, examples=n, teacher_step_examples=n if teacher is not None else 0)
+            return step(state, batch, key, teacher)
+
+        return run
+
+    def counted_data(self, task):
+        out = real_data(self, task)
+        c = counts[glue_plan.unit("distill", task)]
+        c.update(teacher_logit_examples=len(out.teacher_logits), augmented=len(out.train) - out.num_original)
+        return out
+
+    monkeypatch.setattr(glue_stage, "finetune", counted_finetune)
+    monkeypatch.setattr(finetune, "jitted_train_step", counted_step)
+    monkeypatch.setattr(glue_stage._Stage, "distill_data", counted_data)
+    return counts
+
+
+def _planned(work: glue_plan.Work) -> collections.Counter:
+    fields = ("trainings", "steps", "examples", "augmented", "teacher_logit_examples", "teacher_step_examples")
+    return collections.Counter({f: getattr(work, f) for f in fields if getattr(work, f)})
+
+
+def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypatch, capsys):
+    """The plan's glue steps and examples are what the stage trains: (a) each student twice, task-distilled and
+    fine-tuned only; (b) the teacher fine-tuned for task distillation although glue.models does not name it, and
+    run on every distilled example (here also inside the student's steps, for the hidden-state loss); (c) the
+    distilled rows on their augmented copies too; (d) glue.seeds runs on the small task only."""
+    from kdjax import glue_stage
+
+    sizes = {"rte": 6, "sst2": 10}  # glue.small_task_examples=8: rte is small, sst2 is not
+    arch = tiny_teacher.spec.arch_id
+    fields = {
+        "data.glue_dir": _glue_folder(str(tmp_path / "glue"), sizes),
+        "glue.models": arch,  # a student of this run: its full-KD export, kd/<arch>/hf (a copy of the teacher)
+        "glue.tasks": "rte,sst2",
+        "glue.max_train_examples": 0,
+        "glue.per_device_batch_size": 1,
+        "glue.num_epochs": 1,
+        "glue.learning_rates": "1e-3",
+        "glue.seeds": 2,
+        "glue.small_task_examples": 8,
+        "glue.distill.augment_factor": 1,
+        "glue.distill.hidden_weight": 0.5,
+    }
+    ctx = run_context(tmp_path / "w", fields, teacher=tiny_teacher)
+    shutil.copytree(tiny_teacher.source, os.path.join(ctx.workdir.kd_dir(arch), "hf"))
+    glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    counts = _count_glue_stage(monkeypatch)
+    assert glue_stage.run(ctx)["scored"] == 3 * len(sizes)
+    batch = ctx.mesh.size  # 1 per device
+
+    # (a) the student is trained twice per task; (b) so is the teacher, once, though glue.models omits it.
+    for task in sizes:
+        for role in ("teacher", "distill", "finetune"):
+            assert counts[glue_plan.unit(role, task)]["trainings"] == 1, (role, task)
+    # (c) one augmented copy per example: the distilled row sees twice the fine-tuned one's examples, and the teacher
+    # labels every one of them.
+    assert counts["distill/sst2"]["examples"] == 2 * counts["finetune/sst2"]["examples"] == 2 * sizes["sst2"]
+    assert counts["distill/sst2"]["teacher_logit_examples"] == 2 * sizes["sst2"]
+    # (d) two seeds on rte (6 <= 8 examples), one on sst2.
+    assert counts["finetune/rte"]["steps"] == 2 * -(-sizes["rte"] // batch)
+    assert counts["finetune/sst2"]["steps"] == -(-sizes["sst2"] // batch)
+    # The plan counted exactly that, unit by unit and in all.
+    planned = glue_plan.work(ctx, ["glue"], ctx.student_spec(arch))
+    assert {k: _planned(w) for k, w in planned.units.items()} == dict(counts)
+    assert glue.steps == sum(c["steps"] for c in counts.values())
+    assert glue.examples == sum(c["examples"] for c in counts.values())
+    assert glue.unit_counts == {k: 1 for k in counts}
+    assert glue.what.startswith(
+        "3 training(s) per task (teacher, fine-tuned for task distillation; 1 student(s) task-distilled and "
+        "fine-tuned only) x 2 task(s) (rte,sst2) x 1 epochs x 2 seeds on rte; distilled rows on 2x examples"
+    )
+    # The FLOPs count the teacher's work for distillation: more than the same rows trained without it.
+    student_only = sum(w.flops for k, w in planned.units.items() if not k.startswith("teacher/"))
+    ctx_ft = run_context(tmp_path / "w", {**fields, "glue.distill.enabled": False}, teacher=tiny_teacher)
+    finetuned = glue_plan.work(ctx_ft, ["glue"], ctx.student_spec(arch)).units
+    assert set(finetuned) == {"finetune/rte", "finetune/sst2"}  # no distillation: no teacher row either
+    assert student_only > 3 * sum(w.flops for w in finetuned.values())
+
+
+def test_glue_plan_counts_the_exports_a_run_will_make(tmp_path, tiny_teacher):
+    """Before the search has run, `best` is its mini-KD export, full KD and PDT: with the teacher, 1 + 3 x 2
+    trainings per task (the :cpu run's plan counted 4)."""
+    fields = {"glue.models": "teacher,best", "kd.pdt_steps": 2, "glue.tasks": "sst2"}
+    ctx = run_context(tmp_path, fields, teacher=tiny_teacher)
+    glue = next(p for p in plan.build(ctx, ["teacher", "nas", "kd", "glue"]) if p.name == "glue")
+    assert glue.what.startswith("7 training(s) per task (teacher; 3 student(s) task-distilled and fine-tuned only)")
+    n, batch = glue_plan.SYNTHETIC_TRAIN, 4 * ctx.mesh.size  # :tiny caps at 16 examples, batches of 4 per device
+    assert glue.steps == 7 * -(-min(n, 16) // batch)
+    # Without the nas and kd stages, only what exists counts: here nothing of `best`, so the teacher alone.
+    glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    assert glue.what.startswith("1 training(s) per task (teacher)")
+    ctx = run_context(tmp_path, {**fields, "glue.models": "best"}, teacher=tiny_teacher)
+    glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    assert glue.what == "no model of glue.models (best) to score yet" and glue.steps == 0

@@ -180,7 +180,7 @@ def settings_from(c: ml_collections.ConfigDict) -> Settings:
         ),
         kd=_kd(c.kd),
         nas=_nas(c.nas),
-        glue=_glue(c.glue, seed),
+        glue=glue_settings(c.glue, seed),
         report=ReportSettings(extra_workdirs=tuple(split_list(c.report.extra_workdirs))),
     )
 
@@ -271,7 +271,9 @@ def _nas(nas: ml_collections.ConfigDict) -> NasSettings:
     )
 
 
-def _glue(g: ml_collections.ConfigDict, seed: int) -> GlueSettings:
+def glue_settings(g: ml_collections.ConfigDict, seed: int) -> GlueSettings:
+    """The typed `glue` section of a validated config (also how kdjax.pipeline reads a request recorded in an older
+    marker format, which held the raw section)."""
     d = g.distill
     return GlueSettings(
         tasks=tuple(split_list(g.tasks)),
