@@ -262,7 +262,8 @@ def readme(
     if searches:
         out += [search_table(searches)]
     out += [*(f"{n}\n" for n in notes)]
-    recipes = {json.dumps(r["recipe"], sort_keys=True) for r in rows if r.get("recipe")}
+    # Rows written before glue.pooling existed trained BERT's head: compare them as 'pooler' (as the glue stage does).
+    recipes = {json.dumps({"pooling": "pooler", **r["recipe"]}, sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
         out += [f"Fine-tuning recipe ({note}; head: {_heads(rows)}): `{sorted(recipes)[0]}`", ""]

@@ -228,3 +228,23 @@ def test_report_shows_lr_grid_and_distilled_vs_fine_tuned(tmp_path):
     with open(os.path.join(root, "report", "glue.csv")) as f:
         table = {r["model"]: r for r in csv.DictReader(f)}
     assert table[f"kd-{ARCH}-ft"]["method"] == "finetune" and float(table["teacher"]["rte_lr"]) == 1e-4
+
+
+def _set_pooling(root: str, model: str, pooling: str) -> None:
+    for task in TASKS:
+        path = os.path.join(root, "glue", model, f"{task}.json")
+        rec = read_json(path)
+        write_json(path, {**rec, "recipe": {**rec["recipe"], "pooling": pooling}})
+
+
+def test_rows_older_than_glue_pooling_count_as_the_pooler_head(tmp_path):
+    """A workdir scored before glue.pooling existed (recipes without 'pooling') and re-scored with the pooler after is
+    one recipe; a row trained with the mean head is not."""
+    root = synthetic_workdir(str(tmp_path))
+    _set_pooling(root, f"kd-{ARCH}", "pooler")
+    report.build_report(root)
+    text = _read(os.path.join(root, "report", "README.md"))
+    assert "one recipe for every row" in text and "rows use different recipes" not in text
+    _set_pooling(root, f"kd-{ARCH}", "mean")
+    report.build_report(root)
+    assert "WARNING: rows use different recipes" in _read(os.path.join(root, "report", "README.md"))
