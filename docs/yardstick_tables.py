@@ -3,9 +3,10 @@ docs/results_yardstick.sh writes (one per learning rate and budget: ROOT/lr<rate
 
     python docs/yardstick_tables.py runs/yardstick
 
-One row per (workdir, model, task): the budget actually run (training examples used / available, epochs, steps), every
-grid point's dev score, the picked rate, the wall seconds the glue stage recorded, and the published anchor beside the
-teacher's rows (MiniLM 6L-384H GLUE dev; STS-B: BERT-Small 4L-512H, test set, as MiniLM publishes none).
+One row per (workdir, model, task): the head (glue.pooling), the budget actually run (training examples used /
+available, epochs, steps), every grid point's dev score, the picked rate, the training loss per epoch, the wall
+seconds the glue stage recorded, and the published anchor beside the teacher's rows (MiniLM 6L-384H GLUE dev;
+STS-B: BERT-Small 4L-512H, test set, as MiniLM publishes none).
 """
 
 from __future__ import annotations
@@ -42,18 +43,21 @@ def rows(root: str):
 
 def main(root: str) -> None:
     print(
-        "| workdir | model | task (metric) | train examples | epochs | steps | grid: lr -> dev score | picked | "
-        "wall s | published |"
+        "| workdir | model | head | task (metric) | train examples | epochs | steps | grid: lr -> dev score | picked | "
+        "train loss per epoch | wall s | published |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for wd, model, d in rows(root):
         task, recipe = d["task"], d.get("recipe", {})
         grid = ", ".join(f"{p['learning_rate']:g} -> {fmt(p.get('scores'))}" for p in d["grid"])
         used, avail = d["num_train_examples"], d.get("num_train_examples_available", d["num_train_examples"])
+        # Rows written before glue.pooling existed trained BERT's head (the checkpoint's pooler).
+        head = recipe.get("pooling", "pooler")
+        losses = ", ".join(f"{x:.3f}" for x in d.get("train_loss_per_epoch") or [])
         print(
-            f"| {wd} | {model}{' (' + d['method'] + ')' if d.get('method') == 'distill' else ''} | "
+            f"| {wd} | {model}{' (' + d['method'] + ')' if d.get('method') == 'distill' else ''} | {head} | "
             f"{task} ({METRIC.get(task, '')}) | {used:,} of {avail:,} | {recipe.get('num_epochs', '?')} | "
-            f"{d['steps']} | {grid} | {d['picked_lr']:g}: **{fmt(d['scores'])}** | {d['wall_s']:.0f} | "
+            f"{d['steps']} | {grid} | {d['picked_lr']:g}: **{fmt(d['scores'])}** | {losses} | {d['wall_s']:.0f} | "
             f"{ANCHOR.get(task, '-') if model == 'teacher' else '-'} |"
         )
 
