@@ -71,7 +71,7 @@ def minilm(c: ml_collections.ConfigDict) -> None:
 
 
 def cpu(c: ml_collections.ConfigDict) -> None:
-    """Every stage in about an hour on 2 CPU cores (an estimate from the plan/ETA, README): :minilm's real teacher,
+    """Every stage in about an hour on 2 CPU cores (95 CPU-minutes, measured once; README): :minilm's real teacher,
     corpus and GLUE folders (override with --config.data.corpus / --config.data.glue_dir), the study's small budget
     (docs/results.md): 8 candidates x 20 mini-KD steps, 600 KD steps, PDT of 2 winners, 1,000 GLUE examples."""
     minilm(c)
