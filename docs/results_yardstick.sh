@@ -52,5 +52,6 @@ STEPS=("$@")
 # The order they ran in.
 [[ ${#STEPS[@]} -gt 0 ]] || STEPS=(teacher-1e-4-stsb-e1 teacher-1e-4-sst2-n8000-e1 teacher-1e-4-rte-e1
   teacher-1e-4-cola-e1 teacher-3e-5-rte-e1 teacher-3e-5-cola-e1 teacher-1e-4-cola-e1-pmean
-  teacher-1e-4-cola-e1-pfresh_pooler teacher-1e-4-rte-e1-pmean teacher-1e-4-cola-pmean teacher-1e-4-rte-pmean)
+  teacher-1e-4-cola-e1-pfresh_pooler teacher-1e-4-rte-e1-pmean teacher-1e-4-cola-pmean teacher-1e-4-rte-pmean
+  teacher-3e-5-cola-pmean)
 for s in "${STEPS[@]}"; do run "$s"; done
