@@ -124,6 +124,12 @@ def resolve_pooling(configured: str, teacher_folder: str) -> tuple[str, str]:
     return "pooler", "auto: the teacher is not a sentence-transformers model"
 
 
+def recorded_recipe(recipe: dict | None) -> dict:
+    """A recipe as a score recorded it, with the head filled in for rows written before glue.pooling existed: they
+    trained BERT's head, 'pooler'. The glue stage (is a score current?) and the report (one recipe?) compare these."""
+    return {"pooling": "pooler", **(recipe or {})}
+
+
 # How the report and logs name each head.
 DESCRIPTIONS = {
     "pooler": "the checkpoint's pooler (dense+tanh; fresh if it has none) on [CLS] -> dropout -> linear",

@@ -26,7 +26,7 @@ import numpy as np
 
 from kdjax import glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
-from kdjax.classifier import DESCRIPTIONS, resolve_pooling
+from kdjax.classifier import DESCRIPTIONS, recorded_recipe, resolve_pooling
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
@@ -88,9 +88,8 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, metho
         old = read_json(path)
     except ValueError:
         return False
-    # Rows written before glue.pooling existed trained BERT's head: they stay current for pooling 'pooler'.
-    old_recipe = {"pooling": "pooler", **(old.get("recipe") or {})}
-    same = old_recipe == recipe.to_dict() and old.get("source") == ref.source and old.get("data") == data_source
+    same_recipe = recorded_recipe(old.get("recipe")) == recipe.to_dict()
+    same = same_recipe and old.get("source") == ref.source and old.get("data") == data_source
     return same and old.get("distill") == (method or {}).get("distill") and same_weights(path, old, ref)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kdjax import model_latency
-from kdjax.classifier import DESCRIPTIONS
+from kdjax.classifier import DESCRIPTIONS, recorded_recipe
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
 from kdjax.report_searches import finite_or_none, load_histories, one_reward_scale, series_by_strategy
@@ -262,8 +262,7 @@ def readme(
     if searches:
         out += [search_table(searches)]
     out += [*(f"{n}\n" for n in notes)]
-    # Rows written before glue.pooling existed trained BERT's head: compare them as 'pooler' (as the glue stage does).
-    recipes = {json.dumps({"pooling": "pooler", **r["recipe"]}, sort_keys=True) for r in rows if r.get("recipe")}
+    recipes = {json.dumps(recorded_recipe(r["recipe"]), sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
         out += [f"Fine-tuning recipe ({note}; head: {_heads(rows)}): `{sorted(recipes)[0]}`", ""]
@@ -280,7 +279,7 @@ def readme(
 def _heads(rows: list[dict]) -> str:
     """The classifier head(s) the rows trained, as kdjax.classifier names them (rows older than glue.pooling:
     pooler)."""
-    names = sorted({(r.get("recipe") or {}).get("pooling", "pooler") for r in rows if r.get("recipe")})
+    names = sorted({recorded_recipe(r["recipe"])["pooling"] for r in rows if r.get("recipe")})
     return "; ".join(f"{n} = {DESCRIPTIONS.get(n, n)}" for n in names)
 
 
