@@ -160,6 +160,7 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
     _positive(c, "nas.reward.latency_budget", allow_zero=True)
     if not 0.0 < c.nas.space.max_params_fraction <= 1.0:
         raise ConfigError(f"nas.space.max_params_fraction={c.nas.space.max_params_fraction} must be in (0, 1]")
+    _positive(c, "nas.space.min_speedup", allow_zero=True)
 
     for t in split_list(c.glue.tasks):
         _choice(t, "glue.tasks", GLUE_TASKS)
