@@ -4,8 +4,10 @@ It scores what the earlier stages made and never distils on its own: the random 
 of glue.models are distilled by the kd stage, and a missing one stops the stage at once with one line saying so.
 Every (model, task) is trained once per learning rate of glue.learning_rates and keeps the best dev score
 (kdjax.finetune). Students of this run (nas/kd/pdt/random rows) are task-distilled from the fine-tuned teacher
-(kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The teacher's picked
-classifier is saved as W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
+(kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The stage goes task by
+task, scoring every row of a task before the next, so the teacher's pass over a task (its logits, the augmented
+copies) is made once and shared by all the task's students. The teacher's picked classifier is saved as
+W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
 its recipe, method and (for a model in a folder) a fingerprint of its weights; a file with the same recipe, method,
 source and weights is not recomputed, so an interrupted stage resumes where it stopped, and a model re-made at the same
 folder (re-distilled with --config.force=true) is scored again. A scored model's latency is recorded once
