@@ -352,7 +352,7 @@ def run(ctx: RunContext) -> dict:
     # teacher's logits on its training set and augmented copies), released before the next task's is made. With
     # models outside, each task's would have to be kept until the last student (SST-2 with augment_factor 20 is 1.4M
     # examples) or made again per student. A model is loaded once per task it is scored on: seconds, not minutes.
-    last = {name: rows[-1][0] for name, rows in todo.items() if rows}
+    last = {name: left[-1][0] for name, left in todo.items() if left}
     # The teacher first: a student before it in glue.models would have it fine-tuned on demand, then again as a row.
     ordered = sorted(refs, key=lambda r: r.kind != "teacher")
     for task in tasks:
