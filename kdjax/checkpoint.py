@@ -83,11 +83,7 @@ class Checkpointer:
         path = os.path.join(self.directory, "settings.json")
         current = json.loads(json.dumps(settings))
         old = None
-        # Orbax names a finished step's folder by the bare step number (temporary folders carry a suffix).
-        has_steps = any(
-            n.isdigit() and os.path.isdir(os.path.join(self.directory, n)) for n in os.listdir(self.directory)
-        )
-        if has_steps and os.path.exists(path):
+        if saved_steps(self.directory) and os.path.exists(path):
             try:
                 with open(path) as f:
                     old = json.load(f)
@@ -199,6 +195,15 @@ class Checkpointer:
         finally:
             for tmp in glob.glob(os.path.join(self.directory, f"*{TMP_MARK}*")):
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def saved_steps(directory: str) -> list[int]:
+    """The finished checkpoint steps in `directory`, ascending, read from its listing without Orbax: a finished
+    step's folder is named by the bare step number (temporary folders carry a suffix)."""
+    if not os.path.isdir(directory):
+        return []
+    names = os.listdir(directory)
+    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
 def _show(value: Any) -> str:

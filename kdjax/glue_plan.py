@@ -5,10 +5,11 @@ most glue.small_task_examples training examples), each time glue.num_epochs epoc
 step. Students of this run (nas/kd/pdt/random rows) with glue.distill.enabled are trained twice: task-distilled
 (`<model>`) and, with glue.distill.baseline, fine-tuned only (`<model>-ft`). A distilled row trains on its examples
 plus glue.distill.augment_factor augmented copies of each (made with the teacher's masked-LM head when it has one),
-against the fine-tuned teacher's logits, computed once per row and task before training; intermediate losses also
-run the teacher inside every student step. Task distillation needs the fine-tuned teacher, so the teacher is
-fine-tuned on every task even when glue.models does not name it. A row's work is counted whether or not an earlier
-run scored it already: the plan is the stage's cost, as for the other stages.
+against the fine-tuned teacher's logits; the copies and logits are made once per task and shared by every student of
+it; intermediate losses also run the teacher inside every student step. Task distillation needs the fine-tuned
+teacher, so the teacher is fine-tuned on a task a student distils on even when glue.models does not name it. Only
+what is left is counted: a row the stage would skip (its score is current, kdjax.glue_stage.scored) is counted as
+done, unless a stage of the same run makes its model again.
 """
 
 from __future__ import annotations
@@ -166,11 +167,34 @@ def roles(ctx, row: Row) -> list[str]:
     return ["finetune"]
 
 
+def trainings(ctx, row: Row) -> list[tuple[str, str]]:
+    """(row name, role) of each training of one row per task: `roles` under the names the stage writes them."""
+    from kdjax.glue_models import ModelRef, row_names
+
+    return list(zip(row_names(ctx, ModelRef(row.name, row.kind, "")), roles(ctx, row)))
+
+
+# The stage that makes each student kind's models: forced in the same run, it makes them again, so their scores are
+# not done however current they are now.
+MADE_BY = {"nas": "nas", "kd": "kd", "pdt": "kd", "random": "kd"}
+
+
+def _done(ctx, stages: list[str], planned: list[Row]) -> set[tuple[str, str]]:
+    """(row, task) pairs the glue stage of this run will not train: scored and current (kdjax.glue_stage.scored), of
+    a model no stage of the run makes again."""
+    from kdjax.glue_stage import scored
+
+    remade = {n for r in planned if ctx.settings.force and MADE_BY.get(r.kind) in stages for n, _ in trainings(ctx, r)}
+    return {(name, task) for name, task in scored(ctx) if name not in remade}
+
+
 @dataclasses.dataclass
 class GluePlan:
     rows: list[Row]  # glue.models' rows, plus the teacher when students distil from it and glue.models omits it
-    units: dict[str, Work]  # unit(role, task) -> what its rows train
+    units: dict[str, Work]  # unit(role, task) -> what its rows have left to train
     seeds: dict[str, int]  # task -> seeds per grid point
+    done: Work = dataclasses.field(default_factory=Work)  # the trainings already scored, and their steps
+    total: int = 0  # trainings of the stage, done or not
 
 
 def _train_examples(ctx, task: str) -> tuple[int, int]:
@@ -182,52 +206,63 @@ def _train_examples(ctx, task: str) -> tuple[int, int]:
 
 
 def work(ctx, stages: list[str], kd_spec: ArchSpec) -> GluePlan:
-    """What the glue stage of a run of `stages` will train, per unit (role, task)."""
+    """What the glue stage of a run of `stages` has left to train, per unit (role, task), and what it has done."""
     s = ctx.settings
     recipe, cfg = s.glue.recipe, s.glue.distill.loss
     teacher = ctx.teacher
     planned = rows(ctx, stages, kd_spec)
-    if any("distill" in roles(ctx, r) for r in planned) and not any(r.kind == "teacher" for r in planned):
+    named_teacher = any(r.kind == "teacher" for r in planned)
+    if any("distill" in roles(ctx, r) for r in planned) and not named_teacher:
         planned.insert(0, Row("teacher", "teacher", teacher.spec))
+    done = _done(ctx, stages, planned)
     batch = max(1, recipe.per_device_batch_size * ctx.mesh.size)
     grid = max(1, len(recipe.learning_rates))
     factor = max(0, cfg.augment_factor)
     # The augmenter's masked-LM head: transform (e x h) and the tied decoder over the vocabulary, per token.
     t_spec = teacher.spec
     mlm = 2 * t_spec.embed_dim * (t_spec.hidden_size + t_spec.vocab_size) if teacher.has_mlm_head else 0
-    units: dict[str, Work] = {}
-    seeds: dict[str, int] = {}
+    out = GluePlan(planned, {}, {})
     for task in s.glue.tasks:
         n, n_dev = _train_examples(ctx, task)
-        seeds[task] = len(recipe.seeds_for(n))
-        runs = grid * seeds[task]  # trainings of one row: each rate, each seed
+        out.seeds[task] = len(recipe.seeds_for(n))
+        runs = grid * out.seeds[task]  # trainings of one row: each rate, each seed
         tok = min(GLUE_TOKENS[task], recipe.max_seq_len)
         t_flops = float(t_spec.flops_per_token(tok)) * tok  # one teacher forward of one example
+        todo = [(row, role) for row in planned for name, role in trainings(ctx, row) if (name, task) not in done]
+        distilled = any(role == "distill" for _, role in todo)
         for row in planned:
-            for role in roles(ctx, row):
-                w = units.setdefault(unit(role, task), Work())
+            for name, role in trainings(ctx, row):
+                out.total += 1
                 size = n * (1 + factor) if role == "distill" else n
+                steps = -(-size // batch) * recipe.num_epochs * runs
+                if (name, task) in done:
+                    out.done.trainings += 1
+                    out.done.steps += steps
+                    continue
+                if role == "teacher" and not named_teacher and not distilled:
+                    continue  # fine-tuned only for a student that distils on this task
+                w = out.units.setdefault(unit(role, task), Work())
                 seen = size * recipe.num_epochs * runs
                 w.trainings += 1
-                w.steps += -(-size // batch) * recipe.num_epochs * runs
+                w.steps += steps
                 w.examples += seen
                 # Training is 3x a forward; every rate and seed is scored on the full dev splits.
                 w.flops += (3 * seen + n_dev * runs) * float(row.spec.flops_per_token(tok)) * tok
-                if role != "distill":
-                    continue
-                w.augmented += n * factor
-                w.teacher_logit_examples += size
-                w.flops += size * t_flops
-                if mlm:  # embedding neighbours (no MLM head) cost next to nothing
-                    w.flops += n * factor * (t_flops + mlm * tok)
-                if cfg.needs_states:
+                if role == "distill" and cfg.needs_states:
                     w.teacher_step_examples += seen
                     w.flops += seen * t_flops
-    return GluePlan(planned, units, seeds)
+        if distilled:  # the teacher's logits (and the augmented copies) for every student of the task, made once
+            w = out.units[unit("distill", task)]
+            w.augmented += n * factor
+            w.teacher_logit_examples += n * (1 + factor)
+            w.flops += n * (1 + factor) * t_flops
+            if mlm:  # embedding neighbours (no MLM head) cost next to nothing
+                w.flops += n * factor * (t_flops + mlm * tok)
+    return out
 
 
 def describe(ctx, plan: GluePlan) -> str:
-    """The plan's glue line: the trainings per task and what multiplies them."""
+    """The plan's glue line: the trainings per task and what multiplies them, and how many are scored already."""
     g, recipe = ctx.settings.glue, ctx.settings.glue.recipe
     if not plan.rows:
         return f"no model of glue.models ({','.join(g.models)}) to score yet"
@@ -254,4 +289,6 @@ def describe(ctx, plan: GluePlan) -> str:
     factor = g.distill.loss.augment_factor
     if by_role["distill"] and factor > 0:
         what += f"; distilled rows on {1 + factor}x examples (augmented)"
+    if plan.done.trainings:
+        what += f"; {plan.done.trainings} of the {plan.total} (model, task) trainings scored already"
     return what

@@ -4,8 +4,10 @@ It scores what the earlier stages made and never distils on its own: the random 
 of glue.models are distilled by the kd stage, and a missing one stops the stage at once with one line saying so.
 Every (model, task) is trained once per learning rate of glue.learning_rates and keeps the best dev score
 (kdjax.finetune). Students of this run (nas/kd/pdt/random rows) are task-distilled from the fine-tuned teacher
-(kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The teacher's picked
-classifier is saved as W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
+(kdjax.task_distill) and, with glue.distill.baseline, also fine-tuned only as '<model>-ft'. The stage goes task by
+task, scoring every row of a task before the next, so the teacher's pass over a task (its logits, the augmented
+copies) is made once and shared by all the task's students. The teacher's picked classifier is saved as
+W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
 its recipe, method and (for a model in a folder) a fingerprint of its weights; a file with the same recipe, method,
 source and weights is not recomputed, so an interrupted stage resumes where it stopped, and a model re-made at the same
 folder (re-distilled with --config.force=true) is scored again. A scored model's latency is recorded once
@@ -104,13 +106,16 @@ def same_weights(path: str, old: dict, ref: ModelRef) -> bool:
     return os.path.getmtime(weights) <= os.path.getmtime(path)
 
 
+def _glue_dir(ctx: RunContext) -> str:
+    """`data.glue_dir` as a folder, without generating anything: 'synthetic' is W/cache/glue-synthetic."""
+    glue_dir = ctx.settings.data.glue_dir
+    return ctx.workdir.path("cache", "glue-synthetic") if glue_dir == "synthetic" else glue_dir
+
+
 def glue_root(ctx: RunContext) -> str:
     """`data.glue_dir` as a folder; 'synthetic' is generated once into W/cache/glue-synthetic; '' means the hub."""
-    glue_dir = ctx.settings.data.glue_dir
-    if glue_dir != "synthetic":
-        return glue_dir
-    root = ctx.workdir.path("cache", "glue-synthetic")
-    if not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
+    root = _glue_dir(ctx)
+    if ctx.settings.data.glue_dir == "synthetic" and not os.path.exists(os.path.join(root, "WNLI", "dev.tsv")):
         from kdjax.data.synthetic_glue import write_glue_dir
 
         write_glue_dir(root, n_train=glue_plan.SYNTHETIC_TRAIN, n_dev=glue_plan.SYNTHETIC_DEV, seed=ctx.settings.seed)
@@ -118,22 +123,26 @@ def glue_root(ctx: RunContext) -> str:
 
 
 def data_source(ctx: RunContext, task: str) -> str:
-    glue_dir = glue_root(ctx)
+    """Where `task`'s data comes from, as a score records it (nothing is generated: the plan asks too)."""
+    glue_dir = _glue_dir(ctx)
     if not glue_dir:
         return "hub:nyu-mll/glue"
     return os.path.join(os.path.abspath(os.path.expanduser(glue_dir)), glue_data.TASKS[task].folder)
 
 
 class _Stage:
-    """One run of the stage: cached task data and fine-tuned teachers, and the rows it writes."""
+    """One run of the stage: the current task's data, fine-tuned teacher and distillation data, and the rows it
+    writes."""
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
-        self.recipe, why = resolved_recipe(ctx)
-        print(f"glue: head {self.recipe.pooling}: {DESCRIPTIONS[self.recipe.pooling]} ({why})")
+        self.recipe, self.pooling_why = resolved_recipe(ctx)
         self.distill = distill_of(ctx, self.recipe)
         self.tasks: dict[str, glue_data.TaskData] = {}
         self.teachers: dict[str, dict] = {}
+        # The teacher's work for the students of one task (kdjax.task_distill.prepare), made once per task: `run`
+        # scores a task's students together and `release`s the task before the next, so one task's is held at a time.
+        self.distilled: dict[str, DistillData] = {}
         self.done: list[str] = []
 
     def task(self, name: str) -> glue_data.TaskData:
@@ -141,12 +150,23 @@ class _Stage:
             self.tasks[name] = glue_data.load_task(name, glue_root(self.ctx))
         return self.tasks[name]
 
+    def release(self, task: str) -> None:
+        """Drop what was kept for `task` (its data, fine-tuned teacher and distillation data) once it is scored."""
+        for kept in (self.tasks, self.teachers, self.distilled):
+            kept.pop(task, None)
+
     def methods(self, ref: ModelRef) -> list[tuple[str, dict | None]]:
         """(row name, distill record) per row this ref makes: distilled students, plus their fine-tune-only twin."""
         names = row_names(self.ctx, ref)
         if not distils(self.ctx, ref.kind):
             return [(names[0], None)]
         return [(names[0], {"distill": self.distill.to_dict()})] + [(n, None) for n in names[1:]]
+
+    def is_scored(self, ref: ModelRef, task: str, name: str, method: dict | None) -> bool:
+        """Whether row `name` of `ref` is scored on `task` as this run would score it: the stage skips it."""
+        if ref.kind == "teacher":
+            return self.teacher_current(task)
+        return is_current(result_path(self.ctx, name, task), ref, self.recipe, data_source(self.ctx, task), method)
 
     def teacher_current(self, task: str) -> bool:
         ref = teacher_ref(self.ctx)
@@ -165,6 +185,14 @@ class _Stage:
         return self.teachers[task]
 
     def distill_data(self, task: str) -> DistillData:
+        """The students' training set of `task` with the teacher's logits, made on first use (`teacher_pass`)."""
+        if task not in self.distilled:
+            for other in list(self.distilled):  # at most one task's: with augmentation it can be large
+                del self.distilled[other]
+            self.distilled[task] = self.teacher_pass(task)
+        return self.distilled[task]
+
+    def teacher_pass(self, task: str) -> DistillData:
         """A student's training set (subsampled as the recipe says, maybe augmented) with the teacher's logits."""
         from kdjax.finetune import head_of, predict_logits, subsample
 
@@ -288,30 +316,54 @@ def _stale(path: str, ref: ModelRef) -> bool:
         return True
 
 
+def scored(ctx: RunContext) -> set[tuple[str, str]]:
+    """(row, task) pairs of glue.models, and the teacher's, that the stage would not score again now (the plan
+    counts the rest, kdjax.glue_plan)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # what resolving skips, the stage itself says when it runs
+            refs = resolve_models(ctx, list(ctx.settings.glue.models))
+    except KdjaxError:  # for the stage to report when it runs
+        refs = []
+    stage = _Stage(ctx)
+    tasks = ctx.settings.glue.tasks
+    out = {("teacher", task) for task in tasks if stage.teacher_current(task)}
+    for ref in refs:
+        for name, method in stage.methods(ref):
+            out |= {(name, task) for task in tasks if stage.is_scored(ref, task, name, method)}
+    return out
+
+
 def run(ctx: RunContext) -> dict:
     tasks = list(ctx.settings.glue.tasks)
     refs = resolve_models(ctx, list(ctx.settings.glue.models))
     check_distilled(refs)
     stage = _Stage(ctx)
-    recipe, skipped = stage.recipe, 0
+    print(f"glue: head {stage.recipe.pooling}: {DESCRIPTIONS[stage.recipe.pooling]} ({stage.pooling_why})")
+    todo: dict[str, list[tuple[str, str, dict | None]]] = {}
+    skipped = 0
     for ref in refs:
-        rows = stage.methods(ref)
-        todo = []
-        for task in tasks:
-            for name, method in rows:
-                current = is_current(result_path(ctx, name, task), ref, recipe, data_source(ctx, task), method)
-                if ref.kind == "teacher":
-                    current = stage.teacher_current(task)
-                if current:
-                    skipped += 1
-                else:
-                    todo.append((task, name, method))
-        if not todo:
+        rows = [(task, name, method) for task in tasks for name, method in stage.methods(ref)]
+        todo[ref.name] = [row for row in rows if not stage.is_scored(ref, *row)]
+        skipped += len(rows) - len(todo[ref.name])
+        if not todo[ref.name]:
             print(f"glue: {ref.name}: all {len(tasks)} task(s) already scored with this recipe")
             record_latency(ctx, ref, None, result_path(ctx, ref.name, tasks[0]))
-            continue
-        model = load_model(ctx, ref)
-        for task, name, method in todo:
-            stage.score(ref, task, name, method, model)
-        record_latency(ctx, ref, model[0])
+    # Tasks outside, models inside: every student of a task distils from the one DistillData made for the task (the
+    # teacher's logits on its training set and augmented copies), released before the next task's is made. With
+    # models outside, each task's would have to be kept until the last student (SST-2 with augment_factor 20 is 1.4M
+    # examples) or made again per student. A model is loaded once per task it is scored on: seconds, not minutes.
+    last = {name: left[-1][0] for name, left in todo.items() if left}
+    # The teacher first: a student before it in glue.models would have it fine-tuned on demand, then again as a row.
+    ordered = sorted(refs, key=lambda r: r.kind != "teacher")
+    for task in tasks:
+        for ref in ordered:
+            here = [(name, method) for t, name, method in todo[ref.name] if t == task]
+            if not here:
+                continue
+            model = load_model(ctx, ref)
+            for name, method in here:
+                stage.score(ref, task, name, method, model)
+            if last[ref.name] == task:
+                record_latency(ctx, ref, model[0])
+        stage.release(task)
     return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(stage.done), "skipped": skipped}

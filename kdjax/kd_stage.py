@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kdjax import model_latency, pdt, plan
-from kdjax.checkpoint import Checkpointer
+from kdjax.checkpoint import Checkpointer, saved_steps
 from kdjax.collapse import CollapseGuard, CollapseHook
 from kdjax.config.settings import KdSettings
 from kdjax.context import RunContext
@@ -224,7 +224,66 @@ def pending(ctx: RunContext) -> list[str]:
     return [r.name for r in kd_targets(ctx) if not r.exported()]
 
 
-def _distil_targets(ctx: RunContext, inp: KdInputs, skip: set[str], again: bool) -> list[str]:
+def _kept(ctx: RunContext, out_dir: str) -> bool:
+    """A stage that finished before and runs again only for models glue.models added since (pipeline: `pending`)
+    keeps what it made: no finished distillation is resumed or repeated (nor, after a kept full KD, its PDT)."""
+    return ctx.workdir.is_done("kd") and not ctx.settings.force and finished(out_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """One distillation of the kd stage, and how far an earlier run of the stage took it."""
+
+    kind: str  # 'kd' (the chosen student), 'pdt' (a search winner) or 'target' (a model glue.models names)
+    spec: ArchSpec
+    out_dir: str
+    steps: int
+    done: int  # steps this run will not train: all when kept or finished, a checkpoint's when interrupted
+
+
+def distillations(ctx: RunContext, steps: int) -> list[Distillation]:
+    """What the stage trains, in its order, with `steps` steps of full KD: the chosen student, PDT of each search
+    winner it can continue (kdjax.pdt.ready_winners), then the models glue.models names (`kd_targets`). A forced
+    stage starts every one again; otherwise what is kept or `finished` is done, and an interrupted one resumes from
+    its latest checkpoint (kdjax.plan counts the rest, and the stage's ETA too)."""
+    s = ctx.settings
+    spec = ctx.student_spec(chosen_arch(ctx)[0])
+    main = ctx.workdir.kd_dir(spec.arch_id)
+    kept = _kept(ctx, main)
+
+    def piece(kind: str, spec: ArchSpec, out_dir: str, steps: int, skipped: bool) -> Distillation:
+        if s.force:
+            done = 0
+        elif skipped or finished(out_dir):
+            done = steps
+        else:
+            done = min(steps, max(saved_steps(os.path.join(out_dir, "checkpoints")), default=0))
+        return Distillation(kind, spec, out_dir, steps, done)
+
+    out = [piece("kd", spec, main, steps, kept)]
+    if s.kd.pdt_steps > 0:
+        for arch_id in pdt.ready_winners(ctx):
+            out.append(piece("pdt", ctx.student_spec(arch_id), ctx.workdir.pdt_dir(arch_id), s.kd.pdt_steps, kept))
+    for ref in kd_targets(ctx):
+        folder = ctx.workdir.model_dir(ref.kind, ref.arch_id, ref.name)
+        assert ref.arch_id is not None and folder is not None
+        if folder != main:  # the chosen student named again: distilled once
+            out.append(piece("target", ctx.student_spec(ref.arch_id), folder, steps, _kept(ctx, folder)))
+    return out
+
+
+def eta_positions(work: list[Distillation]) -> dict[str, tuple[int, int]]:
+    """out_dir -> (steps before it, steps of the stage) for `distill_arch`'s `eta`, counted in what was left when this
+    run started (what the plan counts): a distillation resumed at step k reports step k as 0 steps into this run."""
+    total = sum(d.steps - d.done for d in work)
+    positions, before = {}, 0
+    for d in work:
+        positions[d.out_dir] = (before - d.done, total)
+        before += d.steps - d.done
+    return positions
+
+
+def _distil_targets(ctx: RunContext, inp: KdInputs, skip: set[str], eta: dict[str, tuple[int, int]]) -> list[str]:
     """Distil the random baselines and arch ids of glue.models (not `skip`, the folders already made)."""
     done = []
     for ref in kd_targets(ctx):
@@ -234,11 +293,11 @@ def _distil_targets(ctx: RunContext, inp: KdInputs, skip: set[str], again: bool)
             continue
         if ctx.settings.force:
             ctx.workdir.set_aside("kd", out)
-        elif again and finished(out):
+        elif _kept(ctx, out):
             continue
         print(f"kd: distilling {ref.name} for glue.models with the kd.* budget into {out}")
         spec = ctx.student_spec(ref.arch_id)
-        summary = distill_arch(inp, spec, out_dir=out, desc=ref.name)
+        summary = distill_arch(inp, spec, out_dir=out, desc=ref.name, eta=eta.get(out))
         record_latency(ctx, spec, out)
         print(f"kd: {ref.name} final loss {summary['final_loss']:.4f}")
         done.append(ref.name)
@@ -246,27 +305,25 @@ def _distil_targets(ctx: RunContext, inp: KdInputs, skip: set[str], again: bool)
 
 
 def run(ctx: RunContext) -> dict:
-    # A stage that finished before and runs again only for models glue.models added since (pipeline: `pending`)
-    # keeps what it made: no distillation is resumed or repeated.
     again = ctx.workdir.is_done("kd") and not ctx.settings.force
     arch_id, origin = chosen_arch(ctx)
     spec = ctx.student_spec(arch_id)
     out = ctx.workdir.kd_dir(spec.arch_id)
     inp = kd_inputs(ctx)
+    steps = inp.kd.num_steps(inp.batches.steps_per_epoch)
+    eta = eta_positions(distillations(ctx, steps))
     pdt_done: list[dict] = []
-    if not (again and finished(out)):
+    if not _kept(ctx, out):
         log.info("kd: distilling %s (%s, %.1fM params)", arch_id, origin, spec.num_params / 1e6)
         if ctx.settings.force:
             # A forced re-run trains from scratch; the earlier outputs stay in W/.previous/kd until it finishes.
             ctx.workdir.set_aside("kd", out)
         os.makedirs(out, exist_ok=True)
-        steps = inp.kd.num_steps(inp.batches.steps_per_epoch)
-        stage_steps = steps + pdt.planned_steps(ctx)
-        summary = distill_arch(inp, spec, out_dir=out, steps=steps, eta=(0, stage_steps))
+        summary = distill_arch(inp, spec, out_dir=out, steps=steps, eta=eta[out])
         record_latency(ctx, spec, out)
         print(f"kd: {spec.arch_id} final loss {summary['final_loss']:.4f}, export in {os.path.join(out, 'hf')}")
-        pdt_done = pdt.run(ctx, inp, steps_before=steps, stage_steps=stage_steps)
-    targets = _distil_targets(ctx, inp, {out, *(ctx.workdir.pdt_dir(s["arch_id"]) for s in pdt_done)}, again)
+        pdt_done = pdt.run(ctx, inp, eta)
+    targets = _distil_targets(ctx, inp, {out, *(ctx.workdir.pdt_dir(s["arch_id"]) for s in pdt_done)}, eta)
     if again:  # the marker keeps what the first run recorded
         info = ctx.workdir.stage_info("kd")
         return {**info, "glue_models": [*info.get("glue_models", []), *targets]}

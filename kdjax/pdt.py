@@ -68,14 +68,9 @@ def ready_winners(ctx: RunContext) -> list[str]:
     return [a for a in winners(ctx) if os.path.exists(os.path.join(ctx.workdir.candidate_dir(a), STATE_FILE))]
 
 
-def planned_steps(ctx: RunContext) -> int:
-    """PDT steps the kd stage will run (for the plan and ETA)."""
-    return ctx.settings.kd.pdt_steps * len(ready_winners(ctx))
-
-
-def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int = 0) -> list[dict]:
+def run(ctx: RunContext, inp: KdInputs, eta: dict[str, tuple[int, int]] | None = None) -> list[dict]:
     """PDT of every top-k winner for kd.pdt_steps steps (nothing when 0) with the kd stage's inputs `inp`; returns
-    the result summaries. `steps_before` / `stage_steps` place these steps in the kd stage's ETA (0 = no ETA)."""
+    the result summaries. `eta` places each winner's folder in the kd stage's ETA (kdjax.kd_stage.eta_positions)."""
     from kdjax.kd_stage import distill_arch, record_latency
 
     steps = inp.kd.pdt_steps
@@ -85,7 +80,7 @@ def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int 
     if not arch_ids:
         print("kd: kd.pdt_steps > 0 but nas/top_k.json has no winners (run the nas stage); no PDT")
         return []
-    out, done = [], steps_before
+    out = []
     for arch_id in arch_ids:
         state_path = os.path.join(ctx.workdir.candidate_dir(arch_id), STATE_FILE)
         if not os.path.exists(state_path):
@@ -105,10 +100,9 @@ def run(ctx: RunContext, inp: KdInputs, steps_before: int = 0, stage_steps: int 
             projection_params=state["projection"],
             desc="pdt",
             extra={"pdt_from": state_path},
-            eta=(done, stage_steps) if stage_steps else None,
+            eta=(eta or {}).get(ctx.workdir.pdt_dir(arch_id)),
         )
         record_latency(ctx, spec, ctx.workdir.pdt_dir(arch_id))
-        done += steps
         print(f"kd: PDT {arch_id} final loss {summary['final_loss']:.4f}")
         out.append(summary)
     return out

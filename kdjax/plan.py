@@ -30,6 +30,8 @@ class StagePlan:
     # glue: progress by scored unit (kdjax.glue_plan.unit: role/task): the cost of one unit, and how many there are.
     units: dict[str, float] = dataclasses.field(default_factory=dict)
     unit_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Steps an earlier run of the stage already trained (or scored): `steps`, `examples` and `flops` are what is left.
+    done_steps: int = 0
 
 
 def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = True) -> float:
@@ -40,15 +42,13 @@ def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = 
 
 def build(ctx, stages: list[str]) -> list[StagePlan]:
     """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
-    from kdjax import pdt
-    from kdjax.glue_models import chosen_arch, kd_targets
+    from kdjax.glue_models import chosen_arch
 
     s, teacher = ctx.settings, ctx.teacher.spec
     seq, batch = s.data.max_seq_len, ctx.global_batch
     plans: list[StagePlan] = []
     rows = len(ctx.rows) if {"nas", "kd"} & set(stages) else 0
     kd_spec = ctx.student_spec(chosen_arch(ctx)[0])
-    top_k = s.nas.top_k
     if "teacher" in stages:
         plans.append(StagePlan("teacher", f"load {s.teacher.name}, time its latency", 0, 0, 0.0))
     if "nas" in stages:
@@ -67,29 +67,48 @@ def build(ctx, stages: list[str]) -> list[StagePlan]:
         what = f"{nas.strategy}, {budget} candidates x mini-KD {steps} steps on {proxy} proxy rows"
         plans.append(StagePlan("nas", what, budget * steps, budget * steps * batch, flops))
     if "kd" in stages:
-        steps = s.kd.num_steps(max(1, rows // batch))
-        pdt_steps = s.kd.pdt_steps
-        # Before the search has run, every one of its top-k winners is expected to get PDT.
-        winners = (top_k if "nas" in stages else pdt.planned_steps(ctx) // max(1, pdt_steps)) if pdt_steps else 0
-        total = steps + winners * pdt_steps
-        what = f"{kd_spec.arch_id} {steps} steps x batch {batch} ({rows} corpus rows of {seq} tokens)"
-        if "nas" in stages:
-            what = "the search's best (estimated as " + what + ")"
-        if winners:
-            what += f"; PDT of {winners} winner(s) x {pdt_steps} steps"
-        flops = _kd_step_flops(kd_spec, teacher, batch, seq) * total
-        # The random baselines and arch ids of glue.models, distilled with the same budget (the best's is done).
-        extra = [ctx.student_spec(r.arch_id) for r in kd_targets(ctx) if r.arch_id != kd_spec.arch_id]
-        if extra:
-            what += f"; KD of {len(extra)} model(s) glue.models names x {steps} steps"
-            flops += sum(_kd_step_flops(x, teacher, batch, seq) * steps for x in extra)
-            total += len(extra) * steps
-        plans.append(StagePlan("kd", what, total, total * batch, flops))
+        plans.append(_kd_plan(ctx, stages, kd_spec, rows))
     if "glue" in stages:
         plans.append(_glue_plan(ctx, stages, kd_spec))
     if "report" in stages:
         plans.append(StagePlan("report", "tables and figures", 0, 0, 0.0))
     return plans
+
+
+def _done(steps: int, done: int) -> str:
+    """What a part of a stage has done already: nothing to say, all of it, or some."""
+    return "" if not done else " (done)" if done >= steps else f" ({done:,} done)"
+
+
+def _kd_plan(ctx, stages: list[str], kd_spec, rows: int) -> StagePlan:
+    """The kd line: full KD of the chosen student, PDT of the winners, then KD of the models glue.models names, each
+    counted as kdjax.kd_stage.distillations says what is left of it."""
+    from kdjax.kd_stage import Distillation, distillations
+
+    s, teacher = ctx.settings, ctx.teacher.spec
+    seq, batch = s.data.max_seq_len, ctx.global_batch
+    steps, pdt_steps = s.kd.num_steps(max(1, rows // batch)), s.kd.pdt_steps
+    work = distillations(ctx, steps)
+    if "nas" in stages:
+        # The search picks the student and the winners: KD of its best and PDT of every top-k winner, all to do.
+        searched = [Distillation("kd", kd_spec, "", steps, 0)]
+        searched += [Distillation("pdt", kd_spec, "", pdt_steps, 0)] * (s.nas.top_k if pdt_steps else 0)
+        work = searched + [d for d in work if d.kind == "target"]
+    parts = {kind: [d for d in work if d.kind == kind] for kind in ("kd", "pdt", "target")}
+
+    def done(kind: str) -> str:
+        return _done(sum(d.steps for d in parts[kind]), sum(d.done for d in parts[kind]))
+
+    what = f"{kd_spec.arch_id} {steps} steps x batch {batch} ({rows} corpus rows of {seq} tokens)" + done("kd")
+    if "nas" in stages:
+        what = "the search's best (estimated as " + what + ")"
+    if parts["pdt"]:
+        what += f"; PDT of {len(parts['pdt'])} winner(s) x {pdt_steps} steps" + done("pdt")
+    if parts["target"]:
+        what += f"; KD of {len(parts['target'])} model(s) glue.models names x {steps} steps" + done("target")
+    left = sum(d.steps - d.done for d in work)
+    flops = sum(_kd_step_flops(d.spec, teacher, batch, seq) * (d.steps - d.done) for d in work)
+    return StagePlan("kd", what, left, left * batch, flops, done_steps=sum(d.done for d in work))
 
 
 def _glue_plan(ctx, stages: list[str], kd_spec) -> StagePlan:
@@ -105,6 +124,7 @@ def _glue_plan(ctx, stages: list[str], kd_spec) -> StagePlan:
         sum(w.flops for w in units),
         {k: w.flops / w.trainings for k, w in planned.units.items()},
         {k: w.trainings for k, w in planned.units.items()},
+        planned.done.steps,
     )
 
 
@@ -112,6 +132,10 @@ def format_plan(plans: list[StagePlan]) -> str:
     lines = ["plan (FLOPs = estimated matmul compute; seconds follow once the first steps are timed):"]
     for p in plans:
         cost = f"{p.steps:,} steps, {p.examples:,} examples, {p.flops:.2e} FLOPs" if p.flops else "no training"
+        if p.done_steps and p.steps:  # a resumed stage, or one run again for what is new: only what is left counts
+            cost = f"{p.steps:,} steps left ({p.done_steps:,} done), {p.examples:,} examples, {p.flops:.2e} FLOPs"
+        elif p.done_steps:
+            cost = f"nothing left to train ({p.done_steps:,} steps done)"
         lines.append(f"  {p.name:<8} {p.what}; {cost}")
     return "\n".join(lines)
 
@@ -246,8 +270,9 @@ def stage_done(stage: str) -> None:
 class EtaHook(Hook):
     """Reports a `distill` run's progress to the tracker at each of its reports.
 
-    The stage runs `stage_steps` steps in all (e.g. KD, then PDT of each winner); this run starts at `steps_before`.
-    Timing starts at the first report, so compilation is not extrapolated.
+    The stage has `stage_steps` steps left in all when the run starts (e.g. KD, then PDT of each winner: what the plan
+    counts); this distillation's step 0 is `steps_before` steps into them (kdjax.kd_stage.eta_positions). Timing
+    starts at the first report, so compilation is not extrapolated.
     """
 
     stage: str

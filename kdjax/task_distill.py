@@ -5,7 +5,8 @@ et al.; KL has the same gradient and is 0 when the student matches the teacher).
 `alpha` mixes in the hard-label loss on the original (non-augmented) examples. Optional intermediate losses reuse
 the KD stage's: hidden-state MSE (Uniform+Last mapping through a trained Linear(Hs, 2*Ht)) and MiniLMv2 attention
 relations of the last layer. The teacher's logits are computed once per training example (augmented ones included)
-before training, so an epoch costs the student's steps only unless an intermediate loss needs the teacher's states.
+before training (kdjax.glue_stage does it once per task for all its students), so an epoch costs the student's steps
+only unless an intermediate loss needs the teacher's states.
 """
 
 from __future__ import annotations

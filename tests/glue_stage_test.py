@@ -314,3 +314,44 @@ def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_d
     # An explicit head wins over auto: the pretrained pooler again, so everything is recomputed.
     ctx = run_context(tmp_path, {"glue.pooling": "pooler"}, config=c)
     assert glue_stage.run(ctx)["scored"] == 2
+
+
+def test_the_teacher_labels_a_task_once_for_all_its_students(tmp_path, glue_dir, monkeypatch, capsys):
+    """Two students of one task distil from one pass of the fine-tuned teacher over its training set (a pass per
+    student would double the teacher's work), and each task's pass is released before the next task's is made."""
+    labelled: list[int] = []  # examples per call of the teacher's predict function
+    passes: list[str] = []  # tasks the stage made distillation data for, in order
+    held: list[int] = []  # tasks' data still kept when the next is made
+    real_prepare, real_pass = glue_stage.prepare, glue_stage._Stage.teacher_pass
+
+    def counted_prepare(cfg, train, teacher_logits_fn, augmenter=None):
+        def logits(enc):
+            labelled.append(len(enc))
+            return teacher_logits_fn(enc)
+
+        return real_prepare(cfg, train, logits, augmenter)
+
+    def students(run_ctx):  # two students of this run: copies of the tiny teacher under the 'kd' kind
+        src, arch = run_ctx.teacher.source, run_ctx.teacher.spec.arch_id
+        return [glue_models.ModelRef(f"kd-copy{i}", "kd", src, arch) for i in (1, 2)]
+
+    def counted_pass(self, task):
+        passes.append(task)
+        held.append(len(self.distilled))
+        return real_pass(self, task)
+
+    monkeypatch.setattr(glue_stage, "prepare", counted_prepare)
+    monkeypatch.setattr(glue_stage._Stage, "teacher_pass", counted_pass)
+    monkeypatch.setitem(glue_models.KEYWORDS, "copies", students)
+    c = _config(glue_dir, models="copies", learning_rates="1e-3")
+    c.glue.distill.baseline = False
+    ctx = run_context(tmp_path, config=c)
+    assert glue_stage.run(ctx)["scored"] == 2 * 2 + 2  # two students and the teacher on rte and stsb
+    assert passes == ["rte", "stsb"] and labelled == [16, 16] and held == [0, 0]
+    out = capsys.readouterr().out
+    # Tasks outside, models inside: both students of rte are scored before stsb's teacher is fine-tuned.
+    order = [out.index(f"glue: {row} ") for row in ("teacher rte", "kd-copy2 rte", "teacher stsb")]
+    assert order == sorted(order)
+    for i in (1, 2):
+        for task in ("rte", "stsb"):
+            assert read_json(glue_stage.result_path(ctx, f"kd-copy{i}", task))["method"] == "distill"

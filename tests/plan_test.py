@@ -119,10 +119,10 @@ def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
 
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     now: list[collections.Counter] = []
-    real_finetune, real_step, real_data = (
+    real_finetune, real_step, real_pass = (
         glue_stage.finetune,
         finetune.jitted_train_step,
-        glue_stage._Stage.distill_data,
+        glue_stage._Stage.teacher_pass,
     )
 
     def counted_finetune(**kw):
@@ -141,15 +141,15 @@ def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
 
         return run
 
-    def counted_data(self, task):
-        out = real_data(self, task)
+    def counted_pass(self, task):
+        out = real_pass(self, task)
         c = counts[glue_plan.unit("distill", task)]
         c.update(teacher_logit_examples=len(out.teacher_logits), augmented=len(out.train) - out.num_original)
         return out
 
     monkeypatch.setattr(glue_stage, "finetune", counted_finetune)
     monkeypatch.setattr(finetune, "jitted_train_step", counted_step)
-    monkeypatch.setattr(glue_stage._Stage, "distill_data", counted_data)
+    monkeypatch.setattr(glue_stage._Stage, "teacher_pass", counted_pass)
     return counts
 
 
@@ -161,15 +161,17 @@ def _planned(work: glue_plan.Work) -> collections.Counter:
 def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypatch, capsys):
     """The plan's glue steps and examples are what the stage trains: (a) each student twice, task-distilled and
     fine-tuned only; (b) the teacher fine-tuned for task distillation although glue.models does not name it, and
-    run on every distilled example (here also inside the student's steps, for the hidden-state loss); (c) the
-    distilled rows on their augmented copies too; (d) glue.seeds runs on the small task only."""
+    run once per task on every distilled example, for all students together (here also inside the students' steps,
+    for the hidden-state loss); (c) the distilled rows on their augmented copies too; (d) glue.seeds runs on the
+    small task only. (e) Run again with one more student, the plan counts only that student's work."""
     from kdjax import glue_stage
 
     sizes = {"rte": 6, "sst2": 10}  # glue.small_task_examples=8: rte is small, sst2 is not
     arch = tiny_teacher.spec.arch_id
     fields = {
         "data.glue_dir": _glue_folder(str(tmp_path / "glue"), sizes),
-        "glue.models": arch,  # a student of this run: its full-KD export, kd/<arch>/hf (a copy of the teacher)
+        # Two students of this run: the full-KD and mini-KD exports of `arch` (copies of the teacher).
+        "glue.models": f"{arch},nas-{arch}",
         "glue.tasks": "rte,sst2",
         "glue.max_train_examples": 0,
         "glue.per_device_batch_size": 1,
@@ -181,39 +183,64 @@ def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypa
         "glue.distill.hidden_weight": 0.5,
     }
     ctx = run_context(tmp_path / "w", fields, teacher=tiny_teacher)
-    shutil.copytree(tiny_teacher.source, os.path.join(ctx.workdir.kd_dir(arch), "hf"))
+    for folder in (ctx.workdir.kd_dir(arch), ctx.workdir.candidate_dir(arch)):
+        shutil.copytree(tiny_teacher.source, os.path.join(folder, "hf"))
     glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    planned = glue_plan.work(ctx, ["glue"], ctx.student_spec(arch))
     counts = _count_glue_stage(monkeypatch)
-    assert glue_stage.run(ctx)["scored"] == 3 * len(sizes)
+    assert glue_stage.run(ctx)["scored"] == 5 * len(sizes)
     batch = ctx.mesh.size  # 1 per device
 
-    # (a) the student is trained twice per task; (b) so is the teacher, once, though glue.models omits it.
+    # (a) each student is trained twice per task; (b) the teacher once, though glue.models omits it.
     for task in sizes:
-        for role in ("teacher", "distill", "finetune"):
-            assert counts[glue_plan.unit(role, task)]["trainings"] == 1, (role, task)
-    # (c) one augmented copy per example: the distilled row sees twice the fine-tuned one's examples, and the teacher
-    # labels every one of them.
-    assert counts["distill/sst2"]["examples"] == 2 * counts["finetune/sst2"]["examples"] == 2 * sizes["sst2"]
+        for role, n in (("teacher", 1), ("distill", 2), ("finetune", 2)):
+            assert counts[glue_plan.unit(role, task)]["trainings"] == n, (role, task)
+    # (c) one augmented copy per example: a distilled row sees twice the fine-tuned one's examples, and the teacher
+    # labels every one of them once, for both students.
+    assert counts["distill/sst2"]["examples"] == 2 * counts["finetune/sst2"]["examples"] == 4 * sizes["sst2"]
     assert counts["distill/sst2"]["teacher_logit_examples"] == 2 * sizes["sst2"]
+    assert counts["distill/sst2"]["augmented"] == sizes["sst2"]
     # (d) two seeds on rte (6 <= 8 examples), one on sst2.
-    assert counts["finetune/rte"]["steps"] == 2 * -(-sizes["rte"] // batch)
-    assert counts["finetune/sst2"]["steps"] == -(-sizes["sst2"] // batch)
+    assert counts["finetune/rte"]["steps"] == 2 * 2 * -(-sizes["rte"] // batch)
+    assert counts["finetune/sst2"]["steps"] == 2 * -(-sizes["sst2"] // batch)
     # The plan counted exactly that, unit by unit and in all.
-    planned = glue_plan.work(ctx, ["glue"], ctx.student_spec(arch))
     assert {k: _planned(w) for k, w in planned.units.items()} == dict(counts)
-    assert glue.steps == sum(c["steps"] for c in counts.values())
+    assert glue.steps == sum(c["steps"] for c in counts.values()) and glue.done_steps == 0
     assert glue.examples == sum(c["examples"] for c in counts.values())
-    assert glue.unit_counts == {k: 1 for k in counts}
-    assert glue.what.startswith(
-        "3 training(s) per task (teacher, fine-tuned for task distillation; 1 student(s) task-distilled and "
-        "fine-tuned only) x 2 task(s) (rte,sst2) x 1 epochs x 2 seeds on rte; distilled rows on 2x examples"
+    assert glue.unit_counts == {k: c["trainings"] for k, c in counts.items()}
+    assert glue.what == (
+        "5 training(s) per task (teacher, fine-tuned for task distillation; 2 student(s) task-distilled and "
+        "fine-tuned only) x 2 task(s) (rte,sst2) x 1 epochs x 2 seeds on rte; distilled rows on 2x examples "
+        "(augmented)"
     )
     # The FLOPs count the teacher's work for distillation: more than the same rows trained without it.
     student_only = sum(w.flops for k, w in planned.units.items() if not k.startswith("teacher/"))
     ctx_ft = run_context(tmp_path / "w", {**fields, "glue.distill.enabled": False}, teacher=tiny_teacher)
-    finetuned = glue_plan.work(ctx_ft, ["glue"], ctx.student_spec(arch)).units
-    assert set(finetuned) == {"finetune/rte", "finetune/sst2"}  # no distillation: no teacher row either
-    assert student_only > 3 * sum(w.flops for w in finetuned.values())
+    finetuned = glue_plan.work(ctx_ft, ["glue"], ctx.student_spec(arch))
+    assert set(finetuned.units) == {"finetune/rte", "finetune/sst2"}  # no distillation: no teacher row either
+    assert finetuned.done.trainings == 0  # the distilled rows' scores are another method's
+    assert student_only > 1.5 * sum(w.flops for w in finetuned.units.values())
+
+    # Everything is scored: the plan has nothing left and says what is done.
+    again = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    assert (again.steps, again.examples, again.flops, again.done_steps) == (0, 0, 0.0, glue.steps)
+    assert again.what.endswith("; 10 of the 10 (model, task) trainings scored already")
+    assert f"nothing left to train ({glue.steps:,} steps done)" in plan.format_plan([again])
+
+    # (e) One more student: only its two rows per task are left, with the teacher's pass for it; the teacher's own
+    # fine-tuning is done, and the stage trains just what the plan counts.
+    shutil.copytree(tiny_teacher.source, os.path.join(ctx.workdir.pdt_dir(arch), "hf"))
+    ctx = run_context(tmp_path / "w", {**fields, "glue.models": f"{arch},nas-{arch},pdt-{arch}"}, teacher=tiny_teacher)
+    more = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
+    planned = glue_plan.work(ctx, ["glue"], ctx.student_spec(arch))
+    assert set(planned.units) == {f"{role}/{task}" for role in ("distill", "finetune") for task in sizes}
+    assert all(w.trainings == 1 for w in planned.units.values())
+    assert more.done_steps == glue.steps
+    assert "; 10 of the 14 (model, task) trainings scored already" in more.what
+    counts.clear()
+    assert glue_stage.run(ctx)["scored"] == 2 * len(sizes)
+    assert {k: _planned(w) for k, w in planned.units.items()} == dict(counts)
+    assert more.steps == sum(c["steps"] for c in counts.values())
 
 
 def test_glue_plan_counts_the_exports_a_run_will_make(tmp_path, tiny_teacher):
@@ -231,3 +258,69 @@ def test_glue_plan_counts_the_exports_a_run_will_make(tmp_path, tiny_teacher):
     ctx = run_context(tmp_path, {**fields, "glue.models": "best"}, teacher=tiny_teacher)
     glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
     assert glue.what == "no model of glue.models (best) to score yet" and glue.steps == 0
+
+
+def test_kd_plan_counts_what_is_left(tmp_path, tiny_teacher):
+    """A kd stage run again counts only what it will train: a kept distillation is done, an interrupted one has
+    its latest checkpoint's steps done (the stage's ETA counts the same), and a forced stage counts everything."""
+    from kdjax import kd_stage
+
+    arch, other, third = "2L-32H-2A-64F-gelu", "1L-32H-2A-64F-gelu", "1L-32H-4A-64F-gelu"
+    fields = {"glue.models": f"best,{other},{third}"}
+    ctx = run_context(tmp_path, fields, teacher=tiny_teacher)
+    fresh = next(p for p in plan.build(ctx, ["kd"]) if p.name == "kd")
+    steps = fresh.steps // 3
+    assert fresh.done_steps == 0 and "done" not in fresh.what
+    assert fresh.what.endswith(f"; KD of 2 model(s) glue.models names x {steps} steps")
+
+    # The first run distilled the chosen student and finished; the stage runs again for two models named since, and
+    # the first of them was interrupted after its checkpoint at step 3.
+    wd = ctx.workdir
+    os.makedirs(os.path.join(wd.kd_dir(arch), "hf"))
+    for path in (os.path.join(wd.kd_dir(arch), "hf", "config.json"), os.path.join(wd.kd_dir(arch), "result.json")):
+        with open(path, "w") as f:
+            f.write("{}")
+    os.makedirs(os.path.join(wd.kd_dir(other), "checkpoints", "3"))
+    wd.mark_done("kd")
+    kd = next(p for p in plan.build(ctx, ["kd"]) if p.name == "kd")
+    assert (kd.steps, kd.done_steps) == (2 * steps - 3, steps + 3)
+    assert kd.examples == kd.steps * ctx.global_batch and 0 < kd.flops < fresh.flops
+    assert f"{arch} {steps} steps x batch" in kd.what and "tokens) (done)" in kd.what
+    assert kd.what.endswith(f"; KD of 2 model(s) glue.models names x {steps} steps (3 done)")
+    assert f"{2 * steps - 3:,} steps left ({steps + 3:,} done)" in plan.format_plan([kd])
+    # The stage's ETA counts the same steps left: the interrupted one resumes 3 steps in, the other follows it.
+    work = kd_stage.distillations(ctx, steps)
+    positions = kd_stage.eta_positions(work)
+    assert positions[wd.kd_dir(other)] == (-3, kd.steps) and positions[wd.kd_dir(third)] == (steps - 3, kd.steps)
+    # Forced, the stage starts every distillation again.
+    forced = run_context(tmp_path, {**fields, "force": True}, teacher=tiny_teacher)
+    kd = next(p for p in plan.build(forced, ["kd"]) if p.name == "kd")
+    assert (kd.steps, kd.done_steps, kd.what) == (fresh.steps, 0, fresh.what)
+
+
+@pytest.mark.slow
+def test_a_run_again_for_a_new_model_plans_only_the_new_work(tmp_path, capsys):
+    """A tiny kd + glue run, then the same run with one more model in glue.models: both stages run again for it, and
+    the plan counts its distillation and its scores only."""
+    from kdjax import pipeline
+    from kdjax.config import base_config
+
+    wd = str(tmp_path / "w")
+    c = base_config("bert-base-uncased", "tiny")
+    c.stages, c.glue.tasks, c.glue.models = "kd,glue", "stsb", "best"
+    c.glue.distill.baseline = False
+    pipeline.run(c, wd)
+    first = capsys.readouterr().out
+    steps = c.kd.num_train_steps
+    assert f"kd       {c.kd.arch} {steps} steps x batch" in first and "steps left" not in first
+    c.glue.models = "best,1L-32H-2A-64F-gelu"
+    pipeline.run(c, wd)
+    out = capsys.readouterr().out
+    plan_lines = [line for line in out.splitlines() if line.startswith("  kd ") or line.startswith("  glue ")]
+    kd_line, glue_line = plan_lines
+    assert f"tokens) (done); KD of 1 model(s) glue.models names x {steps} steps; {steps} steps left ({steps} done)" in (
+        kd_line
+    )
+    # glue: the teacher and the best are scored; the new student's one training on stsb is left.
+    assert "3 training(s) per task" in glue_line and "2 of the 3 (model, task) trainings scored already" in glue_line
+    assert "glue: kd-1L-32H-2A-64F-gelu stsb (task-distilled)" in out and "glue: teacher stsb" not in out
