@@ -111,7 +111,7 @@ def test_min_speedup_keeps_only_students_the_latency_model_calls_fast_enough():
     # No model, no speed constraint to apply; an impossible target says what to loosen.
     with pytest.raises(SearchSpaceError, match="latency model"):
         SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=3.0))
-    with pytest.raises(SearchSpaceError, match="no valid architecture.*>= 1e\\+06x"):
+    with pytest.raises(SearchSpaceError, match=r"no valid architecture.*>= 1e\+06x"):
         SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=1e6), model)
     # 0 leaves the space as it was.
     assert SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=0.0), model).points == full.points

@@ -114,6 +114,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.kd.loss.relation_heads = 0
     # Weight of the temperature KL on masked-LM logits (needs a teacher with an MLM head).
     c.kd.loss.logit_weight = 0.0
+    # Weight of 1 - cosine between the mean-pooled last layers (the sentence embedding of a mean-pooling
+    # sentence-transformers teacher), the student's through the projection.
+    c.kd.loss.sentence_weight = 0.0
     # Softmax temperature of the logit KL.
     c.kd.loss.temperature = 2.0
 

@@ -213,6 +213,7 @@ def _kd(kd: ml_collections.ConfigDict) -> KdSettings:
             hidden_weight=float(loss.hidden_weight),
             attention_relation_weight=float(loss.attention_relation_weight),
             logit_weight=float(loss.logit_weight),
+            sentence_weight=float(loss.sentence_weight),
             temperature=float(loss.temperature),
             relation_heads=int(loss.relation_heads),
         ),
