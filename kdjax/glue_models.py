@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kdjax.config.settings import SpaceSettings
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.nas.topk import read_top_k
@@ -122,9 +121,9 @@ def _made(ctx: RunContext, kind: str, arch_id: str, name: str, by_kd: bool = Fal
     return ModelRef(name, kind, folder, arch_id, by_kd)
 
 
-def random_specs(teacher: ArchSpec, space: SpaceSettings, seed: int, n: int) -> list[ArchSpec]:
-    """`n` distinct architectures drawn reproducibly (from `seed`) from the search space of `teacher` and `space`."""
-    pool = SearchSpace.from_teacher(teacher, space).all_specs()
+def random_specs(space: SearchSpace, seed: int, n: int) -> list[ArchSpec]:
+    """`n` distinct architectures drawn reproducibly (from `seed`) from the run's search space."""
+    pool = space.all_specs()
     pool = sorted(set(pool), key=lambda s: s.arch_id)
     pick = np.random.default_rng([seed, 104729]).permutation(len(pool))[:n]
     return [pool[i] for i in pick]
@@ -159,7 +158,7 @@ def _top_k(ctx: RunContext) -> list[ModelRef]:
 
 def _random(ctx: RunContext) -> list[ModelRef]:
     st = ctx.settings
-    specs = random_specs(ctx.teacher.spec, st.nas.space, st.seed, st.glue.num_random_baselines)
+    specs = random_specs(ctx.search_space(), st.seed, st.glue.num_random_baselines)
     return [_made(ctx, "random", s.arch_id, ctx.workdir.random_name(i, s.arch_id), True) for i, s in enumerate(specs)]
 
 

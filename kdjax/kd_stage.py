@@ -83,7 +83,10 @@ def _rows_digest(rows: np.ndarray) -> str:
 
 def kd_settings(inp: KdInputs, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
     """What a KD checkpoint depends on, under the names a user changes it by: a resume with other values is refused."""
-    loss = {f"kd.loss.{k}": v for k, v in dataclasses.asdict(inp.kd.loss).items()}
+    # sentence_weight came later: recorded only when on, so checkpoints made before it still resume.
+    loss = {
+        f"kd.loss.{k}": v for k, v in dataclasses.asdict(inp.kd.loss).items() if not (k == "sentence_weight" and v == 0)
+    }
     return {
         "arch": spec.arch_id,
         "teacher (architecture:weights)": f"{inp.teacher.spec.arch_id}:{_digest(inp.teacher.params)}",

@@ -1,4 +1,5 @@
-"""Distillation losses (pure jnp): hidden-state MSE (the original pipeline's), MiniLMv2 attention relations, logit KL.
+"""Distillation losses (pure jnp): hidden-state MSE (the original pipeline's), MiniLMv2 attention relations, logit KL,
+and a sentence-embedding cosine (sentence-transformers' distillation target: the mean-pooled last layer).
 
 All token averages skip padding (`attention_mask`); the logit KL averages over the masked-LM positions only.
 """
@@ -19,6 +20,7 @@ class LossConfig:
     hidden_weight: float = 1.0
     attention_relation_weight: float = 0.0
     logit_weight: float = 0.0
+    sentence_weight: float = 0.0
     temperature: float = 2.0
     relation_heads: int = 0
 
@@ -63,6 +65,27 @@ def hidden_mse(student_hidden, teacher_hidden, projection: dict, attention_mask:
         t = jnp.concatenate([teacher_hidden[a + 1], teacher_hidden[b + 1]], axis=-1).astype(jnp.float32)
         losses.append(_masked_mean(jnp.mean((s - t) ** 2, axis=-1), attention_mask))
     return jnp.mean(jnp.stack(losses))
+
+
+def _mean_pool(x: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Mean of x[B, T, H] over the unpadded tokens of each row: [B, H]."""
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    return jnp.sum(x.astype(jnp.float32) * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+
+
+def sentence_cosine(student_last, teacher_last, projection: dict, attention_mask: jax.Array) -> jax.Array:
+    """1 - cosine between the mean-pooled last layers, the student's projected to the teacher's width.
+
+    A mean-pooling sentence-transformers teacher (all-MiniLM-L6-v2) owes its STS skill to this embedding's geometry,
+    which a per-token MSE weighs by the largest hidden dimensions; this term targets the embedding itself, as
+    sentence-transformers distils smaller models. The shared projection's second half is the one the hidden MSE maps
+    onto the teacher's last layer (Uniform+Last: the student's last layer reads the teacher's last).
+    """
+    ht = teacher_last.shape[-1]
+    s = (student_last.astype(jnp.float32) @ projection["kernel"] + projection["bias"])[..., ht:]
+    s, t = _mean_pool(s, attention_mask), _mean_pool(teacher_last, attention_mask)
+    cos = jnp.sum(s * t, axis=-1) / jnp.maximum(jnp.linalg.norm(s, axis=-1) * jnp.linalg.norm(t, axis=-1), 1e-6)
+    return jnp.mean(1.0 - cos)
 
 
 def _relation_log_probs(x: jax.Array, heads: int, attention_mask: jax.Array) -> jax.Array:
@@ -120,10 +143,15 @@ def distillation_loss(student_out: dict, teacher_out: dict, projection: dict, ba
         )
     if cfg.logit_weight > 0:
         parts["logit_kl"] = logit_kl(student_out["logits"], teacher_out["logits"], batch["mlm_mask"], cfg.temperature)
+    if cfg.sentence_weight > 0:
+        parts["sentence_cosine"] = sentence_cosine(
+            student_out["hidden_states"][-1], teacher_out["hidden_states"][-1], projection, batch["attention_mask"]
+        )
     weights = {
         "hidden_mse": cfg.hidden_weight,
         "attention_relation": cfg.attention_relation_weight,
         "logit_kl": cfg.logit_weight,
+        "sentence_cosine": cfg.sentence_weight,
     }
     total = sum(weights[k] * v for k, v in parts.items())
     return total, parts

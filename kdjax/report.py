@@ -24,8 +24,15 @@ from kdjax import model_latency
 from kdjax.classifier import DESCRIPTIONS, recorded_recipe
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
-from kdjax.report_searches import finite_or_none, load_histories, one_reward_scale, series_by_strategy
-from kdjax.report_tables import markdown_tables, search_rows, search_table, write_csv
+from kdjax.report_searches import (
+    best_so_far_curves,
+    finite_or_none,
+    load_histories,
+    one_reward_scale,
+    series_by_strategy,
+    strategy_bands,
+)
+from kdjax.report_tables import markdown_tables, search_rows, search_table, strategy_rows, strategy_table, write_csv
 from kdjax.reward import RewardConfig
 from kdjax.workdir import Workdir, read_json, write_json
 
@@ -208,12 +215,19 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
         )
     else:
         made["speedup"] = "no model has both GLUE scores and a latency"
-    series = series_by_strategy([h for h in history if finite_or_none(h.get("reward")) is not None])
-    if series:
+    curves, bands = best_so_far_curves(history), strategy_bands(history)
+    if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, rs in series.items():
-            best = np.maximum.accumulate([float(r["reward"]) for r in rs])
-            ax.plot(np.arange(1, len(best) + 1), best, marker=".", label=name)
+        for strategy, by_series in curves.items():
+            if strategy in bands:
+                # Repeated searches of one strategy (sibling workdirs, e.g. seeds): their mean and min-max band.
+                b = bands[strategy]
+                x = np.arange(1, len(b["mean"]) + 1)
+                (line,) = ax.plot(x, b["mean"], label=f"{strategy} (mean of {b['searches']} searches)")
+                ax.fill_between(x, b["min"], b["max"], color=line.get_color(), alpha=0.2)
+                continue
+            for name, best in by_series.items():
+                ax.plot(np.arange(1, len(best) + 1), best, marker=".", label=name)
         save(fig, ax, "reward", "candidates evaluated", "best reward so far", "Search progress by strategy")
     else:
         made["reward"] = "no NAS history (run the nas stage)"
@@ -252,7 +266,8 @@ def readme(
 ) -> str:
     captions = {
         "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
-        "reward": "Fig. 2: best reward so far vs candidates evaluated, per strategy",
+        "reward": "Fig. 2: best reward so far vs candidates evaluated, per strategy (a strategy searched in several "
+        "workdirs: mean line, min-max band)",
         "loss": "Fig. 3: mini-KD loss of each candidate, in evaluation order",
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
     }
@@ -260,7 +275,7 @@ def readme(
         captions["reward"] += " (reward scales: see the note under the search table)"
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
     if searches:
-        out += [search_table(searches)]
+        out += [search_table(searches), strategy_table(strategy_rows(searches))]
     out += [*(f"{n}\n" for n in notes)]
     recipes = {json.dumps(recorded_recipe(r["recipe"]), sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
@@ -303,7 +318,10 @@ def build_report(
     t_ms = teacher_latency_ms(root, teacher_key)
     write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
     searches = search_rows(history)
-    write_json(os.path.join(out_dir, "search.json"), {"searches": searches, "notes": notes})
+    write_json(
+        os.path.join(out_dir, "search.json"),
+        {"searches": searches, "strategies": strategy_rows(searches), "notes": notes},
+    )
     write_csv(os.path.join(out_dir, "glue.csv"), rows, tasks)
     with open(os.path.join(out_dir, "glue.md"), "w") as f:
         f.write(markdown_tables(rows, tasks))

@@ -18,6 +18,8 @@ import logging
 import math
 import os
 
+import numpy as np
+
 from kdjax.reward import RewardConfig, reward
 from kdjax.workdir import Workdir, read_json
 
@@ -148,3 +150,33 @@ def one_reward_scale(rows: list[dict], root: str, cfg: RewardConfig | None = Non
             "Fig. 2 and the search table may compare different reward scales."
         )
     return notes
+
+
+def best_so_far_curves(history: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """strategy -> {series label: best reward so far after each candidate}, over rows with a finite reward."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for series, rows in series_by_strategy(history).items():
+        rewards = [float(r["reward"]) for r in rows if finite_or_none(r.get("reward")) is not None]
+        if rewards:
+            strategy = str(rows[0].get("strategy", "unknown"))
+            out.setdefault(strategy, {})[series] = [max(rewards[: i + 1]) for i in range(len(rewards))]
+    return out
+
+
+def strategy_bands(history: list[dict]) -> dict[str, dict]:
+    """Per strategy searched more than once (sibling workdirs, e.g. one per seed): the mean, min and max over its
+    searches of the best reward so far, for candidate counts every search reached (an LSTM search that re-sampled an
+    architecture has fewer rows, so the band stops at the shortest search rather than averaging fewer runs)."""
+    bands = {}
+    for strategy, curves in best_so_far_curves(history).items():
+        if len(curves) < 2:
+            continue
+        n = min(len(c) for c in curves.values())
+        table = np.asarray([c[:n] for c in curves.values()], dtype=np.float64)
+        bands[strategy] = {
+            "searches": len(curves),
+            "mean": table.mean(axis=0).tolist(),
+            "min": table.min(axis=0).tolist(),
+            "max": table.max(axis=0).tolist(),
+        }
+    return bands

@@ -177,6 +177,7 @@ def search_rows(history: list[dict]) -> list[dict]:
         out.append(
             {
                 "search": series,
+                "strategy": str(best.get("strategy", "unknown")),
                 "candidates": len(cands),
                 "best_arch": best["arch_id"],
                 "best_params": best.get("params"),
@@ -213,6 +214,48 @@ def search_table(rows: list[dict]) -> str:
             _fmt(r["mean_reward"], 4),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def strategy_rows(searches: list[dict]) -> list[dict]:
+    """Per strategy searched more than once (e.g. one sibling workdir per seed): mean and spread (sample standard
+    deviation) over its searches of the best and the top-3 mean reward, from `search_rows`."""
+    by: dict[str, list[dict]] = {}
+    for r in searches:
+        by.setdefault(r.get("strategy", "unknown"), []).append(r)
+    out = []
+    for strategy, rs in by.items():
+        if len(rs) < 2:
+            continue
+        best = np.asarray([r["best_reward"] for r in rs], dtype=np.float64)
+        top3 = np.asarray([r["top3_mean_reward"] for r in rs], dtype=np.float64)
+        out.append(
+            {
+                "strategy": strategy,
+                "searches": len(rs),
+                "candidates": sorted({r["candidates"] for r in rs}),
+                "best_mean": float(best.mean()),
+                "best_std": float(best.std(ddof=1)),
+                "top3_mean": float(top3.mean()),
+                "top3_std": float(top3.std(ddof=1)),
+            }
+        )
+    return sorted(out, key=lambda r: -r["best_mean"])
+
+
+def strategy_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = [
+        "### Search strategies over repeated searches (mean ± standard deviation over the searches of a strategy)",
+        "",
+        "| strategy | searches | candidates each | best reward | top-3 mean reward |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cands = "/".join(str(c) for c in r["candidates"])
+        best, top3 = f"{r['best_mean']:.4f} ± {r['best_std']:.4f}", f"{r['top3_mean']:.4f} ± {r['top3_std']:.4f}"
+        lines.append(f"| {r['strategy']} | {r['searches']} | {cands} | {best} | {top3} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,14 @@
 """The student search space, derived from the teacher's config and capped at its parameter count.
 
 A space is five categorical dimensions decided in a fixed order (layers, hidden, heads, FFN, activation). Not every
-combination is an architecture: heads must divide hidden, and a student may not have more parameters than
-`max_params`. Rather than letting strategies propose invalid points and then repairing them by resampling (which
-makes the number of draws, and so the random stream, depend on luck), every strategy decides dimension by dimension
-and is told which values still have at least one valid completion given the earlier decisions (`allowed`). The LSTM
-controller masks its softmax with it; Optuna maps a disallowed suggestion to the nearest allowed value
-(`nearest_allowed`); random search draws uniformly from the enumerated valid points. All three are deterministic.
+combination is an architecture: heads must divide hidden, a student may not have more parameters than `max_params`,
+and with `nas.space.min_speedup` its latency predicted by the fitted latency model may not exceed the teacher's
+divided by that speed-up (`max_latency_ms`). Rather than letting strategies propose invalid points and then
+repairing them by resampling (which makes the number of draws, and so the random stream, depend on luck), every
+strategy decides dimension by dimension and is told which values still have at least one valid completion given the
+earlier decisions (`allowed`). The LSTM controller masks its softmax with it; Optuna maps a disallowed suggestion
+to the nearest allowed value (`nearest_allowed`); random search draws uniformly from the enumerated valid points. All
+three are deterministic.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kdjax.spec import ACTIVATIONS, ArchSpec
 
 if TYPE_CHECKING:
     from kdjax.config.settings import SpaceSettings
+    from kdjax.latency_model import LatencyModel
 
 DIMENSIONS = ("num_layers", "hidden_size", "num_heads", "ffn_size", "activation")
 # Short names used as Optuna parameter names and table headers.
@@ -93,12 +96,18 @@ class SearchSpace:
     max_params: int
     # Allowed head sizes (hidden // heads); empty = any divisor (used when heads or hidden are overridden).
     head_dims: tuple[int, ...] = ()
+    # Speed constraint (nas.space.min_speedup): the latency model's prediction must not exceed max_latency_ms.
+    latency_model: LatencyModel | None = None
+    max_latency_ms: float = 0.0
 
     @classmethod
-    def from_teacher(cls, teacher: ArchSpec, overrides: SpaceSettings | None = None) -> SearchSpace:
-        """Derived from `teacher`; `overrides` (nas.space) may replace any dimension with a comma list."""
+    def from_teacher(
+        cls, teacher: ArchSpec, overrides: SpaceSettings | None = None, latency_model: LatencyModel | None = None
+    ) -> SearchSpace:
+        """Derived from `teacher`; `overrides` (nas.space) may replace any dimension with a comma list, and with
+        `min_speedup` > 0 keep only points `latency_model` predicts at least that many times faster than `teacher`."""
         values = derived_values(teacher)
-        fraction = 1.0
+        fraction, min_speedup = 1.0, 0.0
         head_dims: tuple[int, ...] = HEAD_DIMS
         if overrides is not None:
             for field in DIMENSIONS:
@@ -107,20 +116,34 @@ class SearchSpace:
                     values[field] = _parse_override(field, text)
                     if field in ("num_heads", "hidden_size"):
                         head_dims = ()  # an explicit space (e.g. the original 1,200 points) keeps every dividing pair
-            fraction = overrides.max_params_fraction
+            fraction, min_speedup = overrides.max_params_fraction, overrides.min_speedup
+        max_latency_ms = 0.0
+        if min_speedup > 0:
+            if latency_model is None:
+                raise SearchSpaceError("nas.space.min_speedup needs the fitted latency model (kdjax.latency_model)")
+            max_latency_ms = latency_model.predict(teacher) / min_speedup
         base = teacher.student()
         space = cls(
             base=base,
             values=tuple(values[d] for d in DIMENSIONS),
             max_params=int(teacher.num_params * fraction),
             head_dims=head_dims,
+            latency_model=latency_model if min_speedup > 0 else None,
+            max_latency_ms=max_latency_ms,
         )
         if not space.points:
             raise SearchSpaceError(
-                f"the search space has no valid architecture (heads must divide hidden with head sizes "
-                f"{space.head_dims or 'any'}, params <= {space.max_params:,})"
+                f"the search space has no valid architecture ({space.constraints()}); loosen nas.space"
             )
         return space
+
+    def constraints(self) -> str:
+        """What makes a point valid, in words (start-up table, errors, resume checks)."""
+        text = f"heads divide hidden with head sizes {self.head_dims or 'any'}, params <= {self.max_params:,}"
+        if self.latency_model is not None:
+            speedup = self.latency_model.predict(self.base) / self.max_latency_ms
+            text += f", modelled latency <= {self.max_latency_ms:.2f} ms (>= {speedup:g}x the teacher)"
+        return text
 
     # ---- validity ---------------------------------------------------------------------------------------------------
     def params_of(self, choice: tuple) -> int:
@@ -133,7 +156,12 @@ class SearchSpace:
         hidden, heads = choice[1], choice[2]
         if hidden % heads or (self.head_dims and hidden // heads not in self.head_dims):
             return False
-        return self.params_of(choice) <= self.max_params
+        if self.params_of(choice) > self.max_params:
+            return False
+        if self.latency_model is None:
+            return True
+        spec = self.base.student(**dict(zip(DIMENSIONS, choice, strict=True)))
+        return self.latency_model.predict(spec) <= self.max_latency_ms
 
     @functools.cached_property
     def points(self) -> tuple[tuple, ...]:
@@ -199,7 +227,6 @@ class SearchSpace:
             [
                 "search space (dimension, #values, values):",
                 *("  " + r for r in rows),
-                f"  {self.size:,} valid architectures of {total:,} combinations "
-                f"(heads divide hidden, params <= {self.max_params / 1e6:.1f}M)",
+                f"  {self.size:,} valid architectures of {total:,} combinations ({self.constraints()})",
             ]
         )

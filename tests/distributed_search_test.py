@@ -29,14 +29,13 @@ HEARTBEAT_S = 5
 
 WORKER = r"""
 import json, os, sys, time
-import ml_collections
+from kdjax.config.settings import SpaceSettings
 from kdjax.nas import optuna_search
-from kdjax.search_space import DIMENSIONS, SearchSpace
+from kdjax.search_space import SearchSpace
 from kdjax.spec import ArchSpec
 
 url, log_path, delay, num_trials = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-cfg = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
-cfg.max_params_fraction = 1.0
+cfg = SpaceSettings()
 space = SearchSpace.from_teacher(ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072), cfg)
 
 def log(event, trial, arch):
@@ -176,16 +175,15 @@ def test_workers_share_the_default_sqlite_file(tmp_path):
 
 def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path):
     """A live worker's trial failed as stale by another worker (and re-queued) does not stop this worker."""
-    import ml_collections
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    from kdjax.config.settings import SpaceSettings
     from kdjax.nas import optuna_search
-    from kdjax.search_space import DIMENSIONS, SearchSpace
+    from kdjax.search_space import SearchSpace
     from kdjax.spec import ArchSpec
 
-    cfg = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
-    cfg.max_params_fraction = 1.0
+    cfg = SpaceSettings()
     space = SearchSpace.from_teacher(ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072), cfg)
     url = f"sqlite:///{tmp_path}/optuna.db"
     stolen: list[int] = []

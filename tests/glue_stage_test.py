@@ -142,9 +142,9 @@ def test_model_keywords_resolve(tmp_path, glue_dir):
 
 def test_random_baselines_are_reproducible_and_distinct(tmp_path, glue_dir):
     ctx = run_context(tmp_path, config=_config(glue_dir))
-    space, seed = ctx.settings.nas.space, ctx.settings.seed
-    a = glue_models.random_specs(ctx.teacher.spec, space, seed, 3)
-    b = glue_models.random_specs(ctx.teacher.spec, space, seed, 3)
+    space, seed = ctx.search_space(), ctx.settings.seed
+    a = glue_models.random_specs(space, seed, 3)
+    b = glue_models.random_specs(space, seed, 3)
     assert a == b and len({s.arch_id for s in a}) == 3
     assert all(s.num_params <= ctx.teacher.spec.num_params for s in a)
     refs = glue_models.resolve_models(ctx, ["random"])

@@ -84,3 +84,29 @@ def test_relation_heads_must_divide_both():
     assert losses.relation_heads(cfg, 384, 768, 6, 12) == 6
     with pytest.raises(ValueError):
         losses.relation_heads(losses.LossConfig(relation_heads=5), 384, 768, 6, 12)
+
+
+def test_sentence_cosine_hand_computed_masked_and_in_the_total():
+    # Student width 1, teacher width 2: the projection's second half (columns 2-3) maps onto the teacher's last layer.
+    proj = {"kernel": jnp.array([[9.0, 9.0, 1.0, 0.0]]), "bias": jnp.array([0.0, 0.0, 0.0, 1.0])}
+    student = jnp.array([[[1.0], [3.0], [100.0]]])  # projected halves: (1, 1), (3, 1), (100, 1)
+    teacher = jnp.array([[[2.0, 2.0], [2.0, 0.0], [0.0, 5.0]]])
+    mask = jnp.array([[1, 1, 0]])  # the third token is padding
+    # Means over the two real tokens: student (2, 1), teacher (2, 1): identical directions, loss 0.
+    assert float(losses.sentence_cosine(student, teacher, proj, mask)) == pytest.approx(0.0, abs=1e-6)
+    # With the padding counted the student mean is (104/3, 1) and the teacher's (4/3, 7/3).
+    s, t = np.array([104 / 3, 1.0]), np.array([4 / 3, 7 / 3])
+    want = 1 - s @ t / (np.linalg.norm(s) * np.linalg.norm(t))
+    got = float(losses.sentence_cosine(student, teacher, proj, jnp.array([[1, 1, 1]])))
+    assert got == pytest.approx(want, rel=1e-5) and got > 0.1
+    # Only the direction counts (scale-free), and it enters the weighted total as its own part.
+    assert float(losses.sentence_cosine(student, 7.0 * teacher, proj, mask)) == pytest.approx(0.0, abs=1e-6)
+    cfg = losses.LossConfig(hidden_weight=0.0, sentence_weight=2.0)
+    out = {"hidden_states": [jnp.zeros_like(student), student]}
+    ref = {"hidden_states": [jnp.zeros_like(teacher), teacher]}
+    total, parts = losses.distillation_loss(out, ref, proj, {"attention_mask": jnp.array([[1, 1, 1]])}, cfg, 1)
+    assert set(parts) == {"sentence_cosine"} and float(total) == pytest.approx(2 * want, rel=1e-5)
+    # It trains the student towards the teacher's embedding: a gradient step lowers it.
+    loss = lambda x: losses.sentence_cosine(x, teacher, proj, jnp.array([[1, 1, 1]]))
+    g = jax.grad(loss)(student)
+    assert float(loss(student - 1.0 * g)) < got

@@ -83,3 +83,21 @@ def test_top_k_distinct_budgets_and_pareto():
     assert [r["arch_id"] for r in topk.distinct_budgets(rows[:2], 3, 1.25)] == ["a", "b"]
     front = topk.pareto_front([row("x", 0.9, 10.0, 0.2), row("y", 0.8, 5.0, 0.3), row("z", 0.7, 12.0, 0.4)])
     assert [r["arch_id"] for r in front] == ["x", "y"]
+
+
+def test_min_speedup_search_only_draws_students_fast_enough(tiny_teacher, tmp_path):
+    from kdjax.nas import stage
+
+    # A target between the slowest and the fastest student of the small space, by this machine's latency model.
+    loose = make_ctx(tiny_teacher, str(tmp_path / "loose"), "random", **{"space.min_speedup": 1e-6}).search_space()
+    model = loose.latency_model
+    assert model is not None
+    speedups = sorted(model.predict(tiny_teacher.spec) / model.predict(s) for s in loose.all_specs())
+    target = speedups[len(speedups) // 2]
+    w = str(tmp_path / "w")
+    ctx = make_ctx(tiny_teacher, w, "random", **{"space.min_speedup": target})
+    space = ctx.search_space()
+    assert 0 < space.size < loose.size
+    stage.run(ctx)
+    rows = read_history(w)
+    assert rows and all(r["latency_source"] == "model" and r["speedup"] >= target * (1 - 1e-9) for r in rows)

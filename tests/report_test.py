@@ -164,7 +164,7 @@ def test_sibling_workdirs_keep_their_own_numbers_on_one_reward_scale(tmp_path):
     assert "recomputed on one scale (alpha=-0.07, beta=0.6" in readme
     assert "alpha_b: alpha=-1, beta=0.6" in readme and "WARNING" not in readme
     assert "| alpha_b:random | 4 |" in readme
-    assert "per strategy (reward scales: see the note under the search table)*" in readme
+    assert "min-max band) (reward scales: see the note under the search table)*" in readme
 
 
 def test_rewards_that_cannot_be_recomputed_are_flagged(tmp_path):
@@ -248,3 +248,42 @@ def test_rows_older_than_glue_pooling_count_as_the_pooler_head(tmp_path):
     _set_pooling(root, f"kd-{ARCH}", "mean")
     report.build_report(root)
     assert "WARNING: rows use different recipes" in _read(os.path.join(root, "report", "README.md"))
+
+
+def _history(root: str, rewards: dict[str, list[float]]) -> None:
+    with open(os.path.join(root, "nas", "history.jsonl"), "w") as f:
+        for strategy, values in rewards.items():
+            for i, r in enumerate(values):
+                arch = f"{1 + i}L-32H-2A-64F-gelu"
+                f.write(json.dumps({"strategy": strategy, "arch_id": arch, "loss": 0.3, "reward": r}) + "\n")
+
+
+def test_repeated_searches_of_a_strategy_get_mean_spread_and_band(tmp_path):
+    # One workdir per seed, as docs/nas_vs_random.sh makes them: random searched three times, optuna twice (one search
+    # shorter), lstm once.
+    roots = [synthetic_workdir(str(tmp_path / f"s{k}")) for k in range(3)]
+    _history(roots[0], {"random": [0.5, 0.4, 0.7], "optuna": [0.2, 0.3, 0.9], "lstm": [0.1, 0.2]})
+    _history(roots[1], {"random": [0.6, 0.4, 0.7], "optuna": [0.4, 0.1]})
+    _history(roots[2], {"random": [0.7, 0.4, 0.7]})
+    rows = report.load_histories(roots[0], roots[1:])
+    bands = report.strategy_bands(rows)
+    assert set(bands) == {"random", "optuna"}  # lstm was searched once: a plain line, no band
+    assert bands["random"]["searches"] == 3
+    assert bands["random"]["mean"] == pytest.approx([0.6, 0.6, 0.7])
+    assert bands["random"]["min"] == pytest.approx([0.5, 0.5, 0.7])
+    assert bands["random"]["max"] == pytest.approx([0.7, 0.7, 0.7])
+    # The band stops where the shorter optuna search does.
+    assert bands["optuna"]["mean"] == pytest.approx([0.3, 0.35]) and bands["optuna"]["min"] == pytest.approx([0.2, 0.3])
+
+    info = report.build_report(roots[0], extra_workdirs=roots[1:])
+    assert "fig_best_reward.png" in info["figures"]
+    strategies = {r["strategy"]: r for r in read_json(os.path.join(roots[0], "report", "search.json"))["strategies"]}
+    assert set(strategies) == {"random", "optuna"}
+    rnd = strategies["random"]
+    assert rnd["best_mean"] == pytest.approx(0.7) and rnd["best_std"] == pytest.approx(0.0)
+    # Top-3 means per search: 0.5333, 0.5667, 0.6 -> mean 0.5667, sample standard deviation 0.0333.
+    assert rnd["top3_mean"] == pytest.approx(0.5667, abs=1e-4) and rnd["top3_std"] == pytest.approx(0.0333, abs=1e-4)
+    assert strategies["optuna"]["candidates"] == [2, 3]
+    readme = _read(os.path.join(roots[0], "report", "README.md"))
+    assert "| random | 3 | 3 | 0.7000 ± 0.0000 | 0.5667 ± 0.0333 |" in readme
+    assert "| optuna | 2 | 2/3 |" in readme

@@ -13,6 +13,7 @@ MINILM = ArchSpec(num_layers=6, hidden_size=384, num_heads=12, ffn_size=1536)
 def space_cfg(**overrides):
     c = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
     c.max_params_fraction = 1.0
+    c.min_speedup = 0.0
     c.update(overrides)
     return c
 
@@ -82,3 +83,35 @@ def test_bad_override_raises():
         SearchSpace.from_teacher(BERT_BASE, space_cfg(num_layers="a,b"))
     with pytest.raises(SearchSpaceError, match="no valid architecture"):
         SearchSpace.from_teacher(BERT_BASE, space_cfg(hidden_size="100", num_heads="3"))
+
+
+def _latency_model():
+    from kdjax.latency_model import FEATURES, LatencyModel
+
+    # Only matmul FLOPs cost time (1 ms per GFLOP): predictions are proportional to the encoder's dense work.
+    return LatencyModel(tuple(1e-9 if f == "matmul" else 0.0 for f in FEATURES), batch_size=1, seq_len=128)
+
+
+def test_min_speedup_keeps_only_students_the_latency_model_calls_fast_enough():
+    model = _latency_model()
+    full = SearchSpace.from_teacher(MINILM, space_cfg())
+    fast = SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=3.0), model)
+    teacher_ms = model.predict(MINILM)
+    assert fast.max_latency_ms == pytest.approx(teacher_ms / 3.0)
+    kept = {fast.spec(p).arch_id for p in fast.points}
+    # Exactly the points of the unconstrained space whose predicted latency meets the target.
+    expected = {s.arch_id for s in full.all_specs() if model.predict(s) <= teacher_ms / 3.0}
+    assert kept == expected and 0 < len(kept) < full.size
+    assert "3L-384H-12A-1536F-gelu" not in kept and "2L-384H-12A-384F-gelu" in kept  # 2x and 4.8x
+    assert ">= 3x the teacher" in fast.table()
+    # Strategies decide dimension by dimension: the masks must agree with the constraint.
+    for p in fast.points:
+        for d in range(len(DIMENSIONS)):
+            assert fast.allowed(p[:d])[p[d]]
+    # No model, no speed constraint to apply; an impossible target says what to loosen.
+    with pytest.raises(SearchSpaceError, match="latency model"):
+        SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=3.0))
+    with pytest.raises(SearchSpaceError, match=r"no valid architecture.*>= 1e\+06x"):
+        SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=1e6), model)
+    # 0 leaves the space as it was.
+    assert SearchSpace.from_teacher(MINILM, space_cfg(min_speedup=0.0), model).points == full.points

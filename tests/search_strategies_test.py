@@ -4,12 +4,12 @@ The reward is an analytic function of the spec's indices with a fixed optimum, s
 second once the controller's two small programs are compiled.
 """
 
-import ml_collections
 import numpy as np
 import pytest
 
+from kdjax.config.settings import SpaceSettings
 from kdjax.nas import controller, optuna_search, random_search
-from kdjax.search_space import DIMENSIONS, SearchSpace
+from kdjax.search_space import SearchSpace
 from kdjax.spec import ArchSpec
 
 BERT_BASE = ArchSpec(num_layers=12, hidden_size=768, num_heads=12, ffn_size=3072)
@@ -20,8 +20,7 @@ BUDGET = BUDGET_EPISODES * PER_EPISODE
 
 @pytest.fixture(scope="module")
 def space():
-    cfg = ml_collections.ConfigDict({d: "" for d in DIMENSIONS})
-    cfg.max_params_fraction = 1.0
+    cfg = SpaceSettings()
     return SearchSpace.from_teacher(BERT_BASE, cfg)
 
 

@@ -114,6 +114,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.kd.loss.relation_heads = 0
     # Weight of the temperature KL on masked-LM logits (needs a teacher with an MLM head).
     c.kd.loss.logit_weight = 0.0
+    # Weight of 1 - cosine between the mean-pooled last layers (the sentence embedding of a mean-pooling
+    # sentence-transformers teacher), the student's through the projection.
+    c.kd.loss.sentence_weight = 0.0
     # Softmax temperature of the logit KL.
     c.kd.loss.temperature = 2.0
 
@@ -182,6 +185,10 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.nas.space.activation = ""
     # Cap candidates at this fraction of the teacher's parameter count.
     c.nas.space.max_params_fraction = 1.0
+    # Keep only candidates this many times faster than the teacher by the fitted latency model (kdjax.latency_model,
+    # the one the reward reads when nas.latency_source=model), e.g. 3.0 for ">= 3x"; 0 = no speed constraint. A speed
+    # target as a constraint of the space: no mini-KD is spent on students that cannot meet it.
+    c.nas.space.min_speedup = 0.0
     c.nas.controller = ml_collections.ConfigDict()
     # LSTM controller width, Adam learning rate, entropy bonus and moving-average baseline decay.
     c.nas.controller.hidden_size = 64

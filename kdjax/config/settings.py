@@ -88,6 +88,7 @@ class SpaceSettings:
     ffn_size: str = ""
     activation: str = ""
     max_params_fraction: float = 1.0
+    min_speedup: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +213,7 @@ def _kd(kd: ml_collections.ConfigDict) -> KdSettings:
             hidden_weight=float(loss.hidden_weight),
             attention_relation_weight=float(loss.attention_relation_weight),
             logit_weight=float(loss.logit_weight),
+            sentence_weight=float(loss.sentence_weight),
             temperature=float(loss.temperature),
             relation_heads=int(loss.relation_heads),
         ),
@@ -261,6 +263,7 @@ def _nas(nas: ml_collections.ConfigDict) -> NasSettings:
             ffn_size=str(space.ffn_size),
             activation=str(space.activation),
             max_params_fraction=float(space.max_params_fraction),
+            min_speedup=float(space.min_speedup),
         ),
         controller=ControllerConfig(
             hidden_size=int(ctl.hidden_size),

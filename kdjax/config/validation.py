@@ -125,10 +125,11 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
     _choice(c.kd.init, "kd.init", INITS)
     _choice(c.kd.compute_dtype, "kd.compute_dtype", DTYPES)
     loss = c.kd.loss
-    for w in ("hidden_weight", "attention_relation_weight", "logit_weight"):
+    weights = ("hidden_weight", "attention_relation_weight", "logit_weight", "sentence_weight")
+    for w in weights:
         _positive(c, f"kd.loss.{w}", allow_zero=True)
-    if loss.hidden_weight + loss.attention_relation_weight + loss.logit_weight <= 0:
-        raise ConfigError("kd.loss: at least one of hidden_weight, attention_relation_weight, logit_weight must be > 0")
+    if sum(loss[w] for w in weights) <= 0:
+        raise ConfigError(f"kd.loss: at least one of {', '.join(weights)} must be > 0")
     _positive(c, "kd.loss.temperature")
 
     _choice(c.nas.strategy, "nas.strategy", STRATEGIES)
@@ -160,6 +161,7 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
     _positive(c, "nas.reward.latency_budget", allow_zero=True)
     if not 0.0 < c.nas.space.max_params_fraction <= 1.0:
         raise ConfigError(f"nas.space.max_params_fraction={c.nas.space.max_params_fraction} must be in (0, 1]")
+    _positive(c, "nas.space.min_speedup", allow_zero=True)
 
     for t in split_list(c.glue.tasks):
         _choice(t, "glue.tasks", GLUE_TASKS)

@@ -34,7 +34,8 @@ Runner = Callable[[SearchSpace, Callable[..., dict], NasSettings, int, str], Non
 def _run_lstm(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
     # A resumed controller must have been trained on the same space, candidates per episode, settings and seed.
     settings = {
-        "search space (teacher and nas.space)": f"{space.values} max_params={space.max_params} {space.head_dims}",
+        "search space (teacher and nas.space)": f"{space.values} max_params={space.max_params} {space.head_dims}"
+        + (f" max_latency_ms={space.max_latency_ms:.6g}" if space.latency_model is not None else ""),
         "nas.candidates_per_episode": nas.candidates_per_episode,
         "nas.controller": dataclasses.asdict(nas.controller),
         "seed": seed,
@@ -104,7 +105,7 @@ def run(ctx: RunContext) -> dict:
 
     nas = ctx.settings.nas
     strategy = nas.strategy
-    space = SearchSpace.from_teacher(ctx.teacher.spec, nas.space)
+    space = ctx.search_space()
     print(space.table())
     nas_dir = ctx.workdir.subdir("nas")
     history = History(os.path.join(nas_dir, "history.jsonl"))
