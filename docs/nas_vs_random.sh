@@ -52,4 +52,12 @@ for seed in $SEEDS; do
     --config.nas.space.activation="$ACT"
   log "noise seed $seed done"
 done
-log "all searches done; python docs/nas_vs_random.py $ROOT"
+# kdjax's own report over every search: Fig. 2 draws each strategy's mean best reward with a min-max band over the
+# seeds, and README.md's table gives mean ± spread of the best and top-3 rewards (in the first random search's report/).
+EXTRA=()
+for seed in $SEEDS; do for s in random optuna lstm; do
+  [[ $seed-$s == $FIRST-random ]] || EXTRA+=("$ROOT/s$seed-$s")
+done; done
+python main.py "${PROXY[@]}" --workdir="$ROOT/s$FIRST-random" --config.seed="$FIRST" --config.nas.strategy=random \
+  --config.stages=report --config.force=true --config.report.extra_workdirs="$(IFS=,; echo "${EXTRA[*]}")"
+log "all searches done; report in $ROOT/s$FIRST-random/report; python docs/nas_vs_random.py $ROOT"
