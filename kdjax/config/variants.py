@@ -43,6 +43,7 @@ def tiny(c: ml_collections.ConfigDict) -> None:
     c.kd.learning_rate = 1e-3
     c.kd.checkpoint_every_steps = 3
     c.kd.log_every_steps = 2
+    c.nas.strategy = "lstm"  # the strategy with the most moving parts, so the smoke tests exercise it
     c.nas.num_episodes = 2
     c.nas.candidates_per_episode = 2
     c.nas.num_trials = 4
