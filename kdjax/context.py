@@ -105,9 +105,10 @@ class RunContext:
             float(self.teacher_latency()["latency_ms"]),
         )
 
-    def search_space(self):
+    def search_space(self, latency=None):
         """The run's search space: derived from the teacher, nas.space's overrides, and with nas.space.min_speedup
-        the speed cap from the latency model the search pins (nas/latency.json), else this machine's fitted one."""
+        the speed cap from the latency model the search pins (nas/latency.json; `latency`, a SearchLatency already
+        built, saves reading it again), else this machine's fitted one."""
         from kdjax.latency import MachineCache
         from kdjax.latency_model import load_or_fit
         from kdjax.search_space import SearchSpace
@@ -115,7 +116,7 @@ class RunContext:
         space, model = self.settings.nas.space, None
         if space.min_speedup > 0:
             lat = self.settings.nas.latency
-            model = self.search_latency().model if lat.source == "model" else None
+            model = (latency or self.search_latency()).model if lat.source == "model" else None
             model = model or load_or_fit(MachineCache(lat), self.teacher.spec.hidden_size)
         return SearchSpace.from_teacher(self.teacher.spec, space, model)
 

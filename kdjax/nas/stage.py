@@ -105,12 +105,12 @@ def run(ctx: RunContext) -> dict:
 
     nas = ctx.settings.nas
     strategy = nas.strategy
-    space = ctx.search_space()
-    print(space.table())
     nas_dir = ctx.workdir.subdir("nas")
     history = History(os.path.join(nas_dir, "history.jsonl"))
     export_root = os.path.join(nas_dir, "candidates")
     evaluate = evaluator(ctx, history, export_root)
+    space = ctx.search_space(evaluate.latency)  # the evaluator's latencies: the model is read once
+    print(space.table())
     print(
         f"nas: {strategy}, {nas.budget} candidates, mini-KD {evaluate.epochs} epochs x "
         f"{evaluate.batches.steps_per_epoch} steps on {len(evaluate.batches.rows)} proxy rows; "
