@@ -127,7 +127,7 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     # LSTM: episodes x candidates per episode (15 x 8, as the original pipeline).
     c.nas.num_episodes = 15
     c.nas.candidates_per_episode = 8
-    # Optuna / random: number of candidates evaluated.
+    # Optuna / random: number of trials (random draws distinct candidates; Optuna may repeat one, reusing its reward).
     c.nas.num_trials = 100
     # Optuna storage URL; empty = SQLite file W/nas/optuna.db. PostgreSQL/MySQL URLs let several workers share it.
     c.nas.storage = ""
