@@ -19,9 +19,9 @@ STRATEGIES = ("random", "optuna", "lstm")
 
 
 def rewards(workdir: str) -> list[float]:
-    """Rewards in evaluation order, one per mini-KD run. The LSTM controller may sample an architecture twice; the
-    second draw reuses the first reward and writes no row, so a finished LSTM search can hold fewer rows than
-    candidates requested: the budget counted here is mini-KD runs, the cost that matters."""
+    """Rewards in evaluation order, one per mini-KD run. Optuna and the LSTM controller may propose an architecture
+    twice; the second proposal reuses the first reward and writes no row, so a finished search can hold fewer rows
+    than trials: the budget counted here is mini-KD runs, the cost that matters, as in the report's Fig. 2."""
     path = os.path.join(workdir, "nas", "history.jsonl")
     if not os.path.isfile(path):
         return []
@@ -136,7 +136,7 @@ def figure(result: dict, path: str) -> None:
         x = list(range(1, n + 1))
         ax.plot(x, mean, label=f"{s} ({len(curves)} seeds)")
         ax.fill_between(x, lo, hi, alpha=0.2)
-    ax.set_xlabel("candidates evaluated")
+    ax.set_xlabel("distinct candidates (mini-KD runs)")
     ax.set_ylabel("best reward so far (mean; band = min..max over seeds)")
     ax.grid(alpha=0.3)
     if ax.lines:

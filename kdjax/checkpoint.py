@@ -7,7 +7,9 @@ folder when it is complete, so a kill during a save never leaves a step that loo
 damaged anyway is skipped with a warning naming it, and the previous good step is restored.
 
 `settings.json` beside the steps records what the checkpoints were made with (architecture, optimiser and schedule,
-corpus, seed); a run with other settings stops instead of resuming from them.
+corpus, seed); a run with other settings stops instead of resuming from them. A setting added after a record was
+written is missing from it; the caller's `defaults` say what such a record was made with (the field's default: the
+behaviour before the field existed), so old checkpoints still resume while the new setting keeps its default.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Checkpointer:
         interval_steps: int = 1,
         final_step: int | None = None,
         settings: dict | None = None,
+        defaults: dict | None = None,
         async_save: bool = True,
     ):
         self.directory = os.path.abspath(directory)
@@ -71,17 +74,21 @@ class Checkpointer:
         # Settings first: Orbax's manager starts background threads (temporary-folder clean-up) that would print
         # tracebacks at exit if a refused or failed start (other settings, disk full) ended the process under them.
         if settings is not None:
-            self._check_settings(settings)
+            self._check_settings(settings, defaults or {})
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         # The newest step the caller has reached (asked `should_save` about or saved): where an interrupt stopped it.
         self.reached: int | None = None
         self._closed = False
         self._final_steps: list[int] = []
 
-    def _check_settings(self, settings: dict) -> None:
-        """Record `settings` beside fresh checkpoints; refuse to resume checkpoints made with other settings."""
+    def _check_settings(self, settings: dict, defaults: dict) -> None:
+        """Record `settings` beside fresh checkpoints; refuse to resume checkpoints made with other settings.
+
+        A key missing from the record counts as `defaults[key]` (when given): the record predates the setting.
+        """
         path = os.path.join(self.directory, "settings.json")
         current = json.loads(json.dumps(settings))
+        defaults = json.loads(json.dumps(defaults))  # compared as JSON, like the record (tuples become lists)
         old = None
         if saved_steps(self.directory) and os.path.exists(path):
             try:
@@ -90,11 +97,13 @@ class Checkpointer:
             except (OSError, ValueError):
                 log.warning("%s is unreadable; assuming its checkpoints match this run's settings", path)
         if isinstance(old, dict):
-            diffs = [
-                f"{key} = {_show(old.get(key))} (this run: {_show(current.get(key))})"
-                for key in old.keys() | current.keys()
-                if old.get(key) != current.get(key)
-            ]
+            diffs = []
+            for key in old.keys() | current.keys():
+                recorded = key in old or key not in defaults
+                was = old.get(key) if recorded else defaults[key]
+                if was != current.get(key):
+                    shown = _show(was) if recorded else f"{_show(was)} (not recorded: the default)"
+                    diffs.append(f"{key} = {shown} (this run: {_show(current.get(key))})")
             if diffs:
                 raise SettingsMismatchError(
                     f"the checkpoints in {self.directory} were made with other settings: {'; '.join(sorted(diffs))}; "

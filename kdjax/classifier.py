@@ -8,6 +8,8 @@ barely varies between sentences; docs/results.md). The head is therefore a choic
   pooler        the checkpoint's pooler on the first token (a fresh one when the checkpoint has none): BERT's head;
   fresh_pooler  the same shape, its dense freshly initialised even when the checkpoint has one;
   mean          the mean of the last hidden states over non-pad tokens (as sentence-transformers pools), no pooler;
+  cls           the first token's last hidden state as it is, no pooler or other dense (the sentence vector of a
+                sentence-transformers model pooling by its CLS token; DistilBERT's own head adds a dense + ReLU);
   auto          `mean` when the run's teacher folder is a sentence-transformers model that mean-pools, else `pooler`.
 
 `auto` is resolved once per run from the teacher (`resolve_pooling`), so every row of a table -- the teacher and
@@ -26,7 +28,7 @@ from kdjax.models import INIT_STD, Dtype, Encoder
 from kdjax.spec import ArchSpec
 
 # Heads a fine-tuning run can train; 'auto' (config only) resolves to one of them.
-POOLINGS = ("pooler", "fresh_pooler", "mean")
+POOLINGS = ("pooler", "fresh_pooler", "mean", "cls")
 
 
 class SequenceClassifier(nn.Module):
@@ -62,6 +64,8 @@ class SequenceClassifier(nn.Module):
         last = out["hidden_states"][-1]
         if self.pooling == "mean":
             pooled = masked_mean(last, attention_mask).astype(self.dtype)
+        elif self.pooling == "cls":
+            pooled = last[:, 0]
         else:
             dense = nn.Dense(
                 self.spec.hidden_size, dtype=self.dtype, kernel_init=nn.initializers.normal(INIT_STD), name="pooler"
@@ -135,4 +139,5 @@ DESCRIPTIONS = {
     "pooler": "the checkpoint's pooler (dense+tanh; fresh if it has none) on [CLS] -> dropout -> linear",
     "fresh_pooler": "fresh pooler (dense+tanh) on [CLS] -> dropout -> linear",
     "mean": "mean of the last hidden states over real tokens -> dropout -> linear",
+    "cls": "[CLS] last hidden state (no pooler) -> dropout -> linear",
 }

@@ -53,7 +53,8 @@ class Head:
 
 def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
     """A fresh classifier whose encoder is the pretrained weights; its pooler is the checkpoint's only with
-    pooling 'pooler' and a checkpoint that has one ('fresh_pooler' keeps the fresh draw; 'mean' has no pooler)."""
+    pooling 'pooler' and a checkpoint that has one ('fresh_pooler' keeps the fresh draw; 'mean' and 'cls' have no
+    pooler)."""
     ids = jnp.zeros((1, 8), jnp.int32)
     params = dict(head.module().init(rng, ids, jnp.ones_like(ids))["params"])
     fresh = jax.tree.structure(params["bert"])

@@ -26,6 +26,7 @@ from kdjax.export import export_hf
 from kdjax.glue_models import chosen_arch, kd_targets
 from kdjax.hooks import LogMetrics, SaveCheckpoints
 from kdjax.interrupts import Interrupted
+from kdjax.losses import LossConfig
 from kdjax.optim import OptimConfig
 from kdjax.spec import ArchSpec
 from kdjax.student_init import initial_params, initial_projection
@@ -81,12 +82,18 @@ def _rows_digest(rows: np.ndarray) -> str:
     return _digests[key]
 
 
+def _loss_settings(loss: LossConfig) -> dict:
+    return {f"kd.loss.{k}": v for k, v in dataclasses.asdict(loss).items()}
+
+
+# What a KD checkpoint whose settings.json lacks a key was made with: loss fields added later (sentence_weight) are
+# missing from older records, which were made with the field's default (the loss as it was before the field existed).
+KD_SETTINGS_DEFAULTS = _loss_settings(LossConfig())
+
+
 def kd_settings(inp: KdInputs, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
-    """What a KD checkpoint depends on, under the names a user changes it by: a resume with other values is refused."""
-    # sentence_weight came later: recorded only when on, so checkpoints made before it still resume.
-    loss = {
-        f"kd.loss.{k}": v for k, v in dataclasses.asdict(inp.kd.loss).items() if not (k == "sentence_weight" and v == 0)
-    }
+    """What a KD checkpoint depends on, under the names a user changes it by: a resume with other values is refused
+    (a key an older record lacks compares with `KD_SETTINGS_DEFAULTS`)."""
     return {
         "arch": spec.arch_id,
         "teacher (architecture:weights)": f"{inp.teacher.spec.arch_id}:{_digest(inp.teacher.params)}",
@@ -97,7 +104,7 @@ def kd_settings(inp: KdInputs, spec: ArchSpec, opt: OptimConfig, given_init: boo
         "kd.schedule": opt.schedule,
         "kd.weight_decay": opt.weight_decay,
         "kd.grad_clip_norm": opt.grad_clip_norm,
-        **loss,
+        **_loss_settings(inp.kd.loss),
         "global batch (kd.per_device_batch_size x devices)": inp.batches.global_batch,
         "data.mlm_probability": inp.batches.masking.probability,
         "corpus (data.*; fingerprint of the packed rows)": _rows_digest(inp.batches.rows),
@@ -138,6 +145,7 @@ def distill_arch(
         interval_steps=every,
         final_step=steps,
         settings=kd_settings(inp, spec, opt, given_init),
+        defaults=KD_SETTINGS_DEFAULTS,
     )
     writer = MetricWriter(out_dir)
     hooks = [LogMetrics(writer), SaveCheckpoints(ckpt, every=every)]

@@ -25,6 +25,8 @@ from kdjax.classifier import DESCRIPTIONS, recorded_recipe
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
 from kdjax.report_searches import (
+    DISTINCT,
+    REPEATS,
     best_so_far_curves,
     finite_or_none,
     load_histories,
@@ -228,7 +230,7 @@ def make_figures(out_dir: str, rows: list[dict], history: list[dict], teacher_ms
                 continue
             for name, best in by_series.items():
                 ax.plot(np.arange(1, len(best) + 1), best, marker=".", label=name)
-        save(fig, ax, "reward", "candidates evaluated", "best reward so far", "Search progress by strategy")
+        save(fig, ax, "reward", DISTINCT, "best reward so far", "Search progress by strategy")
     else:
         made["reward"] = "no NAS history (run the nas stage)"
     series = series_by_strategy([h for h in history if finite_or_none(h.get("loss")) is not None])
@@ -266,7 +268,7 @@ def readme(
 ) -> str:
     captions = {
         "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
-        "reward": "Fig. 2: best reward so far vs candidates evaluated, per strategy (a strategy searched in several "
+        "reward": f"Fig. 2: best reward so far vs {DISTINCT}, per strategy (a strategy searched in several "
         "workdirs: mean line, min-max band)",
         "loss": "Fig. 3: mini-KD loss of each candidate, in evaluation order",
         "loss_latency": "Fig. 4: mini-KD loss vs CPU latency of every candidate",
@@ -283,7 +285,7 @@ def readme(
         out += [f"Fine-tuning recipe ({note}; head: {_heads(rows)}): `{sorted(recipes)[0]}`", ""]
     if history:
         counts = {k: len(v) for k, v in series_by_strategy(history).items()}
-        out += ["NAS candidates: " + ", ".join(f"{k}: {n}" for k, n in counts.items()), ""]
+        out += [f"NAS {DISTINCT}: " + ", ".join(f"{k}: {n}" for k, n in counts.items()) + f". {REPEATS}", ""]
     out.append("## Figures\n")
     for key, cap in captions.items():
         f = figures.get(key, "")

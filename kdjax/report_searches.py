@@ -25,6 +25,15 @@ from kdjax.workdir import Workdir, read_json
 
 log = logging.getLogger(__name__)
 
+# What the report counts per search: history rows, one per distinct architecture trained by mini-KD. A strategy that
+# proposes an architecture again (Optuna's TPE, the LSTM controller) reuses its recorded reward and writes no row, so
+# a search of N trials can hold fewer rows; counted this way the x-axis of Fig. 2 is the search's cost.
+DISTINCT = "distinct candidates (mini-KD runs)"
+REPEATS = (
+    "A search that proposes an architecture again reuses its reward without a new mini-KD or history row, so an "
+    "Optuna or LSTM search can count fewer distinct candidates than trials."
+)
+
 
 def read_history(path: str, label: str | None = None) -> list[dict]:
     """Rows of a nas/history.jsonl; malformed lines are skipped with a warning. `label` prefixes the strategy."""

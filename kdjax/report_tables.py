@@ -9,7 +9,7 @@ import csv
 
 import numpy as np
 
-from kdjax.report_searches import finite_or_none, series_by_strategy
+from kdjax.report_searches import DISTINCT, finite_or_none, series_by_strategy
 
 # The PDT table compares these two exports of one architecture (PDT continues the mini-KD student).
 VARIANT_LABEL = {"nas": "without PDT (mini-KD export)", "pdt": "with PDT"}
@@ -197,7 +197,7 @@ def search_table(rows: list[dict]) -> str:
     lines = [
         "### Search strategies: the best candidate of each search and the spread of its rewards",
         "",
-        "| search | candidates | best architecture | params | mini-KD loss | CPU speed-up | reward | top-3 mean"
+        f"| search | {DISTINCT} | best architecture | params | mini-KD loss | CPU speed-up | reward | top-3 mean"
         " | mean |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -249,7 +249,7 @@ def strategy_table(rows: list[dict]) -> str:
     lines = [
         "### Search strategies over repeated searches (mean ± standard deviation over the searches of a strategy)",
         "",
-        "| strategy | searches | candidates each | best reward | top-3 mean reward |",
+        f"| strategy | searches | {DISTINCT} each | best reward | top-3 mean reward |",
         "|---|---|---|---|---|",
     ]
     for r in rows:

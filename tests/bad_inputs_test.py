@@ -44,7 +44,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "zero_kd_epochs": ([TINY, "--config.kd.num_train_steps=0", "--config.kd.num_epochs=0"], ["kd.num_epochs"]),
     "negative_batch": ([TINY, "--config.kd.per_device_batch_size=-2"], ["kd.per_device_batch_size"]),
     "zero_glue_epochs": ([TINY, "--config.glue.num_epochs=0"], ["glue.num_epochs"]),
-    "unknown_glue_pooling": ([TINY, "--config.glue.pooling=cls"], ["glue.pooling", "cls", "mean"]),
+    "unknown_glue_pooling": ([TINY, "--config.glue.pooling=max"], ["glue.pooling", "max", "mean"]),
     "workdir_under_a_file": ([TINY, "--workdir={tmp}/a_file/run"], ["workdir", "not writable"]),
     "workdir_in_proc": ([TINY, "--workdir=/proc/kdjax-run"], ["workdir", "not writable"]),
     # These load (or fail to load) the teacher first.

@@ -35,7 +35,7 @@ def test_sequence_classifier_regression_head(pooling):
     model = SequenceClassifier(spec, num_labels=1, pooling=pooling)
     params = model.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids))["params"]
     assert model.apply({"params": params}, ids, jnp.ones_like(ids)).shape == (3, 1)
-    assert ("pooler" in params) == (pooling != "mean")
+    assert ("pooler" in params) == (pooling in ("pooler", "fresh_pooler"))
 
 
 def _with_pooler(tiny_teacher):
@@ -61,7 +61,8 @@ def test_each_head_trains_and_scores(tiny_teacher, glue_dir, pooling, task):
     )
     assert out["scores"] and all(np.isfinite(v) for v in out["scores"].values())
     assert all(np.isfinite(x) for x in out["train_loss_per_epoch"])
-    assert set(out["params"]) == ({"bert", "classifier"} if pooling == "mean" else {"bert", "pooler", "classifier"})
+    pooler = {"pooler"} if pooling in ("pooler", "fresh_pooler") else set()
+    assert set(out["params"]) == {"bert", "classifier", *pooler}
 
 
 def test_unresolved_pooling_is_refused(tiny_teacher, glue_dir):
@@ -74,6 +75,18 @@ def test_unresolved_pooling_is_refused(tiny_teacher, glue_dir):
             recipe=Recipe(pooling="auto"),
             progress=False,
         )
+
+
+def test_cls_reads_the_first_tokens_state_without_a_pooler(tiny_teacher):
+    head = Head(tiny_teacher.spec, 3, pooling="cls")
+    params = init_params(jax.random.PRNGKey(0), head, _with_pooler(tiny_teacher))
+    assert set(params) == {"bert", "classifier"}  # the checkpoint's pooler is not read
+    ids = np.arange(10, 34, dtype=np.int32).reshape(2, 12)
+    mask = np.ones_like(ids)
+    logits, enc = head.module().apply({"params": params}, ids, mask, np.zeros_like(ids), return_encoder=True)
+    c = params["classifier"]
+    expected = np.asarray(enc["hidden_states"][-1][:, 0]) @ np.asarray(c["kernel"]) + np.asarray(c["bias"])
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_mean_ignores_pad_tokens(tiny_teacher):

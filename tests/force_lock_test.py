@@ -117,6 +117,80 @@ def test_checkpoints_refuse_other_settings(tmp_path):
     assert json.load(open(os.path.join(e, "settings.json"))) == {"seed": 1}
 
 
+def test_a_setting_missing_from_an_older_record_matches_its_default(tmp_path):
+    import jax.numpy as jnp
+
+    from kdjax.checkpoint import Checkpointer, SettingsMismatchError
+
+    d = str(tmp_path / "ck")
+    old = {"arch": "2L", "seed": 0}  # written before the setting "new" existed
+    ck = Checkpointer(d, settings=old, final_step=1)
+    ck.save(1, {"w": jnp.ones(3)}, {})
+    ck.close()
+    defaults = {"new": 0.0}
+    Checkpointer(d, settings=dict(old, new=0.0), defaults=defaults).close()  # the default: what the record ran
+    with pytest.raises(SettingsMismatchError) as info:
+        Checkpointer(d, settings=dict(old, new=0.5), defaults=defaults)
+    assert "new = 0.0 (not recorded: the default) (this run: 0.5)" in str(info.value)
+    # Without a default a missing key is a difference; a recorded key is compared as before, default or not.
+    with pytest.raises(SettingsMismatchError, match=r"new = None \(this run: 0.0\)"):
+        Checkpointer(d, settings=dict(old, new=0.0))
+    with pytest.raises(SettingsMismatchError, match=r"seed = 0 \(this run: 1\)"):
+        Checkpointer(d, settings=dict(old, seed=1, new=0.0), defaults=defaults)
+    assert json.load(open(os.path.join(d, "settings.json"))) == old  # a resume never rewrites the record
+
+
+def _kd_settings(**loss):
+    """kd_stage.kd_settings of a stand-in run (the settings only read names, numbers and fingerprints)."""
+    from types import SimpleNamespace as NS
+
+    from kdjax.kd_stage import KdInputs, kd_settings
+    from kdjax.losses import LossConfig
+    from kdjax.optim import OptimConfig
+
+    inp = KdInputs(
+        teacher=NS(spec=NS(arch_id="4L-64H-4A-128F-gelu"), params={"w": np.arange(6.0)}),
+        batches=NS(global_batch=2, masking=NS(probability=0.15), rows=np.arange(64, dtype=np.int32).reshape(4, 16)),
+        kd=NS(init="auto", loss=LossConfig(**loss)),
+        seed=0,
+        dtype=None,
+        mesh=None,
+        seq_len=16,
+    )
+    return kd_settings(inp, NS(arch_id=ARCH), OptimConfig(learning_rate=1e-3, total_steps=6, warmup_steps=0), False)
+
+
+def test_kd_checkpoints_from_before_sentence_weight_still_resume(tmp_path):
+    """A settings.json written before kd.loss.sentence_weight existed (no such key, written here by hand) resumes
+    with the default weight and refuses another; a real difference is still refused."""
+    import jax.numpy as jnp
+
+    from kdjax.checkpoint import Checkpointer, SettingsMismatchError
+    from kdjax.kd_stage import KD_SETTINGS_DEFAULTS
+
+    d = str(tmp_path / "checkpoints")
+    ck = Checkpointer(d, final_step=3)
+    ck.save(3, {"w": jnp.ones(3)}, {"position": 3})
+    ck.close()
+    record = _kd_settings()
+    assert record["kd.loss.sentence_weight"] == 0.0  # recorded from now on, default or not
+    del record["kd.loss.sentence_weight"]
+    with open(os.path.join(d, "settings.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    ck = Checkpointer(d, settings=_kd_settings(), defaults=KD_SETTINGS_DEFAULTS)
+    step, state, meta = ck.restore({"w": jnp.zeros(3)})
+    ck.close()
+    assert step == 3 and meta == {"position": 3} and float(state["w"].sum()) == 3.0
+    with pytest.raises(SettingsMismatchError) as info:
+        Checkpointer(d, settings=_kd_settings(sentence_weight=0.5), defaults=KD_SETTINGS_DEFAULTS)
+    msg = str(info.value)
+    assert "kd.loss.sentence_weight = 0.0 (not recorded: the default) (this run: 0.5)" in msg
+    assert "\n" not in msg and "--config.force=true" in msg
+    with pytest.raises(SettingsMismatchError) as info:
+        Checkpointer(d, settings=_kd_settings(temperature=4.0), defaults=KD_SETTINGS_DEFAULTS)
+    assert "kd.loss.temperature = 2.0 (this run: 4.0)" in str(info.value) and "sentence_weight" not in str(info.value)
+
+
 def test_orbax_saves_the_interval_and_the_final_step_only(tmp_path):
     import jax.numpy as jnp
 

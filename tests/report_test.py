@@ -287,3 +287,6 @@ def test_repeated_searches_of_a_strategy_get_mean_spread_and_band(tmp_path):
     readme = _read(os.path.join(roots[0], "report", "README.md"))
     assert "| random | 3 | 3 | 0.7000 ± 0.0000 | 0.5667 ± 0.0333 |" in readme
     assert "| optuna | 2 | 2/3 |" in readme
+    # The counts are history rows, one per mini-KD run: a repeated proposal adds none, and the report says so.
+    assert "| strategy | searches | distinct candidates (mini-KD runs) each |" in readme
+    assert "NAS distinct candidates (mini-KD runs): " in readme and "fewer distinct candidates than trials" in readme

@@ -19,7 +19,7 @@ INITS = ("auto", "random", "teacher")
 DTYPES = ("auto", "float32", "bfloat16")
 LATENCY_DEVICES = ("cpu", "accelerator")
 # glue.pooling: the heads of kdjax.classifier.POOLINGS, or 'auto' (resolved from the run's teacher).
-GLUE_POOLINGS = ("auto", "pooler", "fresh_pooler", "mean")
+GLUE_POOLINGS = ("auto", "pooler", "fresh_pooler", "mean", "cls")
 
 # Built-in random teachers that need no download (tests, smoke runs). Name -> HF-style config overrides.
 RANDOM_TEACHERS = {
@@ -127,7 +127,7 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     # LSTM: episodes x candidates per episode (15 x 8, as the original pipeline).
     c.nas.num_episodes = 15
     c.nas.candidates_per_episode = 8
-    # Optuna / random: number of candidates evaluated.
+    # Optuna / random: number of trials (random draws distinct candidates; Optuna may repeat one, reusing its reward).
     c.nas.num_trials = 100
     # Optuna storage URL; empty = SQLite file W/nas/optuna.db. PostgreSQL/MySQL URLs let several workers share it.
     c.nas.storage = ""
@@ -223,7 +223,8 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.dropout_rate = 0.1
     # Fine-tuning compute dtype: 'float32' (default, comparable everywhere), 'bfloat16' or 'auto'.
     c.glue.compute_dtype = "float32"
-    # GLUE head for every row: pooler, fresh_pooler, mean, or auto (mean for a mean-pooling ST teacher, else pooler).
+    # GLUE head for every row: pooler, fresh_pooler, mean, cls (raw [CLS] state, no pooler), or auto (mean for a
+    # mean-pooling ST teacher, else pooler).
     c.glue.pooling = "auto"
     c.glue.distill = ml_collections.ConfigDict()
     # Task distillation (TinyBERT's second stage): students (nas/kd/pdt/random rows) learn each task from the

@@ -117,7 +117,8 @@ class NasSettings:
 
     @property
     def budget(self) -> int:
-        """Candidates the search evaluates: episodes x candidates for the LSTM, else the number of trials."""
+        """Proposals the search makes: episodes x candidates for the LSTM, else the number of trials (a repeated
+        proposal reuses its reward, so the distinct candidates trained can be fewer)."""
         if self.strategy == "lstm":
             return self.num_episodes * self.candidates_per_episode
         return self.num_trials
