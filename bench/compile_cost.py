@@ -1,6 +1,7 @@
-"""Compile cost of one candidate: CPU seconds to trace + lower + compile its init and student-step programs, and to
-run one step, with the layers per-layer or scanned (`nas.scan_layers`), at several depths, and with AdamW's update
-per parameter leaf (kdjax's) or over two flat vectors (`flat`, defined only here: measured, it did not pay; see
+"""Compile cost of one candidate: CPU seconds to build its init state (on the host: no program since issue 14), to
+trace + lower + compile its student-step program, and to run one step, with the layers per-layer or scanned
+(`nas.scan_layers`), at several depths, and with AdamW's update per parameter leaf (kdjax's) or over two flat
+vectors (`flat`, defined only here: measured, it did not pay; see
 docs/performance.md, "Cold search"), or replaced by plain SGD (`sgd`, the bound on what an optimizer change saves).
 
     PYTHONPATH=. python bench/compile_cost.py --depths 1,3,6,12
@@ -102,7 +103,7 @@ def main(argv=None) -> None:
     from kdjax.optim import OptimConfig
     from kdjax.sharding import make_mesh, replicate
     from kdjax.spec import parse_arch_id
-    from kdjax.steps import compile_init, compile_programs, teacher_inputs
+    from kdjax.steps import compile_programs, init_state, teacher_inputs
 
     layers = args.layers.split(",")
     layouts = args.optimizers.split(",")
@@ -116,17 +117,16 @@ def main(argv=None) -> None:
     rng = jax.random.PRNGKey(0)
 
     def cold() -> None:
-        """Forget every compiled student and init program (kdjax's and jax's caches); keep the teacher's."""
+        """Forget every compiled student program (kdjax's and jax's caches); keep the teacher's."""
         for key in [k for k in kd_steps._COMPILED if k[0] != "teacher"]:
             del kd_steps._COMPILED[key]
-        kd_steps.jitted_init.cache_clear()
         jax.clear_caches()
 
     # The teacher's program once, outside every row: each row then times only its own student programs.
     spec0 = parse_arch_id(f"1L-{args.dims}", teacher.spec)
     opt0 = OptimConfig(learning_rate=5e-5, total_steps=100, schedule="constant")
-    init0, _ = compile_init(spec0, teacher.spec, opt0, loss, mesh, False, rng, None, None)
-    compile_programs(spec0, teacher.spec, loss, opt0, jnp.float32, mesh, init0(rng, None, None), t_params, batch, rng)
+    state0 = replicate(init_state(rng, spec0, teacher.spec, opt0, loss), mesh)
+    compile_programs(spec0, teacher.spec, loss, opt0, jnp.float32, mesh, state0, t_params, batch, rng)
     rows = []
     grid = [
         (depth, scan, layout)
@@ -140,12 +140,11 @@ def main(argv=None) -> None:
             opt = OptimConfig(learning_rate=5e-5, total_steps=100, schedule="constant")
             opt = {"flat": flat_adamw, "sgd": plain_sgd}.get(layout, lambda o: o)(opt)
             spec = parse_arch_id(f"{depth}L-{args.dims}", teacher.spec)
-            (init, _), init_cpu = _cpu(
-                lambda spec=spec, scan=scan, opt=opt: compile_init(
-                    spec, teacher.spec, opt, loss, mesh, scan, rng, None, None
+            state, init_cpu = _cpu(
+                lambda spec=spec, scan=scan, opt=opt: replicate(
+                    init_state(rng, spec, teacher.spec, opt, loss, scan_layers=scan), mesh
                 )
             )
-            state = init(rng, None, None)
             (programs, _), step_cpu = _cpu(
                 lambda spec=spec, scan=scan, state=state, opt=opt: compile_programs(
                     spec, teacher.spec, loss, opt, jnp.float32, mesh, state, t_params, batch, rng, scan
@@ -164,7 +163,7 @@ def main(argv=None) -> None:
                 "scan_layers": scan,
                 "optimizer_layout": layout,
                 "repeat": repeat,
-                "init_compile_cpu_s": init_cpu,
+                "init_cpu_s": init_cpu,
                 "step_compile_cpu_s": step_cpu,
                 "step_cpu_s": float(np.median(times)),
                 # Same init and batch in every row of a shape: the layouts must give the same losses.
@@ -172,7 +171,7 @@ def main(argv=None) -> None:
             }
             rows.append(row)
             print(row, flush=True)
-    keys = ("init_compile_cpu_s", "step_compile_cpu_s", "step_cpu_s")
+    keys = ("init_cpu_s", "step_compile_cpu_s", "step_cpu_s")
     medians = []
     for cell in grid:
         mine = [r for r in rows if (r["depth"], r["scan_layers"], r["optimizer_layout"]) == cell]

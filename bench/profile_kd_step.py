@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     from kdjax.losses import LossConfig, distillation_loss
     from kdjax.models import Encoder
     from kdjax.optim import OptimConfig
-    from kdjax.sharding import make_mesh
+    from kdjax.sharding import make_mesh, replicate
     from kdjax.spec import parse_arch_id
     from kdjax.steps import (
         StepSettings,
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     opt = OptimConfig(learning_rate=5e-5, total_steps=1000, schedule="constant")
     mesh = make_mesh()
     t_params = teacher_inputs(teacher.params, loss_cfg)
-    state = init_state(jax.random.PRNGKey(0), student, teacher.spec, opt, loss_cfg)
+    state = replicate(init_state(jax.random.PRNGKey(0), student, teacher.spec, opt, loss_cfg), mesh)
     parts = set(args.parts.split(","))
     out: dict = {"corpus": source, "student": student.arch_id, "teacher": teacher.spec.arch_id}
     out |= {

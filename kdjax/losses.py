@@ -11,6 +11,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from kdjax.models import host_rng
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +45,11 @@ def uniform_last_mapping(student_layers: int, teacher_layers: int) -> list[tuple
 
 
 def init_projection(rng: jax.Array, student_hidden: int, teacher_hidden: int) -> dict:
-    """Linear(Hs, 2*Ht) shared by every student layer (the original pipeline's), LeCun-normal kernel, zero bias."""
-    kernel = jax.random.normal(rng, (student_hidden, 2 * teacher_hidden)) / math.sqrt(student_hidden)
-    return {"kernel": kernel, "bias": jnp.zeros((2 * teacher_hidden,))}
+    """Linear(Hs, 2*Ht) shared by every student layer (the original pipeline's), LeCun-normal kernel, zero bias;
+    numpy arrays drawn on the host from `rng` (kdjax.models.host_rng), so no program is compiled per width."""
+    kernel = host_rng(rng).standard_normal((student_hidden, 2 * teacher_hidden), dtype=np.float32)
+    kernel /= np.float32(math.sqrt(student_hidden))
+    return {"kernel": kernel, "bias": np.zeros((2 * teacher_hidden,), np.float32)}
 
 
 def _masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:

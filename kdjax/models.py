@@ -8,6 +8,7 @@ skip vocabulary logits unless a logit loss reads them, and use fused attention.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -216,30 +217,43 @@ def unstack_layers(params: dict) -> dict:
     return {**params, "encoder": {**params["encoder"], "layer": per_layer}}
 
 
-def random_params(spec: ArchSpec, rng: jax.Array, *, with_mlm_head: bool = False, scan_layers: bool = False) -> dict:
-    """An Encoder's random init, drawn as its modules draw it -- normal(INIT_STD) kernels and embeddings, zero
-    biases, unit LayerNorm scales -- but from ONE normal draw cut into the leaves.
+def host_rng(rng: jax.Array) -> np.random.Generator:
+    """A numpy Generator seeded by a jax PRNG key's bits (a raw uint32 key or a typed one): host draws that are a pure
+    function of the key, with no compiled program (reading a key's bits runs nothing on the device)."""
+    bits = np.asarray(jax.random.key_data(rng), np.uint32).ravel()
+    return np.random.default_rng(np.random.SeedSequence([int(b) for b in bits]))
 
-    Flax's `init` draws each leaf with its own threefry call, and XLA:CPU compiles every such call separately
-    (~0.4 CPU-s each, 3-6 CPU-s per candidate shape): more than the student's train step. One draw compiles once.
-    The values differ from `Encoder.init`'s for the same key (the distribution is the same) and do not depend on
-    `scan_layers`: they are drawn in the per-layer layout, then stacked.
-    """
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(spec: ArchSpec, with_mlm_head: bool) -> tuple[list, Any]:
+    """An Encoder's param leaves (path, ShapeDtypeStruct) and tree structure, traced once per shape (no compile)."""
     ids = jnp.zeros((1, 8), jnp.int32)
     model = Encoder(spec, with_mlm_head=with_mlm_head)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids, ids))["params"]
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    drawn = [leaf for path, leaf in leaves if _init_kind(path) == "normal"]
-    noise = jax.random.normal(rng, (sum(int(np.prod(x.shape)) for x in drawn),), jnp.float32) * INIT_STD
-    out, at = [], 0
+    return jax.tree_util.tree_flatten_with_path(shapes)
+
+
+def random_params(spec: ArchSpec, rng: jax.Array, *, with_mlm_head: bool = False, scan_layers: bool = False) -> dict:
+    """An Encoder's random init as numpy arrays, drawn on the host as its modules draw it -- normal(INIT_STD)
+    kernels and embeddings, zero biases, unit LayerNorm scales -- from a numpy Generator seeded by `rng`.
+
+    Flax's `init` draws each leaf with its own threefry call, which XLA:CPU compiles separately (3-6 CPU-s per
+    candidate shape, more than the student's train step); even one jax draw cut into the leaves is a program
+    compiled per shape (~1-2.5 CPU-s). A host draw compiles nothing. The values differ from `Encoder.init`'s for the
+    same key (the distribution is the same) and do not depend on `scan_layers`: they are drawn in the per-layer
+    layout, then stacked. Call it outside `jax.jit` (it reads the key's bits).
+    """
+    gen = host_rng(rng)
+    leaves, treedef = _param_shapes(spec, with_mlm_head)
+    out = []
     for path, leaf in leaves:
         kind = _init_kind(path)
         if kind == "normal":
-            size = int(np.prod(leaf.shape))
-            out.append(noise[at : at + size].reshape(leaf.shape).astype(leaf.dtype))
-            at += size
+            x = gen.standard_normal(leaf.shape, dtype=np.float32)
+            x *= np.float32(INIT_STD)
+            out.append(x.astype(leaf.dtype, copy=False))
         else:
-            out.append(jnp.full(leaf.shape, 1.0 if kind == "ones" else 0.0, leaf.dtype))
+            out.append(np.full(leaf.shape, 1.0 if kind == "ones" else 0.0, leaf.dtype))
     params = jax.tree_util.tree_unflatten(treedef, out)
     return stack_layers(params) if scan_layers and not spec.shared_layers else params
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from kdjax.models import STACKED
@@ -56,6 +57,24 @@ class OptimConfig:
         return tx
 
 
+def host_opt_init(tx: optax.GradientTransformation, params: Any) -> Any:
+    """`tx.init(params)` as numpy zeros built on the host: no program compiled per parameter shape.
+
+    Run eagerly, optax's init compiles a fill program per leaf shape; run in `jax.jit`, one program per candidate
+    shape (part of the ~1-2.5 CPU-s an init used to cost). Every leaf of kdjax's optimizer state (clip, AdamW's
+    moments and step count, the schedule's count) starts at zero, and this is checked rather than assumed: `tx.init`
+    runs eagerly on stand-ins of the same structure and ranks but one element per axis (a few tiny shapes, compiled
+    once per process), and a transform whose state does not start at zero for params of ones (a copy of the params,
+    a constant) is refused. The shapes and dtypes come from `jax.eval_shape`, which traces but compiles nothing.
+    """
+    abstract = jax.eval_shape(tx.init, params)
+    probe = tx.init(jax.tree.map(lambda x: np.ones((1,) * np.ndim(x), x.dtype), params))
+    same_tree = str(jax.tree.structure(probe)) == str(jax.tree.structure(abstract))
+    if not same_tree or any(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(probe)):
+        raise ValueError("host_opt_init: this optimizer's state does not start at zero; use tx.init")
+    return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), abstract)
+
+
 @jax.tree_util.register_pytree_with_keys_class
 @dataclasses.dataclass(frozen=True)
 class TrainState:
@@ -70,7 +89,7 @@ class TrainState:
     exactly the three children it always had, so checkpoints written before the field existed still restore.
     """
 
-    step: jax.Array
+    step: jax.Array | np.ndarray  # numpy on the host (`create_on_host`), until put on devices
     params: dict
     opt_state: Any
     lr: jax.Array | None = None
@@ -92,6 +111,11 @@ class TrainState:
         """Step 0 with a fresh optimiser state; `lr` makes it a learning-rate-scaled state (see the class)."""
         step = jnp.zeros((), jnp.int32)
         return cls(step, params, opt.make().init(params), lr, scaled=lr is not None)
+
+    @classmethod
+    def create_on_host(cls, params: dict, opt: OptimConfig) -> TrainState:
+        """`create` as numpy arrays, with no compiled program (see `host_opt_init`); put it on devices to train."""
+        return cls(np.zeros((), np.int32), params, host_opt_init(opt.make(), params))
 
     def learning_rate(self, opt: OptimConfig) -> jax.Array:
         """The learning rate this step applies."""

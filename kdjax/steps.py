@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -28,7 +29,8 @@ from kdjax.spec import ArchSpec
 
 
 def init_student(rng: jax.Array, spec: ArchSpec, with_mlm_head: bool = False, scan_layers: bool = False) -> dict:
-    """Random student params (kdjax.models.random_params: one draw, cheap to compile), per-layer or scanned layout."""
+    """Random student params as numpy arrays drawn on the host (kdjax.models.random_params: no compiled program),
+    per-layer or scanned layout."""
     return random_params(spec, rng, with_mlm_head=with_mlm_head, scan_layers=scan_layers)
 
 
@@ -42,34 +44,27 @@ def init_state(
     projection_params: dict | None = None,
     scan_layers: bool = False,
 ) -> TrainState:
-    """Fresh state; `student_params` / `projection_params` (e.g. teacher-initialised) replace the random inits.
-    With `scan_layers` the student params are in the scanned layout (kdjax.models.stack_layers)."""
+    """Fresh state on the host (numpy leaves; `kdjax.sharding.replicate` puts it on the mesh); `student_params` /
+    `projection_params` (e.g. teacher-initialised) replace the random inits. With `scan_layers` the student params
+    are in the scanned layout (kdjax.models.stack_layers).
+
+    Nothing here is compiled per candidate shape: the random draws, the optimizer's zeros and the layer stacking
+    are numpy (a jitted init cost ~1-2.5 CPU-s of compile per shape). Given params are copied to the host, so the
+    train step, which donates its state, never consumes the caller's arrays."""
     k_student, k_proj = jax.random.split(rng)
-    if student_params is not None and scan_layers:
-        student_params = stack_layers(student_params)
+    if student_params is not None:
+        student_params = jax.tree.map(np.array, student_params)
+        if scan_layers:
+            student_params = stack_layers(student_params)
     params = {
         "student": student_params
         if student_params is not None
         else init_student(k_student, student, with_mlm_head=loss.needs_logits, scan_layers=scan_layers),
-        "projection": projection_params
+        "projection": jax.tree.map(np.array, projection_params)
         if projection_params is not None
         else init_projection(k_proj, student.hidden_size, teacher.hidden_size),
     }
-    return TrainState.create(params, opt)
-
-
-@functools.lru_cache(maxsize=64)
-def jitted_init(
-    student: ArchSpec, teacher: ArchSpec, opt: OptimConfig, loss_cfg: LossConfig, mesh: Mesh, scan_layers: bool = False
-):
-    """`init_state(rng, student_params or None, projection_params or None)` jitted once per shape (and per which
-    of the two are given), placed replicated on the mesh (eager Flax init is slow per op)."""
-    rep = shardings(mesh).replicated
-
-    def init(rng, sp, pp):
-        return init_state(rng, student, teacher, opt, loss_cfg, sp, pp, scan_layers=scan_layers)
-
-    return jax.jit(init, out_shardings=rep)
+    return TrainState.create_on_host(params, opt)
 
 
 def teacher_forward(teacher_params: dict, batch: dict, *, teacher: ArchSpec, loss_cfg: LossConfig, dtype: Any) -> dict:
@@ -203,27 +198,6 @@ def _compile(key, jitted, *args) -> tuple[Any, float]:
     while len(_COMPILED) > MAX_COMPILED:
         _COMPILED.popitem(last=False)
     return _COMPILED[key], time.perf_counter() - t0
-
-
-def compile_init(
-    student: ArchSpec,
-    teacher: ArchSpec,
-    opt: OptimConfig,
-    loss_cfg: LossConfig,
-    mesh: Mesh,
-    scan_layers: bool,
-    rng: jax.Array,
-    student_params: dict | None,
-    projection_params: dict | None,
-) -> tuple[Callable, float]:
-    """The compiled `jitted_init` for these arguments, and the seconds spent compiling it now (0 when compiled
-    before): the init program is compiled per candidate shape like the step, so its compile counts as compile."""
-    given = jax.tree.map(lambda x: (x.shape, str(x.dtype)), (student_params, projection_params))
-    key = ("init", student, teacher, opt, loss_cfg, mesh, scan_layers, jax.tree.structure(given), str(given))
-    if key in _COMPILED:
-        return _compile(key, None)
-    jitted = jitted_init(student, teacher, opt, loss_cfg, mesh, scan_layers)
-    return _compile(key, jitted, rng, student_params, projection_params)
 
 
 class Programs(NamedTuple):

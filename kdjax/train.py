@@ -24,11 +24,11 @@ from kdjax.data.batches import Batches
 from kdjax.errors import KdjaxError
 from kdjax.hooks import Hook, Report, report_steps
 from kdjax.losses import LossConfig
-from kdjax.models import stack_layers, unstack_layers
+from kdjax.models import unstack_layers
 from kdjax.optim import OptimConfig
 from kdjax.sharding import make_mesh, prefetch, replicate
 from kdjax.spec import ArchSpec
-from kdjax.steps import Programs, TeacherOutputCache, compile_init, compile_programs, teacher_inputs
+from kdjax.steps import Programs, TeacherOutputCache, compile_programs, init_state, teacher_inputs
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,19 @@ def distill(
     t_params = replicate(teacher_inputs(teacher.params, cfg.loss), mesh)
     # ALBERT-style shared layers have nothing to stack: they keep the loop.
     scan = cfg.scan_layers and not student.spec.shared_layers
-    s_params = student.params
-    if scan and s_params is not None:  # stacked on the host, so the init program does not compile the stacking
-        s_params = stack_layers(jax.tree.map(np.asarray, s_params))
-    t_start = time.perf_counter()  # the init program is compiled per candidate shape too: part of the run
-    init_key = jax.random.fold_in(root, 0)
-    init, init_compile_s = compile_init(
-        student.spec, teacher.spec, cfg.opt, cfg.loss, mesh, scan, init_key, s_params, student.projection
+    t_start = time.perf_counter()  # the state's init is part of the run
+    # Built on the host (numpy draws and zeros): no init program is compiled per candidate shape.
+    state = init_state(
+        jax.random.fold_in(root, 0),
+        student.spec,
+        teacher.spec,
+        cfg.opt,
+        cfg.loss,
+        student.params,
+        student.projection,
+        scan_layers=scan,
     )
-    state = init(init_key, s_params, student.projection)
+    state = replicate(state, mesh)
     start, resumed, last_loss = 0, None, float("nan")
     epoch_sums: dict[int, list[float]] = {}
     for hook in hooks:
@@ -142,7 +146,7 @@ def distill(
             break
 
     due = report_steps(hooks, report_every)
-    compile_s, tokens = init_compile_s, 0
+    compile_s, tokens = 0.0, 0
     pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
     bar = tqdm(total=cfg.num_steps, initial=start, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     programs: Programs | None = None

@@ -201,6 +201,7 @@ def test_random_params_follow_the_modules_initialisers(scan_layers):
             assert float(np.max(np.abs(mine))) < 6 * INIT_STD, name
             if ref.size >= 1000:
                 assert abs(float(np.std(mine)) - INIT_STD) < 0.1 * INIT_STD, name
-                assert abs(float(np.mean(mine))) < 0.1 * INIT_STD, name
+                # 5 standard errors of a mean of `size` draws: a fixed fraction of INIT_STD fails by chance.
+                assert abs(float(np.mean(mine))) < 5 * INIT_STD / np.sqrt(ref.size), name
             assert not np.array_equal(mine, theirs), name
     model.apply({"params": ours}, ids, mask)  # and the model runs on them
