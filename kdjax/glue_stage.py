@@ -26,7 +26,7 @@ import flax.serialization
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax import glue_data, glue_plan, model_latency, plan
+from kdjax import embedding_probe, glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
 from kdjax.classifier import DESCRIPTIONS, recorded_recipe, resolve_pooling
 from kdjax.context import RunContext
@@ -263,6 +263,21 @@ class _Stage:
         role = "teacher" if keep else "distill" if method else "finetune"
         plan.glue_scored(glue_plan.unit(role, task), float(out.get("wall_s", 0.0)))
 
+    def zero_shot(self, ref: ModelRef, model=None) -> None:
+        """STS-B zero-shot of `ref`'s encoder (kdjax.embedding_probe), unless made before from the same weights."""
+        ctx = self.ctx
+        path = os.path.join(os.path.dirname(result_path(ctx, ref.name, "stsb")), embedding_probe.FILE)
+        data, weights = data_source(ctx, "stsb"), ref.weights()
+        if embedding_probe.is_current(path, weights, ref.source, data):
+            return
+        row = {**ref.to_dict(), "weights": weights, "data": data}
+        dev = self.task("stsb").dev["dev"]  # STS-B has one dev split
+        out = embedding_probe.record(path, row, model or load_model(ctx, ref), dev, self.recipe.max_seq_len)
+        print(
+            f"glue: {ref.name} stsb zero-shot (embedding cosine, no fine-tuning): "
+            f"spearman={out['spearman']:.2f}, pearson={out['pearson']:.2f}"
+        )
+
 
 def _pct(x) -> str:
     return "diverged" if x is None else f"{100 * x:.2f}"
@@ -358,12 +373,13 @@ def run(ctx: RunContext) -> dict:
     for task in tasks:
         for ref in ordered:
             here = [(name, method) for t, name, method in todo[ref.name] if t == task]
-            if not here:
-                continue
-            model = load_model(ctx, ref)
-            for name, method in here:
-                stage.score(ref, task, name, method, model)
-            if last[ref.name] == task:
-                record_latency(ctx, ref, model[0])
+            model = load_model(ctx, ref) if here else None
+            if model is not None:
+                for name, method in here:
+                    stage.score(ref, task, name, method, model)
+                if last[ref.name] == task:
+                    record_latency(ctx, ref, model[0])
+            if task == "stsb":
+                stage.zero_shot(ref, model)
         stage.release(task)
     return {"models": [r.name for r in refs], "tasks": tasks, "scored": len(stage.done), "skipped": skipped}

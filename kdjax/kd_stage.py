@@ -86,9 +86,9 @@ def _loss_settings(loss: LossConfig) -> dict:
     return {f"kd.loss.{k}": v for k, v in dataclasses.asdict(loss).items()}
 
 
-# What a KD checkpoint whose settings.json lacks a key was made with: loss fields added later (sentence_weight) are
-# missing from older records, which were made with the field's default (the loss as it was before the field existed).
-KD_SETTINGS_DEFAULTS = _loss_settings(LossConfig())
+# What a KD checkpoint whose settings.json lacks a key was made with: fields added later (kd.loss.sentence_weight,
+# kd.dropout_rate) are missing from older records, which were made as before the field existed (weight 0, no dropout).
+KD_SETTINGS_DEFAULTS = {**_loss_settings(LossConfig()), "kd.dropout_rate": 0.0}
 
 
 def kd_settings(inp: KdInputs, spec: ArchSpec, opt: OptimConfig, given_init: bool) -> dict:
@@ -104,6 +104,7 @@ def kd_settings(inp: KdInputs, spec: ArchSpec, opt: OptimConfig, given_init: boo
         "kd.schedule": opt.schedule,
         "kd.weight_decay": opt.weight_decay,
         "kd.grad_clip_norm": opt.grad_clip_norm,
+        "kd.dropout_rate": inp.kd.dropout_rate,
         **_loss_settings(inp.kd.loss),
         "global batch (kd.per_device_batch_size x devices)": inp.batches.global_batch,
         "data.mlm_probability": inp.batches.masking.probability,
@@ -158,7 +159,15 @@ def distill_arch(
             teacher,
             Student(spec, student_params, projection_params),
             inp.batches,
-            DistillSettings(loss=kd.loss, opt=opt, num_steps=steps, seed=inp.seed, dtype=inp.dtype, mesh=inp.mesh),
+            DistillSettings(
+                loss=kd.loss,
+                opt=opt,
+                num_steps=steps,
+                seed=inp.seed,
+                dtype=inp.dtype,
+                mesh=inp.mesh,
+                dropout_rate=kd.dropout_rate,
+            ),
             hooks=hooks,
             report_every=kd.log_every_steps,
             desc=f"{desc} {spec.arch_id}",

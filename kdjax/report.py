@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kdjax import model_latency
+from kdjax import embedding_probe, model_latency
 from kdjax.classifier import DESCRIPTIONS, recorded_recipe
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
@@ -265,6 +265,7 @@ def readme(
     history: list[dict],
     searches: list[dict],
     notes: tuple[str, ...] | list[str] = (),
+    zero_shot: str = "",
 ) -> str:
     captions = {
         "speedup": "Fig. 1: CPU speed-up vs average GLUE score (bubble area ~ parameters)",
@@ -276,6 +277,8 @@ def readme(
     if notes:
         captions["reward"] += " (reward scales: see the note under the search table)"
     out = ["# kdjax report", "", markdown_tables(rows, tasks)]
+    if zero_shot:
+        out.append(zero_shot)
     if searches:
         out += [search_table(searches), strategy_table(strategy_rows(searches))]
     out += [*(f"{n}\n" for n in notes)]
@@ -318,7 +321,11 @@ def build_report(
     notes = one_reward_scale(history, root, reward_cfg)
     rows, tasks = build_rows(root, teacher_key, history)
     t_ms = teacher_latency_ms(root, teacher_key)
-    write_json(os.path.join(out_dir, "glue.json"), {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows})
+    probes = embedding_probe.load_records(root)
+    write_json(
+        os.path.join(out_dir, "glue.json"),
+        {"tasks": tasks, "teacher_latency_ms": t_ms, "rows": rows, "stsb_zero_shot": probes},
+    )
     searches = search_rows(history)
     write_json(
         os.path.join(out_dir, "search.json"),
@@ -329,7 +336,7 @@ def build_report(
         f.write(markdown_tables(rows, tasks))
     figures = make_figures(out_dir, rows, history, t_ms)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(readme(rows, tasks, figures, history, searches, notes))
+        f.write(readme(rows, tasks, figures, history, searches, notes, embedding_probe.table(probes)))
     drawn = sorted(v for v in figures.values() if v.endswith(".png"))
     return {"rows": len(rows), "tasks": tasks, "figures": drawn, "candidates": len(history)}
 

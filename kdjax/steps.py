@@ -92,6 +92,8 @@ class StepSettings(NamedTuple):
     dtype_name: str
     # The student's params are in the scanned layout (kdjax.models.LayerStack).
     scan_layers: bool = False
+    # Dropout on the student (kd.dropout_rate), keyed by the step's rng.
+    dropout_rate: float = 0.0
 
 
 def student_step(
@@ -99,7 +101,6 @@ def student_step(
 ) -> tuple[TrainState, dict]:
     """One AdamW step of the student (and projection) towards precomputed teacher outputs; with
     `settings.scan_layers` the student params are in the scanned layout (kdjax.models.LayerStack)."""
-    del rng  # no dropout in distillation; kept in the signature so stochastic variants need no API change
     student, teacher, loss_cfg, opt = settings.student, settings.teacher, settings.loss, settings.opt
     heads = (
         relation_heads(loss_cfg, student.hidden_size, teacher.hidden_size, student.num_heads, teacher.num_heads)
@@ -111,6 +112,7 @@ def student_step(
         dtype=jnp.dtype(settings.dtype_name),
         with_mlm_head=loss_cfg.needs_logits,
         scan_layers=settings.scan_layers,
+        dropout_rate=settings.dropout_rate,
     )
 
     def loss_fn(params):
@@ -121,6 +123,8 @@ def student_step(
                 batch["input_ids"],
                 batch["attention_mask"],
                 return_qkv=loss_cfg.needs_qkv,
+                deterministic=settings.dropout_rate == 0.0,
+                rngs={"dropout": rng},
             ),
         )
         return distillation_loss(s_out, t_out, params["projection"], batch, loss_cfg, heads)
@@ -219,6 +223,7 @@ def compile_programs(
     batch: dict,
     rng: jax.Array,
     scan_layers: bool = False,
+    dropout_rate: float = 0.0,
 ) -> tuple[Programs, float]:
     """The teacher and student programs for these arguments' shapes, and the seconds spent compiling them now
     (0 when both were compiled before); `scan_layers`: `state` holds the student in the scanned layout."""
@@ -226,7 +231,7 @@ def compile_programs(
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
     t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
-    settings = StepSettings(student, teacher, loss_cfg, opt, dname, scan_layers)
+    settings = StepSettings(student, teacher, loss_cfg, opt, dname, scan_layers, dropout_rate)
     # The state's structure too: the same shapes may come with or without an MLM head.
     s_key = ("student", settings, mesh, shapes, jax.tree.structure(state))
     if s_key in _COMPILED:

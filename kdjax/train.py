@@ -69,6 +69,8 @@ class DistillSettings:
     # Train the student with its layers scanned (kdjax.models.LayerStack): compile cost independent of depth. The
     # params given and returned keep the per-layer layout; the train state (and so what hooks checkpoint) is scanned.
     scan_layers: bool = False
+    # Dropout on the student during the step (its key: the step's fold_in); the teacher never drops.
+    dropout_rate: float = 0.0
 
 
 @dataclasses.dataclass
@@ -196,7 +198,18 @@ def distill(
             rng = jax.random.fold_in(root, step + 1)
             if programs is None:
                 programs, programs_s = compile_programs(
-                    student.spec, teacher.spec, cfg.loss, cfg.opt, cfg.dtype, mesh, state, t_params, batch, rng, scan
+                    student.spec,
+                    teacher.spec,
+                    cfg.loss,
+                    cfg.opt,
+                    cfg.dtype,
+                    mesh,
+                    state,
+                    t_params,
+                    batch,
+                    rng,
+                    scan,
+                    cfg.dropout_rate,
                 )
                 compile_s += programs_s
             if teacher_cache is None:

@@ -69,6 +69,7 @@ def test_every_field_has_a_comment():
         ("kd.collapse_guard", "loud", "kd.collapse_guard"),
         ("kd.collapse_std_ratio", 1.5, "kd.collapse_std_ratio"),
         ("kd.collapse_cls_cosine", 0.0, "kd.collapse_cls_cosine"),
+        ("kd.dropout_rate", 1.0, "kd.dropout_rate"),
     ],
 )
 def test_bad_fields_are_named(field, value, match):

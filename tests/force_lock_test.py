@@ -140,7 +140,7 @@ def test_a_setting_missing_from_an_older_record_matches_its_default(tmp_path):
     assert json.load(open(os.path.join(d, "settings.json"))) == old  # a resume never rewrites the record
 
 
-def _kd_settings(**loss):
+def _kd_settings(dropout_rate=0.0, **loss):
     """kd_stage.kd_settings of a stand-in run (the settings only read names, numbers and fingerprints)."""
     from types import SimpleNamespace as NS
 
@@ -151,7 +151,7 @@ def _kd_settings(**loss):
     inp = KdInputs(
         teacher=NS(spec=NS(arch_id="4L-64H-4A-128F-gelu"), params={"w": np.arange(6.0)}),
         batches=NS(global_batch=2, masking=NS(probability=0.15), rows=np.arange(64, dtype=np.int32).reshape(4, 16)),
-        kd=NS(init="auto", loss=LossConfig(**loss)),
+        kd=NS(init="auto", loss=LossConfig(**loss), dropout_rate=dropout_rate),
         seed=0,
         dtype=None,
         mesh=None,
@@ -173,8 +173,8 @@ def test_kd_checkpoints_from_before_sentence_weight_still_resume(tmp_path):
     ck.save(3, {"w": jnp.ones(3)}, {"position": 3})
     ck.close()
     record = _kd_settings()
-    assert record["kd.loss.sentence_weight"] == 0.0  # recorded from now on, default or not
-    del record["kd.loss.sentence_weight"]
+    assert record["kd.loss.sentence_weight"] == 0.0 and record["kd.dropout_rate"] == 0.0  # recorded from now on
+    del record["kd.loss.sentence_weight"], record["kd.dropout_rate"]
     with open(os.path.join(d, "settings.json"), "w") as f:
         json.dump(record, f, indent=2)
     ck = Checkpointer(d, settings=_kd_settings(), defaults=KD_SETTINGS_DEFAULTS)
@@ -186,6 +186,8 @@ def test_kd_checkpoints_from_before_sentence_weight_still_resume(tmp_path):
     msg = str(info.value)
     assert "kd.loss.sentence_weight = 0.0 (not recorded: the default) (this run: 0.5)" in msg
     assert "\n" not in msg and "--config.force=true" in msg
+    with pytest.raises(SettingsMismatchError, match=r"kd\.dropout_rate = 0\.0"):  # made without dropout
+        Checkpointer(d, settings=_kd_settings(dropout_rate=0.1), defaults=KD_SETTINGS_DEFAULTS)
     with pytest.raises(SettingsMismatchError) as info:
         Checkpointer(d, settings=_kd_settings(temperature=4.0), defaults=KD_SETTINGS_DEFAULTS)
     assert "kd.loss.temperature = 2.0 (this run: 4.0)" in str(info.value) and "sentence_weight" not in str(info.value)

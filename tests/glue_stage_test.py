@@ -43,9 +43,17 @@ def test_teacher_glue_report_then_resume(tmp_path, glue_dir, capsys):
     assert read_json(os.path.join(wd, "glue", "teacher", "rte.json"))["recipe"]["pooling"] == "pooler"
     with open(os.path.join(wd, "report", "README.md")) as f:
         assert "head: pooler = the checkpoint's pooler" in f.read()
+    # STS-B among the tasks: the teacher's encoder is also probed zero-shot, and the report shows it.
+    probe = read_json(os.path.join(wd, "glue", "teacher", "stsb-zeroshot.json"))
+    assert probe["model"] == "teacher" and probe["pairs"] == 10 and -100 <= probe["spearman"] <= 100
+    with open(os.path.join(wd, "report", "README.md")) as f:
+        assert "STS-B zero-shot" in f.read()
+    assert read_json(os.path.join(wd, "report", "glue.json"))["stsb_zero_shot"][0]["spearman"] == probe["spearman"]
+    capsys.readouterr()
     # Same recipe again: nothing is recomputed, even when the stage itself is forced.
     info = glue_stage.run(run_context(wd, config=_with_stages(glue_dir)))
     assert info["scored"] == 0 and info["skipped"] == 2
+    assert "zero-shot" not in capsys.readouterr().out  # the probe of the same weights is not made again
     # Another recipe: recomputed.
     ctx = run_context(wd, {"glue.num_epochs": 2, "glue.tasks": "rte"}, config=_with_stages(glue_dir))
     assert glue_stage.run(ctx)["scored"] == 1

@@ -47,9 +47,9 @@ class Rows:
         self.rows = {s: r for s, r in self.rows.items() if s <= step}
 
 
-def _settings(steps, *, mesh=None, loss=DEFAULT_LOSS, lr=3e-3, total=None):
+def _settings(steps, *, mesh=None, loss=DEFAULT_LOSS, lr=3e-3, total=None, dropout_rate=0.0):
     opt = OptimConfig(learning_rate=lr, total_steps=total or steps, warmup_steps=2)
-    return DistillSettings(loss=loss, opt=opt, num_steps=steps, seed=0, mesh=mesh)
+    return DistillSettings(loss=loss, opt=opt, num_steps=steps, seed=0, mesh=mesh, dropout_rate=dropout_rate)
 
 
 def _run(setup, steps, *, batch=8, ckpt=None, hooks=(), report_every=20, **settings):
@@ -72,6 +72,16 @@ def test_loss_decreases_and_metrics_are_recorded(setup):
     first = _run(setup, 1, total=24).final_loss
     assert r.final_loss < 0.7 * first
     assert r.tokens > 0 and r.compile_s >= 0
+
+
+def test_student_dropout_is_seeded_and_changes_training(setup):
+    # kd.dropout_rate: the student drops with the step's key, so two runs agree exactly and differ from no dropout.
+    a, b = _run(setup, 4, dropout_rate=0.3), _run(setup, 4, dropout_rate=0.3)
+    plain = _run(setup, 4)
+    assert a.final_loss == b.final_loss and np.isfinite(a.final_loss)
+    assert a.final_loss != plain.final_loss
+    leaves = zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in leaves)
 
 
 def test_all_three_losses_with_mlm_teacher(setup):

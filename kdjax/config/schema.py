@@ -96,6 +96,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.kd.init = "auto"
     # Compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16'. Master weights stay fp32.
     c.kd.compute_dtype = "auto"
+    # Dropout on the student's hidden states and attention during KD (DistilBERT trains its student with 0.1). A student
+    # distilled without it meets dropout for the first time when fine-tuned on GLUE (glue.dropout_rate).
+    c.kd.dropout_rate = 0.0
     # PDT: continue KD of each top-k search winner from its mini-KD student and projection for this many steps,
     # into kd/<arch>-pdt (0 = off).
     c.kd.pdt_steps = 0

@@ -59,6 +59,7 @@ class KdSettings:
     init: str
     compute_dtype: str  # as configured: 'auto' is resolved on the device (kdjax.sharding.compute_dtype)
     pdt_steps: int
+    dropout_rate: float
     guard: GuardConfig
     loss: LossConfig
 
@@ -205,6 +206,7 @@ def _kd(kd: ml_collections.ConfigDict) -> KdSettings:
         init=str(kd.init),
         compute_dtype=str(kd.compute_dtype),
         pdt_steps=int(kd.pdt_steps),
+        dropout_rate=float(kd.dropout_rate),
         guard=GuardConfig(
             mode=str(kd.collapse_guard),
             std_ratio=float(kd.collapse_std_ratio),

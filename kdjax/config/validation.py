@@ -113,6 +113,8 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
     _positive(c, "kd.keep_checkpoints")
     _positive(c, "kd.log_every_steps")
     _positive(c, "kd.pdt_steps", allow_zero=True)
+    if not 0.0 <= c.kd.dropout_rate < 1.0:
+        raise ConfigError(f"kd.dropout_rate={c.kd.dropout_rate} must be in [0, 1)")
     _choice(c.kd.collapse_guard, "kd.collapse_guard", ("warn", "stop", "off"))
     if not 0.0 <= c.kd.collapse_std_ratio < 1.0:
         raise ConfigError(f"kd.collapse_std_ratio={c.kd.collapse_std_ratio} must be in [0, 1)")
