@@ -22,6 +22,7 @@ from kdjax.classifier import masked_mean
 from kdjax.metrics import pearson, spearman
 from kdjax.models import Encoder
 from kdjax.spec import ArchSpec
+from kdjax.student_init import encoder_of
 from kdjax.workdir import Workdir, read_json, write_json
 
 BATCH = 64
@@ -43,8 +44,7 @@ def _embed_fn(spec: ArchSpec):
 
 def encoder_params(params: dict) -> dict:
     """The encoder's params (hidden states only: no MLM head) from a loaded model's or a student's params."""
-    enc = params["encoder"] if "encoder" in params and "embeddings" not in params else params
-    return {k: v for k, v in enc.items() if k != "mlm_head"}
+    return {k: v for k, v in encoder_of(params).items() if k != "mlm_head"}
 
 
 def embed(spec: ArchSpec, params: dict, tokenizer, sentences: list[str], max_seq_len: int) -> np.ndarray:

@@ -116,7 +116,8 @@ def initial_params(init: str, teacher_params: dict, teacher: ArchSpec, student: 
         raise KdjaxError(str(e)) from e
 
 
-def _encoder(teacher_params: dict) -> dict:
+def encoder_of(teacher_params: dict) -> dict:
+    """The Encoder's params of a loaded model's params ({'encoder': ..., 'pooler': ...}) or of bare Encoder params."""
     if "encoder" in teacher_params and "embeddings" not in teacher_params:
         return teacher_params["encoder"]
     return teacher_params
@@ -124,7 +125,7 @@ def _encoder(teacher_params: dict) -> dict:
 
 def kept_dims(teacher_params: dict, hidden_size: int) -> np.ndarray:
     """The teacher residual dimensions a narrower student keeps: largest word-embedding column norms, in order."""
-    word = np.asarray(_encoder(teacher_params)["embeddings"]["word_embeddings"]["embedding"])
+    word = np.asarray(encoder_of(teacher_params)["embeddings"]["word_embeddings"]["embedding"])
     return _top(np.linalg.norm(word, axis=0), hidden_size)
 
 
@@ -154,7 +155,7 @@ def from_teacher(teacher_params: dict, teacher: ArchSpec, student: ArchSpec) -> 
         )
     if student.hidden_size > teacher.hidden_size or student.ffn_size > teacher.ffn_size:
         raise ValueError(f"kd.init='teacher' needs a student no wider than its teacher ({student.arch_id})")
-    enc = _encoder(teacher_params)
+    enc = encoder_of(teacher_params)
     emb = enc["embeddings"]
     hid = kept_dims(teacher_params, student.hidden_size)
     embeddings = {
