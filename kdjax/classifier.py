@@ -29,6 +29,8 @@ from kdjax.spec import ArchSpec
 
 # Heads a fine-tuning run can train; 'auto' (config only) resolves to one of them.
 POOLINGS = ("pooler", "fresh_pooler", "mean", "cls")
+# A bi-encoder's score is this times the cosine: STS-B's labels run from 0 to 5.
+BI_SCALE = 5.0
 
 
 class SequenceClassifier(nn.Module):
@@ -37,6 +39,12 @@ class SequenceClassifier(nn.Module):
     `num_labels` == 1 is regression (STS-B). `return_encoder` also returns the encoder's outputs (task distillation
     matches hidden states and attention relations). 'pooler' and 'fresh_pooler' are the same network; they differ
     only in how kdjax.finetune_steps.init_params starts the pooler.
+
+    `bi_encoder` (regression only): the rows come in pairs (a0, b0, a1, b1, ...: kdjax.glue_data.make_batch of a
+    bi-encoded task), each sentence encoded alone, and the score is BI_SCALE x the cosine of the pair's sentence
+    vectors, with no classifier: sentence-transformers' CosineSimilarityLoss (MSE between the cosine and the label
+    / 5) up to the constant factor, so the score is in the labels' units. At init it is the embedding probe's cosine
+    (kdjax.embedding_probe) for the `mean` head.
     """
 
     spec: ArchSpec
@@ -44,6 +52,7 @@ class SequenceClassifier(nn.Module):
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.1
     pooling: str = "pooler"
+    bi_encoder: bool = False
 
     @nn.compact
     def __call__(
@@ -71,6 +80,14 @@ class SequenceClassifier(nn.Module):
                 self.spec.hidden_size, dtype=self.dtype, kernel_init=nn.initializers.normal(INIT_STD), name="pooler"
             )
             pooled = jnp.tanh(dense(last[:, 0]))
+        if self.bi_encoder:
+            if self.num_labels != 1:
+                raise ValueError("a bi-encoder head is built for regression (one output) only")
+            u, v = pooled[0::2].astype(jnp.float32), pooled[1::2].astype(jnp.float32)
+            norms = jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1)
+            cos = jnp.sum(u * v, axis=-1) / jnp.maximum(norms, 1e-12)  # a zero vector (filler row) scores 0
+            scores = BI_SCALE * cos[:, None]
+            return (scores, out) if return_encoder else scores
         pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
         classifier = nn.Dense(
             self.num_labels, dtype=jnp.float32, kernel_init=nn.initializers.normal(INIT_STD), name="classifier"
@@ -129,9 +146,10 @@ def resolve_pooling(configured: str, teacher_folder: str) -> tuple[str, str]:
 
 
 def recorded_recipe(recipe: dict | None) -> dict:
-    """A recipe as a score recorded it, with the head filled in for rows written before glue.pooling existed: they
-    trained BERT's head, 'pooler'. The glue stage (is a score current?) and the report (one recipe?) compare these."""
-    return {"pooling": "pooler", **(recipe or {})}
+    """A recipe as a score recorded it, with the head filled in for rows written before glue.pooling existed (they
+    trained BERT's head, 'pooler') and the pair encoding for rows written before glue.bi_encoder_tasks ('cross').
+    The glue stage (is a score current?) and the report (one recipe?) compare these."""
+    return {"pooling": "pooler", "pair_encoding": "cross", **(recipe or {})}
 
 
 # How the report and logs name each head.
@@ -141,3 +159,5 @@ DESCRIPTIONS = {
     "mean": "mean of the last hidden states over real tokens -> dropout -> linear",
     "cls": "[CLS] last hidden state (no pooler) -> dropout -> linear",
 }
+# How the report and logs name the bi-encoder (glue.bi_encoder_tasks).
+BI_ENCODER = "each sentence encoded alone, the head's sentence vector of each, score = 5 x their cosine, no classifier"
