@@ -84,9 +84,7 @@ class SequenceClassifier(nn.Module):
             if self.num_labels != 1:
                 raise ValueError("a bi-encoder head is built for regression (one output) only")
             u, v = pooled[0::2].astype(jnp.float32), pooled[1::2].astype(jnp.float32)
-            norms = jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1)
-            cos = jnp.sum(u * v, axis=-1) / jnp.maximum(norms, 1e-12)  # a zero vector (filler row) scores 0
-            scores = BI_SCALE * cos[:, None]
+            scores = BI_SCALE * cosine(u, v)[:, None]
             return (scores, out) if return_encoder else scores
         pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
         classifier = nn.Dense(
@@ -94,6 +92,15 @@ class SequenceClassifier(nn.Module):
         )
         logits = classifier(pooled).astype(jnp.float32)
         return (logits, out) if return_encoder else logits
+
+
+def cosine(u, v):
+    """Row-wise cosine with finite gradients everywhere: a zero vector (a filler pair's all-pad rows) scores 0, and
+    the norms are floored inside the square root, since the gradient of `jnp.linalg.norm` at 0 is NaN, which a
+    zero loss weight does not cancel (0 x NaN)."""
+    norm_u = jnp.sqrt(jnp.maximum(jnp.sum(u * u, axis=-1), 1e-12))
+    norm_v = jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1), 1e-12))
+    return jnp.sum(u * v, axis=-1) / (norm_u * norm_v)
 
 
 def masked_mean(hidden, attention_mask):
