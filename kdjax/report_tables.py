@@ -92,7 +92,7 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
         "under PyTorch (`AutoModel`, batch 1, one thread, low percentile), shown when torch is installed; torch "
         "speed-up = teacher / model under PyTorch, both timed side by side in one session (alternating runs after "
         "both warmed up, same percentile), so load hits both alike; `-` where the model's record holds no such pair "
-        "(recorded by an older kdjax: the glue stage re-measures it when it runs again)."
+        "(recorded by an older kdjax: the next pipeline run with the glue stage re-measures it)."
     )
     if any(r["kind"] == "teacher" for r in rows):
         out += [
