@@ -308,7 +308,9 @@ def record_latency(ctx: RunContext, ref: ModelRef, spec: ArchSpec | None, scored
         # Timed by the teacher stage under its identity; only the PyTorch time of its folder is new here.
         model_latency.record(path, spec, ctx.settings.nas.latency, ctx.teacher.folder, xla=ctx.teacher_latency())
     else:
-        model_latency.record(path, spec, ctx.settings.nas.latency, ref.source if os.path.isdir(ref.source) else None)
+        # Under PyTorch beside the teacher's folder: the speed-up is a paired timing (kdjax.torch_latency).
+        source = ref.source if os.path.isdir(ref.source) else None
+        model_latency.record(path, spec, ctx.settings.nas.latency, source, teacher_dir=ctx.teacher.folder)
 
 
 def pending(ctx: RunContext) -> list[str]:
@@ -328,6 +330,19 @@ def pending(ctx: RunContext) -> list[str]:
             if any(_stale(p, ref) for p in paths):
                 stale.append(name)
     return stale
+
+
+def unmeasured(ctx: RunContext) -> list[str]:
+    """Scored rows of glue.models whose latency record is missing or not current (another protocol or machine, an
+    older kdjax's record without the paired PyTorch timing): a finished glue stage runs again and only measures them."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            refs = resolve_models(ctx, list(ctx.settings.glue.models))
+    except KdjaxError:  # for the stage to report when it runs
+        return []
+    scored = [r for r in refs if any(os.path.exists(result_path(ctx, r.name, t)) for t in ctx.settings.glue.tasks)]
+    paths = {r.name: ctx.workdir.latency_path(r.kind, r.arch_id, r.name) for r in scored}
+    return [name for name, p in paths.items() if not model_latency.is_current(p, ctx.settings.nas.latency)]
 
 
 def _stale(path: str, ref: ModelRef) -> bool:

@@ -226,9 +226,14 @@ def distill_arch(
 
 
 def record_latency(ctx: RunContext, spec: ArchSpec, out_dir: str) -> None:
-    """Time a model the stage made, once (kept when recorded under this protocol on this machine)."""
+    """Time a model the stage made, once (kept when recorded under this protocol on this machine); under PyTorch
+    beside the teacher's folder, so its speed-up is a paired timing."""
     model_latency.record(
-        os.path.join(out_dir, "latency.json"), spec, ctx.settings.nas.latency, os.path.join(out_dir, "hf")
+        os.path.join(out_dir, "latency.json"),
+        spec,
+        ctx.settings.nas.latency,
+        os.path.join(out_dir, "hf"),
+        teacher_dir=ctx.teacher.folder,
     )
 
 

@@ -2,8 +2,10 @@
 
 The record (at `Workdir.latency_path`) holds the XLA latency under the search's timing protocol (through the
 machine-level cache of kdjax.latency, so an architecture timed before is not timed again) and, when torch is
-installed, the batch-1 PyTorch latency of the model's transformers folder. A record made under another protocol or
-on another machine is measured again; the report never times anything.
+installed, the batch-1 PyTorch latency of the model's transformers folder: for a student, timed side by side with the
+teacher's folder in one session (`torch_pair`, kdjax.torch_latency.measure_pair), whose ratio is the record's
+`torch_speedup`. A record made under another protocol, on another machine, or by a kdjax that recorded less
+(`RECORD_VERSION`) is measured again; the report never times anything.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from kdjax.workdir import read_json, write_json
 
 log = logging.getLogger(__name__)
 
+# Bump when a record holds something new: older records are measured again. 2: the PyTorch speed-up is a paired timing.
+RECORD_VERSION = 2
+
 
 def protocol_key(cfg: LatencyConfig, machine: MachineCache) -> str:
-    """What a latency depends on besides the model: the timing protocol and the machine."""
-    return f"{cfg.key}|{digest(machine.machine)}"
+    """What a latency depends on besides the model: the timing protocol, the machine, and what a record holds."""
+    return f"{cfg.key}|{digest(machine.machine)}|r{RECORD_VERSION}"
 
 
 def read(path: str) -> dict | None:
@@ -41,19 +46,30 @@ def is_current(path: str, cfg: LatencyConfig) -> bool:
     return old is not None and old.get("key") == protocol_key(cfg, MachineCache(cfg))
 
 
-def record(path: str, spec: ArchSpec, cfg: LatencyConfig, hf_dir: str | None = None, xla: dict | None = None) -> dict:
+def record(
+    path: str,
+    spec: ArchSpec,
+    cfg: LatencyConfig,
+    hf_dir: str | None = None,
+    xla: dict | None = None,
+    teacher_dir: str | None = None,
+) -> dict:
     """Measure `spec` (and `hf_dir` under PyTorch) unless `path` already holds this protocol's record; write it.
 
-    `xla` is a latency already measured under `cfg` (the teacher's, from teacher/latency.json)."""
+    `xla` is a latency already measured under `cfg` (the teacher's, from teacher/latency.json). With `teacher_dir`
+    (the teacher's transformers folder), `hf_dir` is timed beside it and the record holds the pair and its ratio;
+    without it (the teacher's own record) `hf_dir` is timed alone and there is no PyTorch speed-up."""
     cache = LatencyCache(cfg)
     key = protocol_key(cfg, cache.machine)
     old = read(path)
     if old is not None and old.get("key") == key:
         return old
     xla = xla or cache.measure(spec)[0]
-    from kdjax.torch_latency import measure_folder
+    from kdjax.torch_latency import measure_folder, measure_pair
 
-    torch = measure_folder(hf_dir, cfg, cache.machine) if hf_dir else None
+    pair = measure_pair(hf_dir, teacher_dir, cfg, cache.machine) if hf_dir and teacher_dir else None
+    # A student whose teacher cannot be built under PyTorch still gets its own time, just no ratio.
+    torch = pair["student"] if pair else measure_folder(hf_dir, cfg, cache.machine) if hf_dir else None
     rec = {
         "key": key,
         "arch_id": spec.arch_id,
@@ -61,6 +77,9 @@ def record(path: str, spec: ArchSpec, cfg: LatencyConfig, hf_dir: str | None = N
         "xla": xla,
         "torch_ms": float(torch["latency_ms"]) if torch else None,
         "torch": torch,
+        "torch_pair": pair,
+        "torch_teacher_dir": teacher_dir if pair else None,
+        "torch_speedup": pair["speedup"] if pair else None,
     }
     write_json(path, rec)
     return rec

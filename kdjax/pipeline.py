@@ -80,11 +80,21 @@ def _glue_pending(ctx: RunContext) -> list[str]:
     return glue_stage.pending(ctx)
 
 
-# Outputs a finished stage has not made yet, and why: models glue.models names that the kd stage distils, and scores
-# of models re-made since. The stage runs again for them instead of being skipped.
+def _glue_unmeasured(ctx: RunContext) -> list[str]:
+    from kdjax import glue_stage
+
+    return glue_stage.unmeasured(ctx)
+
+
+# Outputs a finished stage has not made yet, and why: models glue.models names that the kd stage distils, scores of
+# models re-made since, and latency records of another protocol. The stage runs again for them instead of being
+# skipped.
 PENDING = {
-    "kd": (kd_stage.pending, "named since in glue.models"),
-    "glue": (_glue_pending, "their weights changed since they were scored"),
+    "kd": [(kd_stage.pending, "named since in glue.models")],
+    "glue": [
+        (_glue_pending, "their weights changed since they were scored"),
+        (_glue_unmeasured, "their latency was recorded under another protocol or by an older kdjax"),
+    ],
 }
 
 
@@ -95,11 +105,13 @@ def _skipped(ctx: RunContext, name: str) -> bool:
     if not finished(ctx.workdir, name, ctx.settings):
         print(f"{name}: finished before for another request; running again for what is new")
         return False
-    pending, why = PENDING.get(name, (None, ""))
-    missing = pending(ctx) if pending else []
-    if missing:
-        print(f"{name}: finished before; running again for {', '.join(missing)} ({why})")
-    return not missing
+    again = False
+    for pending, why in PENDING.get(name, []):
+        missing = pending(ctx)
+        if missing:
+            print(f"{name}: finished before; running again for {', '.join(missing)} ({why})")
+            again = True
+    return not again
 
 
 # Recorded requests say their format; markers written before it hold the raw config's glue section instead.

@@ -156,6 +156,19 @@ def build_rows(
         row["latency_ms"] = lat
         row["speedup"] = (t_lat / lat) if (lat and t_lat) else None
         row["torch_ms"] = finite_or_none(recorded.get("torch_ms"))
+        # The ratio recorded with the model, teacher and model timed side by side in one session; never the teacher
+        # row's time over this one, which were taken at different moments (the same pair gave 4.0x and 2.9x). A
+        # record made before pairs were recorded leaves it out ('-') until the glue stage runs again.
+        pair = recorded.get("torch_pair")
+        pair = pair if isinstance(pair, dict) else {}
+        if kind == "teacher":
+            row["torch_speedup"] = 1.0 if row["torch_ms"] else None
+        else:
+            row["torch_speedup"] = finite_or_none(recorded.get("torch_speedup")) if pair else None
+        teacher_run = pair.get("teacher")
+        row["torch_teacher_ms"] = (
+            finite_or_none(teacher_run.get("latency_ms")) if isinstance(teacher_run, dict) else None
+        )
         row["kd_loss"] = kd_loss(root, kd_name, kind, arch_id, by_arch) if kind != "teacher" else None
         row["reward"] = finite_or_none(by_arch.get(arch_id or "", {}).get("reward")) if kind != "teacher" else None
         row["recipe"] = first.get("recipe")
@@ -166,9 +179,7 @@ def build_rows(
         rows.append(row)
     rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r.get("arch_id") or "", r["model"]))
     teacher = next((r for r in rows if r["kind"] == "teacher"), None)
-    t_torch = teacher.get("torch_ms") if teacher else None
     for r in rows:
-        r["torch_speedup"] = t_torch / r["torch_ms"] if t_torch and r.get("torch_ms") else None
         r["pct_teacher"] = None
         if teacher is None:
             continue

@@ -88,8 +88,11 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
         "Scores x100 on the full dev sets; a task with two metrics shows both and counts their mean in the "
         "average (* = average over fewer tasks). Speed-up = teacher latency / model latency, both measured under "
         "XLA (batch and length as the search's protocol, low percentile of round-robin runs: see docs/performance.md); "
-        "modelled speed-up = what the search reward read (the fitted latency model); torch = the exported model "
-        "under PyTorch (`AutoModel`, batch 1), shown when torch is installed."
+        "modelled speed-up = what the search reward read (the fitted latency model); torch ms = the exported model "
+        "under PyTorch (`AutoModel`, batch 1, one thread, low percentile), shown when torch is installed; torch "
+        "speed-up = teacher / model under PyTorch, both timed side by side in one session (alternating runs after "
+        "both warmed up, same percentile), so load hits both alike; `-` where the model's record holds no such pair "
+        "(recorded by an older kdjax: the next pipeline run with the glue stage re-measures it)."
     )
     if any(r["kind"] == "teacher" for r in rows):
         out += [

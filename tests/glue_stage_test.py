@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import run_context
 
-from kdjax import glue_models, glue_stage, pipeline
+from kdjax import glue_models, glue_stage, model_latency, pipeline
 from kdjax.config import base_config
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.workdir import read_json, write_json
@@ -75,6 +75,16 @@ def test_finished_glue_stage_scores_a_new_request(tmp_path, glue_dir, capsys):
     assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte
     pipeline.run(c, wd)
     assert "glue: already finished" in capsys.readouterr().out
+    # A latency record an older kdjax wrote (another record key): the finished stage runs again and only measures.
+    lat = os.path.join(wd, "glue", "teacher", "latency.json")
+    write_json(lat, {**read_json(lat), "key": "cpu-b1-s128-w5-n30-p10-v2|0123456789abcdef"})
+    pipeline.run(c, wd)
+    out = capsys.readouterr().out
+    assert "running again for teacher (their latency was recorded" in out and "already scored" in out
+    assert glue_stage.unmeasured(run_context(wd, config=c)) == [] and read_json(lat)["key"].endswith(
+        f"|r{model_latency.RECORD_VERSION}"
+    )
+    assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte  # measured, not scored again
 
 
 def test_glue_request_is_read_from_the_typed_settings(tmp_path, glue_dir, capsys):

@@ -123,6 +123,36 @@ def test_report_with_partial_inputs(tmp_path):
     assert rows["teacher"]["latency_ms"] is None and rows[f"kd-{ARCH}"]["speedup"] is None
 
 
+def test_torch_speedup_is_the_recorded_pair_not_two_lone_timings(tmp_path):
+    # Records as the stages write them (kdjax.model_latency.record), by hand: the teacher's own torch time (50 ms,
+    # timed alone) and a student timed beside the teacher at another moment (teacher 30 ms, student 10 ms).
+    root = str(tmp_path)
+    _glue(root, "teacher", "teacher", "4L-64H-4A-128F-gelu", 1.0, 1_000_000, {"rte": TASKS["rte"]})
+    _glue(root, f"kd-{ARCH}", "kd", ARCH, 0.9, 300_000, {"rte": TASKS["rte"]})
+    _glue(root, f"random-0-{RAND}", "random", RAND, 0.7, 200_000, {"rte": TASKS["rte"]})
+    wd = Workdir(root)
+    write_json(wd.latency_path("teacher", None, "teacher"), {"key": "k", "latency_ms": 60.0, "torch_ms": 50.0})
+    pair = {"teacher": {"latency_ms": 30.0}, "student": {"latency_ms": 10.0}, "speedup": 3.0}
+    kd = {"key": "k", "latency_ms": 7.5, "torch_ms": 10.0, "torch_pair": pair, "torch_speedup": 3.0}
+    write_json(wd.latency_path("kd", ARCH, f"kd-{ARCH}"), kd)
+    # Recorded by a kdjax from before pairs: its torch time stays, no ratio is made up from the teacher row's.
+    write_json(wd.latency_path("random", RAND, f"random-0-{RAND}"), {"key": "old", "latency_ms": 5.0, "torch_ms": 12.5})
+    report.build_report(root)
+    rows = {r["kind"]: r for r in read_json(tmp_path / "report" / "glue.json")["rows"]}
+    assert rows["kd"]["torch_speedup"] == 3.0 and rows["kd"]["torch_ms"] == 10.0  # not 50 / 10
+    assert rows["kd"]["torch_teacher_ms"] == 30.0
+    assert rows["random"]["torch_ms"] == 12.5 and rows["random"]["torch_speedup"] is None
+    assert rows["teacher"]["torch_ms"] == 50.0 and rows["teacher"]["torch_speedup"] == 1.0
+    md = _read(tmp_path / "report" / "glue.md")
+    line: dict[str, list[str]] = {}
+    for ln in md.splitlines():  # the first table with a model's row is the scores table
+        if ln.startswith("| "):
+            line.setdefault(ln.split(" | ")[0], ln.split(" | "))
+    assert line[f"| kd-{ARCH}"][5:7] == ["10.00", "3.0x"]
+    assert line[f"| random-0-{RAND}"][5:7] == ["12.50", "-"]
+    assert "side by side in one session" in md
+
+
 def _sibling(root: str, alpha: float, latency_scale: float) -> str:
     """A synthetic workdir whose search used `alpha` and timed every candidate `latency_scale` times slower."""
     synthetic_workdir(root)
