@@ -152,6 +152,19 @@ def resolve_pooling(configured: str, teacher_folder: str) -> tuple[str, str]:
     return "pooler", "auto: the teacher is not a sentence-transformers model"
 
 
+def resolve_bi_encoder_tasks(configured: tuple[str, ...], teacher_folder: str) -> tuple[tuple[str, ...], str]:
+    """(tasks, why) for `glue.bi_encoder_tasks`: a list stays as it is; 'auto' is STS-B when the teacher folder is a
+    sentence-transformers model, a bi-encoder trained on the cosine of its sentence vectors (all-MiniLM-L6-v2: its
+    STS-B at the `:cpu` budget is 89.1 bi-encoded against 81.6 as a cross-encoder, its student's 82.9 against 52.8;
+    docs/results.md), else none: GLUE's cross-encoder, as BERTs are scored."""
+    if configured != ("auto",):
+        return configured, "glue.bi_encoder_tasks"
+    st = sentence_transformers_pooling(teacher_folder) if teacher_folder else None
+    if st is not None:
+        return ("stsb",), "auto: the teacher is a sentence-transformers model, a bi-encoder"
+    return (), "auto: the teacher is not a sentence-transformers model"
+
+
 def recorded_recipe(recipe: dict | None) -> dict:
     """A recipe as a score recorded it, with the head filled in for rows written before glue.pooling existed (they
     trained BERT's head, 'pooler') and the pair encoding for rows written before glue.bi_encoder_tasks ('cross').

@@ -28,7 +28,7 @@ import numpy as np
 
 from kdjax import embedding_probe, glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
-from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe, resolve_pooling
+from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe, resolve_bi_encoder_tasks, resolve_pooling
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
@@ -137,6 +137,7 @@ class _Stage:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.recipe, self.pooling_why = resolved_recipe(ctx)
+        self.bi_tasks, self.bi_why = resolve_bi_encoder_tasks(ctx.settings.glue.bi_encoder_tasks, ctx.teacher.folder)
         self.distill = distill_of(ctx, self.recipe)
         self.tasks: dict[str, glue_data.TaskData] = {}
         self.teachers: dict[str, dict] = {}
@@ -147,7 +148,7 @@ class _Stage:
 
     def recipe_for(self, task: str) -> Recipe:
         """The run's recipe as `task` trains it: bi-encoded when glue.bi_encoder_tasks names it."""
-        bi = task in self.ctx.settings.glue.bi_encoder_tasks
+        bi = task in self.bi_tasks
         return dataclasses.replace(self.recipe, pair_encoding="bi" if bi else "cross")
 
     def task(self, name: str) -> glue_data.TaskData:
@@ -375,9 +376,9 @@ def run(ctx: RunContext) -> dict:
     check_distilled(refs)
     stage = _Stage(ctx)
     print(f"glue: head {stage.recipe.pooling}: {DESCRIPTIONS[stage.recipe.pooling]} ({stage.pooling_why})")
-    bi = [t for t in tasks if t in ctx.settings.glue.bi_encoder_tasks]
+    bi = [t for t in tasks if t in stage.bi_tasks]
     if bi:
-        print(f"glue: {', '.join(bi)} bi-encoded: {BI_ENCODER} (glue.bi_encoder_tasks)")
+        print(f"glue: {', '.join(bi)} bi-encoded: {BI_ENCODER} ({stage.bi_why})")
     todo: dict[str, list[tuple[str, str, dict | None]]] = {}
     skipped = 0
     for ref in refs:

@@ -6,11 +6,13 @@ import pytest
 
 from kdjax import embedding_probe, glue_data
 from kdjax.augment import augment
+from kdjax.classifier import resolve_bi_encoder_tasks
 from kdjax.config import ConfigError, base_config, validate
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.finetune import FinetuneError, Recipe, finetune
 from kdjax.finetune_steps import Head, init_params, jitted_logits_step
 from kdjax.sharding import make_mesh, shard_batch
+from kdjax.workdir import write_json
 
 A = ["the cat sat on the mat .", "a dull , lifeless film that goes on and on .", "it rains ."]
 B = ["a cat is sitting on a mat .", "stocks fell .", "rain falls on the town all day long ."]
@@ -116,3 +118,16 @@ def test_augmenting_a_bi_encoded_pair_augments_both_sentences(tiny_teacher):
         i = k % 3
         assert len(out.input_ids[k]) == len(data.input_ids[i]) and len(out.pair_ids[k]) == len(data.pair_ids[i])
         assert (out.input_ids[k] == 7).any() and (out.pair_ids[k] == 7).any()
+
+
+def test_auto_bi_encodes_stsb_for_a_sentence_transformers_teacher_only(tmp_path):
+    plain = str(tmp_path)
+    assert resolve_bi_encoder_tasks(("auto",), plain)[0] == ()
+    assert resolve_bi_encoder_tasks(("stsb",), plain)[0] == ("stsb",)  # an explicit list wins
+    write_json(str(tmp_path / "modules.json"), [{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    (tmp_path / "1_Pooling").mkdir()
+    write_json(str(tmp_path / "1_Pooling" / "config.json"), {"pooling_mode_mean_tokens": True})
+    tasks, why = resolve_bi_encoder_tasks(("auto",), plain)
+    assert tasks == ("stsb",) and "sentence-transformers" in why
+    assert resolve_bi_encoder_tasks((), plain)[0] == ()  # an empty list is a choice too
+    assert validate(base_config("random-tiny-bert", "tiny")).glue.bi_encoder_tasks == ("auto",)

@@ -313,6 +313,7 @@ def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_d
     monkeypatch.setitem(glue_models.KEYWORDS, "copy", student)
     c.glue.models = "teacher,copy"
     c.glue.distill.baseline = False
+    c.glue.bi_encoder_tasks = ""  # the cross-encoder's head (auto would bi-encode STS-B for this teacher now)
     ctx = run_context(tmp_path, config=c)
     info = glue_stage.run(ctx)
     assert "glue: head mean" in capsys.readouterr().out

@@ -232,8 +232,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     # mean-pooling ST teacher, else pooler).
     c.glue.pooling = "auto"
     # Comma list of pair tasks scored as a bi-encoder (each sentence encoded alone, score = 5 x the cosine of the two
-    # sentence vectors; sentence-transformers' STS-B) instead of one [CLS] a [SEP] b [SEP] sequence: only stsb.
-    c.glue.bi_encoder_tasks = ""
+    # sentence vectors; sentence-transformers' STS-B) instead of one [CLS] a [SEP] b [SEP] sequence: only stsb; or
+    # auto: stsb when the teacher is a sentence-transformers model (a bi-encoder), none otherwise.
+    c.glue.bi_encoder_tasks = "auto"
     c.glue.distill = ml_collections.ConfigDict()
     # Task distillation (TinyBERT's second stage): students (nas/kd/pdt/random rows) learn each task from the
     # fine-tuned teacher instead of from the labels alone.

@@ -142,7 +142,8 @@ class GlueSettings:
     # (dtype on the device, pooling from the run's teacher; kdjax.glue_stage.recipe_of).
     recipe: Recipe
     distill: GlueDistillSettings
-    # Tasks whose recipe has pair_encoding 'bi' (kdjax.glue_stage's recipe_for); the others are 'cross'.
+    # Tasks whose recipe has pair_encoding 'bi' (kdjax.glue_stage's recipe_for), or ('auto',), which the glue stage
+    # resolves from the run's teacher (kdjax.classifier.resolve_bi_encoder_tasks); the others are 'cross'.
     bi_encoder_tasks: tuple[str, ...] = ()
 
 
