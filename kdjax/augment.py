@@ -112,7 +112,22 @@ def augment(
     word: np.ndarray | None = None,
     cont: np.ndarray | None = None,
 ) -> glue_data.Encoded:
-    """`factor` augmented copies of every example (copy-major order), labels copied from the originals."""
+    """`factor` augmented copies of every example (copy-major order), labels copied from the originals.
+
+    A bi-encoded pair's two sentences are augmented alike, each as a sentence of its own."""
+    if data.pair_ids is not None:
+        n, both = len(data), data.input_ids + data.pair_ids
+        types = data.token_type_ids + [np.zeros_like(x) for x in data.pair_ids]
+        flat = glue_data.Encoded(both, types, np.concatenate([data.labels, data.labels]))
+        made = augment(flat, factor, prob, candidates, seed=seed, special_ids=special_ids, word=word, cont=cont)
+        # Copy c of the flat list holds its n first sentences, then their n second ones.
+        pick = [i for c in range(factor) for i in range(2 * c * n, (2 * c + 1) * n)]
+        return glue_data.Encoded(
+            [made.input_ids[i] for i in pick],
+            [made.token_type_ids[i] for i in pick],
+            np.tile(data.labels, factor),
+            [made.input_ids[i + n] for i in pick],
+        )
     if word is None or cont is None:
         vocab = max(int(max(r.max() for r in data.input_ids)) + 1, 1)
         word = np.ones(vocab, bool)

@@ -29,6 +29,8 @@ from kdjax.spec import ArchSpec
 
 # Heads a fine-tuning run can train; 'auto' (config only) resolves to one of them.
 POOLINGS = ("pooler", "fresh_pooler", "mean", "cls")
+# A bi-encoder's score is this times the cosine: STS-B's labels run from 0 to 5.
+BI_SCALE = 5.0
 
 
 class SequenceClassifier(nn.Module):
@@ -37,6 +39,12 @@ class SequenceClassifier(nn.Module):
     `num_labels` == 1 is regression (STS-B). `return_encoder` also returns the encoder's outputs (task distillation
     matches hidden states and attention relations). 'pooler' and 'fresh_pooler' are the same network; they differ
     only in how kdjax.finetune_steps.init_params starts the pooler.
+
+    `bi_encoder` (regression only): the rows come in pairs (a0, b0, a1, b1, ...: kdjax.glue_data.make_batch of a
+    bi-encoded task), each sentence encoded alone, and the score is BI_SCALE x the cosine of the pair's sentence
+    vectors, with no classifier: sentence-transformers' CosineSimilarityLoss (MSE between the cosine and the label
+    / 5) up to the constant factor, so the score is in the labels' units. At init it is the embedding probe's cosine
+    (kdjax.embedding_probe) for the `mean` head.
     """
 
     spec: ArchSpec
@@ -44,6 +52,7 @@ class SequenceClassifier(nn.Module):
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.1
     pooling: str = "pooler"
+    bi_encoder: bool = False
 
     @nn.compact
     def __call__(
@@ -71,12 +80,27 @@ class SequenceClassifier(nn.Module):
                 self.spec.hidden_size, dtype=self.dtype, kernel_init=nn.initializers.normal(INIT_STD), name="pooler"
             )
             pooled = jnp.tanh(dense(last[:, 0]))
+        if self.bi_encoder:
+            if self.num_labels != 1:
+                raise ValueError("a bi-encoder head is built for regression (one output) only")
+            u, v = pooled[0::2].astype(jnp.float32), pooled[1::2].astype(jnp.float32)
+            scores = BI_SCALE * cosine(u, v)[:, None]
+            return (scores, out) if return_encoder else scores
         pooled = nn.Dropout(self.dropout_rate)(pooled, deterministic=deterministic)
         classifier = nn.Dense(
             self.num_labels, dtype=jnp.float32, kernel_init=nn.initializers.normal(INIT_STD), name="classifier"
         )
         logits = classifier(pooled).astype(jnp.float32)
         return (logits, out) if return_encoder else logits
+
+
+def cosine(u, v):
+    """Row-wise cosine with finite gradients everywhere: a zero vector (a filler pair's all-pad rows) scores 0, and
+    the norms are floored inside the square root, since the gradient of `jnp.linalg.norm` at 0 is NaN, which a
+    zero loss weight does not cancel (0 x NaN)."""
+    norm_u = jnp.sqrt(jnp.maximum(jnp.sum(u * u, axis=-1), 1e-12))
+    norm_v = jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1), 1e-12))
+    return jnp.sum(u * v, axis=-1) / (norm_u * norm_v)
 
 
 def masked_mean(hidden, attention_mask):
@@ -128,10 +152,24 @@ def resolve_pooling(configured: str, teacher_folder: str) -> tuple[str, str]:
     return "pooler", "auto: the teacher is not a sentence-transformers model"
 
 
+def resolve_bi_encoder_tasks(configured: tuple[str, ...], teacher_folder: str) -> tuple[tuple[str, ...], str]:
+    """(tasks, why) for `glue.bi_encoder_tasks`: a list stays as it is; 'auto' is STS-B when the teacher folder is a
+    sentence-transformers model, a bi-encoder trained on the cosine of its sentence vectors (all-MiniLM-L6-v2: its
+    STS-B at the `:cpu` budget is 89.1 bi-encoded against 81.6 as a cross-encoder, its student's 82.9 against 52.8;
+    docs/results.md), else none: GLUE's cross-encoder, as BERTs are scored."""
+    if configured != ("auto",):
+        return configured, "glue.bi_encoder_tasks"
+    st = sentence_transformers_pooling(teacher_folder) if teacher_folder else None
+    if st is not None:
+        return ("stsb",), "auto: the teacher is a sentence-transformers model, a bi-encoder"
+    return (), "auto: the teacher is not a sentence-transformers model"
+
+
 def recorded_recipe(recipe: dict | None) -> dict:
-    """A recipe as a score recorded it, with the head filled in for rows written before glue.pooling existed: they
-    trained BERT's head, 'pooler'. The glue stage (is a score current?) and the report (one recipe?) compare these."""
-    return {"pooling": "pooler", **(recipe or {})}
+    """A recipe as a score recorded it, with the head filled in for rows written before glue.pooling existed (they
+    trained BERT's head, 'pooler') and the pair encoding for rows written before glue.bi_encoder_tasks ('cross').
+    The glue stage (is a score current?) and the report (one recipe?) compare these."""
+    return {"pooling": "pooler", "pair_encoding": "cross", **(recipe or {})}
 
 
 # How the report and logs name each head.
@@ -141,3 +179,5 @@ DESCRIPTIONS = {
     "mean": "mean of the last hidden states over real tokens -> dropout -> linear",
     "cls": "[CLS] last hidden state (no pooler) -> dropout -> linear",
 }
+# How the report and logs name the bi-encoder (glue.bi_encoder_tasks).
+BI_ENCODER = "each sentence encoded alone, the head's sentence vector of each, score = 5 x their cosine, no classifier"

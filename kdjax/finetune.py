@@ -63,6 +63,9 @@ class Recipe:
     # The classifier's sentence vector (kdjax.classifier.POOLINGS). The config's 'auto' is resolved from the run's
     # teacher before a recipe is used (kdjax.glue_stage.recipe_of), so the recorded recipe names the head trained.
     pooling: str = "pooler"
+    # 'cross': a pair is one sequence, [CLS] a [SEP] b [SEP] (GLUE's usual); 'bi': each sentence is encoded alone
+    # and the score is the cosine of their sentence vectors (regression tasks; glue.bi_encoder_tasks).
+    pair_encoding: str = "cross"
 
     def seeds_for(self, num_train: int) -> list[int]:
         n = self.seeds if num_train <= self.small_task_examples else 1
@@ -75,8 +78,9 @@ class Recipe:
 
 
 def head_of(spec: ArchSpec, num_labels: int, recipe: Recipe) -> Head:
-    """The classifier `recipe` trains on `spec`: its dtype, dropout and pooling."""
-    return Head(spec, num_labels, recipe.compute_dtype, recipe.dropout_rate, recipe.pooling)
+    """The classifier `recipe` trains on `spec`: its dtype, dropout, pooling and pair encoding."""
+    bi = recipe.pair_encoding == "bi"
+    return Head(spec, num_labels, recipe.compute_dtype, recipe.dropout_rate, recipe.pooling, bi)
 
 
 def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:
@@ -134,7 +138,7 @@ def _train_one(ctx: dict, lr: float, seed: int, bar) -> tuple[Any, list[float], 
     train, batch_size = ctx["train"], ctx["batch_size"]
     init_key, dropout_key, proj_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = {"model": init_params(init_key, head, ctx["pretrained"])}
-    if head.regression and recipe.regression_bias_to_label_mean:
+    if head.regression and recipe.regression_bias_to_label_mean and not head.bi_encoder:  # a cosine has no bias
         bias = params["model"]["classifier"]["bias"]
         params["model"]["classifier"]["bias"] = jnp.full_like(bias, float(np.mean(ctx["label_mean_source"])))
     cfg = distill.cfg if distill is not None else None
@@ -198,6 +202,11 @@ def finetune(
     task = task_data.task
     if recipe.pooling not in POOLINGS:
         raise FinetuneError(f"recipe pooling {recipe.pooling!r} is not one of {', '.join(POOLINGS)} (resolve 'auto')")
+    bi = recipe.pair_encoding == "bi"
+    if recipe.pair_encoding not in ("cross", "bi"):
+        raise FinetuneError(f"recipe pair_encoding {recipe.pair_encoding!r} is not 'cross' or 'bi'")
+    if bi and (not task.is_regression or len(task.text_columns) < 2):
+        raise FinetuneError(f"{task.name} is not a sentence-pair regression task: it cannot be bi-encoded")
     head = head_of(spec, task.num_labels, recipe)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else spec.pad_token_id
     batch_size = recipe.per_device_batch_size * mesh.size
@@ -207,9 +216,9 @@ def finetune(
             raise FinetuneError("task distillation with intermediate losses needs the teacher's spec")
     else:
         split = subsample(task_data.train, recipe.max_train_examples, recipe.seed)
-        train = glue_data.encode(tokenizer, split, recipe.max_seq_len)
+        train = glue_data.encode(tokenizer, split, recipe.max_seq_len, bi)
         originals = len(train)
-    dev = {s: glue_data.encode(tokenizer, split, recipe.max_seq_len) for s, split in task_data.dev.items()}
+    dev = {s: glue_data.encode(tokenizer, split, recipe.max_seq_len, bi) for s, split in task_data.dev.items()}
     per_epoch = glue_data.steps_per_epoch(len(train), batch_size)
     total = per_epoch * recipe.num_epochs
     # Unit peak: the grid point's rate is TrainState.lr, so this (hashable) config and the compiled step are shared.

@@ -40,6 +40,8 @@ class Head:
     dropout_rate: float = 0.1
     # The sentence vector the classifier reads (kdjax.classifier.POOLINGS; 'auto' is resolved before this).
     pooling: str = "pooler"
+    # Pairs encoded sentence by sentence and scored by the cosine (kdjax.classifier.SequenceClassifier).
+    bi_encoder: bool = False
 
     @property
     def regression(self) -> bool:
@@ -47,7 +49,7 @@ class Head:
 
     def module(self) -> SequenceClassifier:
         return SequenceClassifier(
-            self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate, self.pooling
+            self.spec, self.num_labels, jnp.dtype(self.dtype_name), self.dropout_rate, self.pooling, self.bi_encoder
         )
 
 
@@ -55,7 +57,7 @@ def init_params(rng: jax.Array, head: Head, pretrained: dict) -> dict:
     """A fresh classifier whose encoder is the pretrained weights; its pooler is the checkpoint's only with
     pooling 'pooler' and a checkpoint that has one ('fresh_pooler' keeps the fresh draw; 'mean' and 'cls' have no
     pooler)."""
-    ids = jnp.zeros((1, 8), jnp.int32)
+    ids = jnp.zeros((2 if head.bi_encoder else 1, 8), jnp.int32)  # a bi-encoder reads a pair's two rows
     params = dict(head.module().init(rng, ids, jnp.ones_like(ids))["params"])
     fresh = jax.tree.structure(params["bert"])
     # jaxlib's PyTreeDef type stub declares no comparison, though PyTreeDefs compare by structure.

@@ -220,28 +220,50 @@ def load_task(name: str, glue_dir: str = "") -> TaskData:
 
 @dataclasses.dataclass
 class Encoded:
-    """Tokenised examples: ragged token ids and segment ids, and the labels."""
+    """Tokenised examples: ragged token ids and segment ids, and the labels.
+
+    Bi-encoded pairs (`encode(..., bi=True)`) keep each pair's first sentence in `input_ids` / `token_type_ids` and
+    its second, tokenised on its own, in `pair_ids`; `make_batch` then interleaves them as rows a0, b0, a1, b1, ...
+    """
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray]
     labels: np.ndarray
+    pair_ids: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.asarray([len(x) for x in self.input_ids])
+        """Tokens per example (a bi-encoded pair: its longer sentence, the length its two rows are padded to)."""
+        if self.pair_ids is None:
+            return np.asarray([len(x) for x in self.input_ids])
+        return np.asarray([max(len(a), len(b)) for a, b in zip(self.input_ids, self.pair_ids)])
 
 
-def encode(tokenizer, split: Split, max_seq_len: int) -> Encoded:
-    """Tokenise single sentences or pairs with [CLS] a [SEP] (b [SEP]), truncated longest-first to max_seq_len."""
+def _token_types(enc, ids: list[np.ndarray]) -> list[np.ndarray]:
+    return [np.asarray(x, np.int32) for x in enc.get("token_type_ids", [np.zeros(len(i)) for i in ids])]
+
+
+def encode(tokenizer, split: Split, max_seq_len: int, bi: bool = False) -> Encoded:
+    """Tokenise single sentences or pairs with [CLS] a [SEP] (b [SEP]), truncated longest-first to max_seq_len.
+
+    `bi`: a pair's sentences are tokenised separately ([CLS] a [SEP] and [CLS] b [SEP], each truncated to
+    max_seq_len), as a bi-encoder reads them (kdjax.classifier's `bi_encoder`)."""
     a = split.texts[0]
     b = split.texts[1] if len(split.texts) > 1 else None
+    if bi:
+        if b is None:
+            raise ValueError("a bi-encoder needs sentence pairs")
+        first = tokenizer(a, truncation=True, max_length=max_seq_len, return_token_type_ids=True)
+        second = tokenizer(b, truncation=True, max_length=max_seq_len)
+        ids = [np.asarray(x, np.int32) for x in first["input_ids"]]
+        pair = [np.asarray(x, np.int32) for x in second["input_ids"]]
+        return Encoded(ids, _token_types(first, ids), split.labels, pair)
     enc = tokenizer(a, b, truncation=True, max_length=max_seq_len, return_token_type_ids=True)
     ids = [np.asarray(x, np.int32) for x in enc["input_ids"]]
-    types = [np.asarray(x, np.int32) for x in enc.get("token_type_ids", [np.zeros(len(i)) for i in ids])]
-    return Encoded(ids, types, split.labels)
+    return Encoded(ids, _token_types(enc, ids), split.labels)
 
 
 def bucket_length(n: int, bucket: int, max_seq_len: int) -> int:
@@ -250,15 +272,22 @@ def bucket_length(n: int, bucket: int, max_seq_len: int) -> int:
 
 
 def make_batch(data: Encoded, idx: np.ndarray, batch_size: int, pad_id: int, bucket: int, max_seq_len: int) -> dict:
-    """Examples `idx` padded to a [batch_size, bucketed length] batch; filler rows get weight 0."""
+    """Examples `idx` padded to a [batch_size, bucketed length] batch; filler rows get weight 0.
+
+    Bi-encoded pairs give [2 * batch_size, length] token arrays, the pair's sentences in adjacent rows (a data-axis
+    shard then holds whole pairs), and [batch_size] labels and weights."""
     n = len(idx)
     length = bucket_length(max(int(data.lengths[idx].max()), 1), bucket, max_seq_len)
-    ids = np.full((batch_size, length), pad_id, np.int32)
-    types = np.zeros((batch_size, length), np.int32)
-    mask = np.zeros((batch_size, length), np.int32)
+    per = 1 if data.pair_ids is None else 2
+    ids = np.full((per * batch_size, length), pad_id, np.int32)
+    types = np.zeros((per * batch_size, length), np.int32)
+    mask = np.zeros((per * batch_size, length), np.int32)
     for r, i in enumerate(idx):
         k = len(data.input_ids[i])
-        ids[r, :k], types[r, :k], mask[r, :k] = data.input_ids[i], data.token_type_ids[i], 1
+        ids[per * r, :k], types[per * r, :k], mask[per * r, :k] = data.input_ids[i], data.token_type_ids[i], 1
+        if data.pair_ids is not None:
+            k = len(data.pair_ids[i])
+            ids[2 * r + 1, :k], mask[2 * r + 1, :k] = data.pair_ids[i], 1
     labels = np.zeros((batch_size,), data.labels.dtype)
     labels[:n] = data.labels[idx]
     weights = np.zeros((batch_size,), np.float32)

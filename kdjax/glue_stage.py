@@ -28,7 +28,7 @@ import numpy as np
 
 from kdjax import embedding_probe, glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
-from kdjax.classifier import DESCRIPTIONS, recorded_recipe, resolve_pooling
+from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe, resolve_bi_encoder_tasks, resolve_pooling
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
@@ -137,6 +137,7 @@ class _Stage:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.recipe, self.pooling_why = resolved_recipe(ctx)
+        self.bi_tasks, self.bi_why = resolve_bi_encoder_tasks(ctx.settings.glue.bi_encoder_tasks, ctx.teacher.folder)
         self.distill = distill_of(ctx, self.recipe)
         self.tasks: dict[str, glue_data.TaskData] = {}
         self.teachers: dict[str, dict] = {}
@@ -144,6 +145,11 @@ class _Stage:
         # scores a task's students together and `release`s the task before the next, so one task's is held at a time.
         self.distilled: dict[str, DistillData] = {}
         self.done: list[str] = []
+
+    def recipe_for(self, task: str) -> Recipe:
+        """The run's recipe as `task` trains it: bi-encoded when glue.bi_encoder_tasks names it."""
+        bi = task in self.bi_tasks
+        return dataclasses.replace(self.recipe, pair_encoding="bi" if bi else "cross")
 
     def task(self, name: str) -> glue_data.TaskData:
         if name not in self.tasks:
@@ -166,12 +172,13 @@ class _Stage:
         """Whether row `name` of `ref` is scored on `task` as this run would score it: the stage skips it."""
         if ref.kind == "teacher":
             return self.teacher_current(task)
-        return is_current(result_path(self.ctx, name, task), ref, self.recipe, data_source(self.ctx, task), method)
+        path, recipe = result_path(self.ctx, name, task), self.recipe_for(task)
+        return is_current(path, ref, recipe, data_source(self.ctx, task), method)
 
     def teacher_current(self, task: str) -> bool:
         ref = teacher_ref(self.ctx)
         path = result_path(self.ctx, "teacher", task)
-        return is_current(path, ref, self.recipe, data_source(self.ctx, task)) and os.path.exists(
+        return is_current(path, ref, self.recipe_for(task), data_source(self.ctx, task)) and os.path.exists(
             weights_path(self.ctx, task)
         )
 
@@ -196,13 +203,13 @@ class _Stage:
         """A student's training set (subsampled as the recipe says, maybe augmented) with the teacher's logits."""
         from kdjax.finetune import head_of, predict_logits, subsample
 
-        ctx, recipe, cfg = self.ctx, self.recipe, self.distill
+        ctx, recipe, cfg = self.ctx, self.recipe_for(task), self.distill
         data, teacher = self.task(task), ctx.teacher
         classifier = self.fine_tuned_teacher(task)
         # The head the teacher was fine-tuned with (the recipe's pooling), so its logits are the saved classifier's.
         head = head_of(teacher.spec, data.task.num_labels, recipe)
         split = subsample(data.train, recipe.max_train_examples, recipe.seed)
-        train = glue_data.encode(teacher.tokenizer, split, recipe.max_seq_len)
+        train = glue_data.encode(teacher.tokenizer, split, recipe.max_seq_len, recipe.pair_encoding == "bi")
         batch = 4 * recipe.per_device_batch_size * ctx.mesh.size
         pad = teacher.tokenizer.pad_token_id or 0
 
@@ -215,7 +222,7 @@ class _Stage:
         return out
 
     def score(self, ref: ModelRef, task: str, name: str, method: dict | None, model=None) -> None:
-        ctx, recipe = self.ctx, self.recipe
+        ctx, recipe = self.ctx, self.recipe_for(task)
         spec, params, tokenizer = model or load_model(ctx, ref)
         distill = self.distill_data(task) if method else None
         keep = ref.kind == "teacher"
@@ -369,6 +376,9 @@ def run(ctx: RunContext) -> dict:
     check_distilled(refs)
     stage = _Stage(ctx)
     print(f"glue: head {stage.recipe.pooling}: {DESCRIPTIONS[stage.recipe.pooling]} ({stage.pooling_why})")
+    bi = [t for t in tasks if t in stage.bi_tasks]
+    if bi:
+        print(f"glue: {', '.join(bi)} bi-encoded: {BI_ENCODER} ({stage.bi_why})")
     todo: dict[str, list[tuple[str, str, dict | None]]] = {}
     skipped = 0
     for ref in refs:

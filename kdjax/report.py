@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kdjax import embedding_probe, model_latency
-from kdjax.classifier import DESCRIPTIONS, recorded_recipe
+from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
 from kdjax.report_searches import (
@@ -172,6 +172,10 @@ def build_rows(
         row["kd_loss"] = kd_loss(root, kd_name, kind, arch_id, by_arch) if kind != "teacher" else None
         row["reward"] = finite_or_none(by_arch.get(arch_id or "", {}).get("reward")) if kind != "teacher" else None
         row["recipe"] = first.get("recipe")
+        # Pair encoding is chosen per task (glue.bi_encoder_tasks): the report compares the rest (shared_recipe).
+        row["bi_encoded"] = [
+            t for t in tasks if t in results and recorded_recipe(results[t].get("recipe"))["pair_encoding"] == "bi"
+        ]
         rows.append(row)
     rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r.get("arch_id") or "", r["model"]))
     teacher = next((r for r in rows if r["kind"] == "teacher"), None)
@@ -293,10 +297,15 @@ def readme(
     if searches:
         out += [search_table(searches), strategy_table(strategy_rows(searches))]
     out += [*(f"{n}\n" for n in notes)]
-    recipes = {json.dumps(recorded_recipe(r["recipe"]), sort_keys=True) for r in rows if r.get("recipe")}
+    recipes = {json.dumps(shared_recipe(r["recipe"]), sort_keys=True) for r in rows if r.get("recipe")}
     if recipes:
         note = "one recipe for every row" if len(recipes) == 1 else "WARNING: rows use different recipes"
         out += [f"Fine-tuning recipe ({note}; head: {_heads(rows)}): `{sorted(recipes)[0]}`", ""]
+    bi = {tuple(r.get("bi_encoded") or ()) for r in rows if r.get("recipe")}
+    if bi != {()}:
+        same = "" if len(bi) == 1 else "WARNING: rows bi-encode different tasks; "
+        shown = ", ".join(sorted({t for b in bi for t in b}))
+        out += [f"Bi-encoded ({same}glue.bi_encoder_tasks): {shown}: {BI_ENCODER}.", ""]
     if history:
         counts = {k: len(v) for k, v in series_by_strategy(history).items()}
         out += [f"NAS {DISTINCT}: " + ", ".join(f"{k}: {n}" for k, n in counts.items()) + f". {REPEATS}", ""]
@@ -305,6 +314,11 @@ def readme(
         f = figures.get(key, "")
         out += [f"![{cap}]({f})", "", f"*{cap}*", ""] if f.endswith(".png") else [f"*{cap}: not drawn, {f}.*", ""]
     return "\n".join(out)
+
+
+def shared_recipe(recipe: dict) -> dict:
+    """A row's recipe as every task trained it: without the pair encoding, which is chosen per task."""
+    return {k: v for k, v in recorded_recipe(recipe).items() if k != "pair_encoding"}
 
 
 def _heads(rows: list[dict]) -> str:

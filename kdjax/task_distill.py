@@ -160,10 +160,12 @@ def prepare(
     data = train
     if cfg.augment_factor > 0 and augmenter is not None:
         extra = augmenter(train)
+        pair = None if train.pair_ids is None or extra.pair_ids is None else train.pair_ids + extra.pair_ids
         data = glue_data.Encoded(
             train.input_ids + extra.input_ids,
             train.token_type_ids + extra.token_type_ids,
             np.concatenate([train.labels, extra.labels]),
+            pair,
         )
     hard = np.zeros(len(data), np.float32)
     hard[:n] = 1.0

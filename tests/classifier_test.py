@@ -14,6 +14,7 @@ from kdjax.classifier import (
     POOLINGS,
     SequenceClassifier,
     masked_mean,
+    resolve_bi_encoder_tasks,
     resolve_pooling,
     sentence_transformers_pooling,
 )
@@ -169,3 +170,4 @@ def test_auto_is_mean_for_the_packaged_minilm(minilm_dir):
     # The offline teacher ships modules.json and 1_Pooling/config.json (pooling_mode_mean_tokens), as the hub repo.
     assert sentence_transformers_pooling(minilm_dir) == "mean"
     assert resolve_pooling("auto", minilm_dir)[0] == "mean"
+    assert resolve_bi_encoder_tasks(("auto",), minilm_dir)[0] == ("stsb",)  # and STS-B bi-encoded, as it was trained

@@ -313,6 +313,7 @@ def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_d
     monkeypatch.setitem(glue_models.KEYWORDS, "copy", student)
     c.glue.models = "teacher,copy"
     c.glue.distill.baseline = False
+    c.glue.bi_encoder_tasks = ""  # the cross-encoder's head (auto would bi-encode STS-B for this teacher now)
     ctx = run_context(tmp_path, config=c)
     info = glue_stage.run(ctx)
     assert "glue: head mean" in capsys.readouterr().out
@@ -373,3 +374,43 @@ def test_the_teacher_labels_a_task_once_for_all_its_students(tmp_path, glue_dir,
     for i in (1, 2):
         for task in ("rte", "stsb"):
             assert read_json(glue_stage.result_path(ctx, f"kd-copy{i}", task))["method"] == "distill"
+
+
+@pytest.mark.slow
+def test_bi_encoded_stsb_keys_its_rows_and_its_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):
+    """glue.bi_encoder_tasks=stsb: STS-B's rows (teacher, and the student distilled from its bi-encoded logits)
+    record pair_encoding 'bi' while RTE stays 'cross'; switching it off re-scores STS-B alone."""
+    from kdjax.finetune import head_of, predict_logits
+
+    def student(run_ctx):  # a student of this run: a copy of the tiny teacher under the 'kd' kind
+        return [glue_models.ModelRef("kd-copy", "kd", run_ctx.teacher.source, run_ctx.teacher.spec.arch_id)]
+
+    monkeypatch.setitem(glue_models.KEYWORDS, "copy", student)
+    c = _with_stages(glue_dir)
+    c.glue.models, c.glue.learning_rates, c.glue.bi_encoder_tasks = "teacher,copy", "1e-3", "stsb"
+    c.glue.distill.baseline = False
+    wd = str(tmp_path / "w")
+    pipeline.run(c, wd)
+    assert "glue: stsb bi-encoded" in capsys.readouterr().out
+    ctx = run_context(wd, config=c)
+    for row in ("teacher", "kd-copy"):
+        assert read_json(glue_stage.result_path(ctx, row, "stsb"))["recipe"]["pair_encoding"] == "bi"
+        assert read_json(glue_stage.result_path(ctx, row, "rte"))["recipe"]["pair_encoding"] == "cross"
+    with open(glue_stage.weights_path(ctx, "stsb"), "rb") as f:
+        saved = flax.serialization.msgpack_restore(f.read())
+    assert set(saved) == {"bert", "pooler"}  # a cosine head: no classifier
+    stage = glue_stage._Stage(ctx)
+    data = stage.distill_data("stsb")
+    recipe = stage.recipe_for("stsb")
+    assert data.train.pair_ids is not None and recipe.pair_encoding == "bi"
+    expected = predict_logits(saved, head_of(ctx.teacher.spec, 1, recipe), data.train, 8, 0, recipe, ctx.mesh)
+    np.testing.assert_allclose(data.teacher_logits, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(data.teacher_logits) <= 5 + 1e-5)  # 5 x a cosine
+    with open(os.path.join(wd, "report", "README.md")) as f:
+        text = f.read()
+    assert "one recipe for every row" in text and "Bi-encoded (glue.bi_encoder_tasks): stsb" in text
+    # The same request again scores nothing; without the bi-encoder only STS-B's two rows are scored again.
+    assert glue_stage.run(run_context(wd, config=c))["scored"] == 0
+    info = glue_stage.run(run_context(wd, {"glue.bi_encoder_tasks": ""}, config=c))
+    assert info["scored"] == 2 and info["skipped"] == 2
+    assert read_json(glue_stage.result_path(ctx, "kd-copy", "stsb"))["recipe"]["pair_encoding"] == "cross"

@@ -6,6 +6,7 @@ frozen `Settings` (kdjax/config/settings.py) that every stage reads instead of t
 
 from kdjax.config.schema import (
     DTYPES,
+    GLUE_BI_ENCODER_TASKS,
     GLUE_POOLINGS,
     GLUE_TASKS,
     INITS,
@@ -25,6 +26,7 @@ __all__ = [
     "DATA_ENV",
     "DEFAULT_DATA_DIR",
     "DTYPES",
+    "GLUE_BI_ENCODER_TASKS",
     "GLUE_POOLINGS",
     "GLUE_TASKS",
     "INITS",

@@ -20,6 +20,8 @@ DTYPES = ("auto", "float32", "bfloat16")
 LATENCY_DEVICES = ("cpu", "accelerator")
 # glue.pooling: the heads of kdjax.classifier.POOLINGS, or 'auto' (resolved from the run's teacher).
 GLUE_POOLINGS = ("auto", "pooler", "fresh_pooler", "mean", "cls")
+# glue.bi_encoder_tasks: the sentence-pair regression tasks (a cosine head needs a score, not classes).
+GLUE_BI_ENCODER_TASKS = ("stsb",)
 
 # Built-in random teachers that need no download (tests, smoke runs). Name -> HF-style config overrides.
 RANDOM_TEACHERS = {
@@ -229,6 +231,10 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     # GLUE head for every row: pooler, fresh_pooler, mean, cls (raw [CLS] state, no pooler), or auto (mean for a
     # mean-pooling ST teacher, else pooler).
     c.glue.pooling = "auto"
+    # Comma list of pair tasks scored as a bi-encoder (each sentence encoded alone, score = 5 x the cosine of the two
+    # sentence vectors; sentence-transformers' STS-B) instead of one [CLS] a [SEP] b [SEP] sequence: only stsb; or
+    # auto: stsb when the teacher is a sentence-transformers model (a bi-encoder), none otherwise.
+    c.glue.bi_encoder_tasks = "auto"
     c.glue.distill = ml_collections.ConfigDict()
     # Task distillation (TinyBERT's second stage): students (nas/kd/pdt/random rows) learn each task from the
     # fine-tuned teacher instead of from the labels alone.

@@ -142,6 +142,9 @@ class GlueSettings:
     # (dtype on the device, pooling from the run's teacher; kdjax.glue_stage.recipe_of).
     recipe: Recipe
     distill: GlueDistillSettings
+    # Tasks whose recipe has pair_encoding 'bi' (kdjax.glue_stage's recipe_for), or ('auto',), which the glue stage
+    # resolves from the run's teacher (kdjax.classifier.resolve_bi_encoder_tasks); the others are 'cross'.
+    bi_encoder_tasks: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,6 +317,7 @@ def glue_settings(g: ml_collections.ConfigDict, seed: int) -> GlueSettings:
                 augment_top_k=int(d.augment_top_k),
             ),
         ),
+        bi_encoder_tasks=tuple(split_list(g.get("bi_encoder_tasks", ""))),
     )
 
 

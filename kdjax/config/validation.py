@@ -11,6 +11,7 @@ import ml_collections
 
 from kdjax.config.schema import (
     DTYPES,
+    GLUE_BI_ENCODER_TASKS,
     GLUE_POOLINGS,
     GLUE_TASKS,
     INITS,
@@ -192,6 +193,9 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
         raise ConfigError(f"glue.dropout_rate={c.glue.dropout_rate} must be in [0, 1)")
     _choice(c.glue.compute_dtype, "glue.compute_dtype", DTYPES)
     _choice(c.glue.pooling, "glue.pooling", GLUE_POOLINGS)
+    if c.glue.bi_encoder_tasks != "auto":
+        for t in split_list(c.glue.bi_encoder_tasks):
+            _choice(t, "glue.bi_encoder_tasks", GLUE_BI_ENCODER_TASKS)
 
     # Imported here, not at the top: every configs/*.py imports this package while the flags are parsed, and the
     # settings hold the runtime types (jax-backed modules) that command-line errors and --print_config never need.
