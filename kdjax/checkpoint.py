@@ -152,9 +152,12 @@ class Checkpointer:
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:
             return None
-        failures: list[tuple[int, Exception]] = []
+        # (step, exception type, first line of its message): not the exception itself, whose traceback holds the
+        # sibling reads the failed attempt abandoned, so they are freed below and not whenever the error is dropped.
+        failures: list[tuple[int, str, str]] = []
         result = None
         logging.getLogger("asyncio").addFilter(_quiet_abandoned_futures)
+        _quiet_abandoned_reads()  # before the first attempt: its abandoned reads may report during the next one
         # stderr stays muted across every attempt and until the reads a failed attempt abandoned have settled;
         # the warnings are logged afterwards, so nothing the user should see is swallowed.
         with _stderr_muted():
@@ -169,21 +172,21 @@ class Checkpointer:
                     result = (s, restored["state"], dict(restored["meta"] or {}))
                     break
                 except Exception as e:
-                    failures.append((s, e))
+                    # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
+                    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    failures.append((s, type(e).__name__, reason))
             if failures:
                 # Abandoned reads may still be finishing (later under load): from now on their tracebacks are
                 # filtered out of stderr for the rest of the process instead of muting it for a guessed time.
                 _filter_event_loop_tracebacks()
                 time.sleep(0.2)
-                _drop_orphaned_read_errors()
-        for s, err in failures:
-            # TensorStore errors span dozens of lines; one line names the step and the first line of the cause.
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                gc.collect()  # the abandoned reads already finished, freed now rather than in some later gc pass
+        for s, _, reason in failures:
             log.warning("checkpoint step %d in %s is unreadable (%s); trying an older one", s, self.directory, reason)
         if result is None:
-            detail = "; ".join(f"step {s}: {type(e).__name__}" for s, e in failures)
+            detail = "; ".join(f"step {s}: {kind}" for s, kind, _ in failures)
             raise CheckpointError(f"no readable checkpoint in {self.directory} ({detail})")
-        for s, _ in failures:
+        for s, _, _ in failures:
             if s > result[0]:
                 # The run goes on from an older step and re-reaches this one; Orbax saves only steps past the newest.
                 log.warning("removing unreadable checkpoint step %d (resuming from step %d)", s, result[0])
@@ -306,11 +309,31 @@ def _filter_event_loop_tracebacks() -> None:
     _relay.append(thread)
 
 
-def _drop_orphaned_read_errors() -> None:
-    """Collect the sibling array reads a failed restore abandoned, without their 'Exception ignored' tracebacks."""
-    hook = sys.unraisablehook
-    sys.unraisablehook = lambda args: log.debug("abandoned checkpoint read: %s", args.exc_value)
-    try:
-        gc.collect()
-    finally:
-        sys.unraisablehook = hook
+def _quiet_abandoned_reads() -> None:
+    """Keep the sibling array reads a failed restore abandons from printing tracebacks, for the rest of the process:
+    they finish in TensorStore's threads whenever they do (during a later attempt, or later still under load), each
+    reporting through `sys.unraisablehook` that the event loop it would resume is closed, and its coroutine raising
+    when it is then closed. Those reports are logged at debug level; any other goes on to the hook found here."""
+    if not isinstance(sys.unraisablehook, _QuietAbandonedReads):
+        sys.unraisablehook = _QuietAbandonedReads(sys.unraisablehook)
+
+
+class _QuietAbandonedReads:
+    """`sys.unraisablehook` that logs the reports of abandoned checkpoint reads and passes on all others."""
+
+    def __init__(self, previous: Any):
+        self.previous = previous
+
+    def __call__(self, args: Any) -> None:
+        if _abandoned_read(args):
+            log.debug("abandoned checkpoint read: %s", args.exc_value)
+        else:
+            self.previous(args)
+
+
+def _abandoned_read(args: Any) -> bool:
+    """Whether an unraisable exception comes from a checkpoint read abandoned by a failed restore."""
+    code = getattr(args.object, "cr_code", None)  # a coroutine of Orbax's, closed while awaiting its read
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+        return True
+    return isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"

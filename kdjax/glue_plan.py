@@ -8,7 +8,7 @@ plus glue.distill.augment_factor augmented copies of each (made with the teacher
 against the fine-tuned teacher's logits; the copies and logits are made once per task and shared by every student of
 it; intermediate losses also run the teacher inside every student step. Task distillation needs the fine-tuned
 teacher, so the teacher is fine-tuned on a task a student distils on even when glue.models does not name it. Only
-what is left is counted: a row the stage would skip (its score is current, kdjax.glue_stage.scored) is counted as
+what is left is counted: a row the stage would skip (its score is current, kdjax.glue_status.scored) is counted as
 done, unless a stage of the same run makes its model again.
 """
 
@@ -180,9 +180,9 @@ MADE_BY = {"nas": "nas", "kd": "kd", "pdt": "kd", "random": "kd"}
 
 
 def _done(ctx, stages: list[str], planned: list[Row]) -> set[tuple[str, str]]:
-    """(row, task) pairs the glue stage of this run will not train: scored and current (kdjax.glue_stage.scored), of
+    """(row, task) pairs the glue stage of this run will not train: scored and current (kdjax.glue_status.scored), of
     a model no stage of the run makes again."""
-    from kdjax.glue_stage import scored
+    from kdjax.glue_status import scored  # not at the top: glue_status imports glue_stage, which imports this
 
     remade = {n for r in planned if ctx.settings.force and MADE_BY.get(r.kind) in stages for n, _ in trainings(ctx, r)}
     return {(name, task) for name, task in scored(ctx) if name not in remade}

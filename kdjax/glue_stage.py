@@ -11,14 +11,13 @@ W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<tas
 its recipe, method and (for a model in a folder) a fingerprint of its weights; a file with the same recipe, method,
 source and weights is not recomputed, so an interrupted stage resumes where it stopped, and a model re-made at the same
 folder (re-distilled with --config.force=true) is scored again. A scored model's latency is recorded once
-(kdjax.model_latency; the kd stage records those it distils), so the report only reads.
+(kdjax.model_latency; the kd stage records those it distils), so the report only reads. What a finished stage has
+left to do is read from these files by kdjax.glue_status.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import logging
 import os
 
@@ -30,7 +29,6 @@ from kdjax import embedding_probe, glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
 from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe, resolve_bi_encoder_tasks, resolve_pooling
 from kdjax.context import RunContext
-from kdjax.errors import KdjaxError
 from kdjax.finetune import Recipe, finetune
 from kdjax.glue_models import (
     ModelRef,
@@ -130,7 +128,7 @@ def data_source(ctx: RunContext, task: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(glue_dir)), glue_data.TASKS[task].folder)
 
 
-class _Stage:
+class Stage:
     """One run of the stage: the current task's data, fine-tuned teacher and distillation data, and the rows it
     writes."""
 
@@ -314,67 +312,11 @@ def record_latency(ctx: RunContext, ref: ModelRef, spec: ArchSpec | None, scored
         model_latency.record(path, spec, ctx.settings.nas.latency, source, teacher_dir=ctx.teacher.folder)
 
 
-def pending(ctx: RunContext) -> list[str]:
-    """Rows of glue.models whose scores were made from other weights than their folder holds now (a model re-made
-    since, e.g. re-distilled with --config.force=true): a finished glue stage runs again for them (kdjax.pipeline)."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # what resolving skips, the stage itself says when it runs
-            refs = resolve_models(ctx, list(ctx.settings.glue.models))
-    except KdjaxError:  # for the stage to report when it runs
-        return []
-    stale = []
-    for ref in refs:
-        if ref.weights_file() is None:
-            continue
-        for name in row_names(ctx, ref):
-            paths = [result_path(ctx, name, task) for task in ctx.settings.glue.tasks]
-            if any(_stale(p, ref) for p in paths):
-                stale.append(name)
-    return stale
-
-
-def unmeasured(ctx: RunContext) -> list[str]:
-    """Scored rows of glue.models whose latency record is missing or not current (another protocol or machine, an
-    older kdjax's record without the paired PyTorch timing): a finished glue stage runs again and only measures them."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            refs = resolve_models(ctx, list(ctx.settings.glue.models))
-    except KdjaxError:  # for the stage to report when it runs
-        return []
-    scored = [r for r in refs if any(os.path.exists(result_path(ctx, r.name, t)) for t in ctx.settings.glue.tasks)]
-    paths = {r.name: ctx.workdir.latency_path(r.kind, r.arch_id, r.name) for r in scored}
-    return [name for name, p in paths.items() if not model_latency.is_current(p, ctx.settings.nas.latency)]
-
-
-def _stale(path: str, ref: ModelRef) -> bool:
-    try:
-        return os.path.exists(path) and not same_weights(path, read_json(path), ref)
-    except ValueError:  # unreadable: the stage's is_current scores it again anyway
-        return True
-
-
-def scored(ctx: RunContext) -> set[tuple[str, str]]:
-    """(row, task) pairs of glue.models, and the teacher's, that the stage would not score again now (the plan
-    counts the rest, kdjax.glue_plan)."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # what resolving skips, the stage itself says when it runs
-            refs = resolve_models(ctx, list(ctx.settings.glue.models))
-    except KdjaxError:  # for the stage to report when it runs
-        refs = []
-    stage = _Stage(ctx)
-    tasks = ctx.settings.glue.tasks
-    out = {("teacher", task) for task in tasks if stage.teacher_current(task)}
-    for ref in refs:
-        for name, method in stage.methods(ref):
-            out |= {(name, task) for task in tasks if stage.is_scored(ref, task, name, method)}
-    return out
-
-
 def run(ctx: RunContext) -> dict:
     tasks = list(ctx.settings.glue.tasks)
     refs = resolve_models(ctx, list(ctx.settings.glue.models))
     check_distilled(refs)
-    stage = _Stage(ctx)
+    stage = Stage(ctx)
     print(f"glue: head {stage.recipe.pooling}: {DESCRIPTIONS[stage.recipe.pooling]} ({stage.pooling_why})")
     bi = [t for t in tasks if t in stage.bi_tasks]
     if bi:

@@ -84,15 +84,15 @@ FRESH_OUTPUTS = {"nas": ("nas",)}
 
 
 def _glue_pending(ctx: RunContext) -> list[str]:
-    from kdjax import glue_stage
+    from kdjax import glue_status
 
-    return glue_stage.pending(ctx)
+    return glue_status.pending(ctx)
 
 
 def _glue_unmeasured(ctx: RunContext) -> list[str]:
-    from kdjax import glue_stage
+    from kdjax import glue_status
 
-    return glue_stage.unmeasured(ctx)
+    return glue_status.unmeasured(ctx)
 
 
 # Outputs a finished stage has not made yet, and why: models glue.models names that the kd stage distils, scores of

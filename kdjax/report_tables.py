@@ -263,6 +263,7 @@ def strategy_table(rows: list[dict]) -> str:
 
 
 def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
+    """glue.csv: the scores table's numbers, one row per model (an empty cell: none recorded)."""
     cols = [
         "model",
         "kind",
@@ -271,6 +272,11 @@ def write_csv(path: str, rows: list[dict], tasks: list[str]) -> None:
         "params",
         "latency_ms",
         "speedup",
+        "speedup_model",
+        "torch_ms",
+        "torch_speedup",
+        # Not a Markdown column: the teacher's time from the session torch_speedup was timed in, for scripts.
+        "torch_teacher_ms",
         "kd_loss",
         "reward",
         "glue_avg",

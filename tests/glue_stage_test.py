@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import run_context
 
-from kdjax import glue_models, glue_stage, model_latency, pipeline
+from kdjax import glue_models, glue_stage, glue_status, model_latency, pipeline
 from kdjax.config import base_config
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.workdir import read_json, write_json
@@ -81,7 +81,7 @@ def test_finished_glue_stage_scores_a_new_request(tmp_path, glue_dir, capsys):
     pipeline.run(c, wd)
     out = capsys.readouterr().out
     assert "running again for teacher (their latency was recorded" in out and "already scored" in out
-    assert glue_stage.unmeasured(run_context(wd, config=c)) == [] and read_json(lat)["key"].endswith(
+    assert glue_status.unmeasured(run_context(wd, config=c)) == [] and read_json(lat)["key"].endswith(
         f"|r{model_latency.RECORD_VERSION}"
     )
     assert read_json(os.path.join(wd, "glue", "teacher", "rte.json")) == rte  # measured, not scored again
@@ -255,7 +255,7 @@ def test_a_re_distilled_model_is_scored_again(tmp_path, glue_dir, capsys):
     assert weights is not None
     later = os.path.getmtime(path[other]) + 10
     os.utime(weights, (later, later))
-    assert glue_stage.pending(ctx) == [other]
+    assert glue_status.pending(ctx) == [other]
 
 
 def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue_dir, tiny_teacher):
@@ -273,7 +273,7 @@ def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue
     method = {"distill": glue_stage.distill_of(ctx, recipe).to_dict()}
     record = {"recipe": recipe.to_dict(), "source": ref.source, "data": data, **method, "weights": ref.weights()}
     write_json(path, record)
-    assert glue_stage.is_current(path, ref, recipe, data, method) and glue_stage.pending(ctx) == []
+    assert glue_stage.is_current(path, ref, recipe, data, method) and glue_status.pending(ctx) == []
     # Re-made at the same folder (an export replaces the file): another fingerprint, even at the same size and time.
     stat = os.stat(weights)
     time.sleep(0.05)  # past the kernel's timestamp granularity: a later write has a later status-change time
@@ -281,10 +281,10 @@ def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue
     with open(weights, "wb") as f:
         f.write(b"other weights")
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert not glue_stage.is_current(path, ref, recipe, data, method) and glue_stage.pending(ctx) == [ref.name]
+    assert not glue_stage.is_current(path, ref, recipe, data, method) and glue_status.pending(ctx) == [ref.name]
     # The fine-tune-only twin of a stale student is stale too.
     write_json(glue_stage.result_path(ctx, f"{ref.name}-ft", "stsb"), record)
-    assert glue_stage.pending(ctx) == [ref.name, f"{ref.name}-ft"]
+    assert glue_status.pending(ctx) == [ref.name, f"{ref.name}-ft"]
 
 
 def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):
@@ -324,7 +324,7 @@ def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_d
         saved = flax.serialization.msgpack_restore(f.read())
     assert set(saved) == {"bert", "classifier"}
     # The student learnt from the logits of the head the teacher was fine-tuned with.
-    stage = glue_stage._Stage(ctx)
+    stage = glue_stage.Stage(ctx)
     data = stage.distill_data("stsb")
     head = head_of(ctx.teacher.spec, 1, stage.recipe)
     assert head.pooling == "mean"
@@ -341,7 +341,7 @@ def test_the_teacher_labels_a_task_once_for_all_its_students(tmp_path, glue_dir,
     labelled: list[int] = []  # examples per call of the teacher's predict function
     passes: list[str] = []  # tasks the stage made distillation data for, in order
     held: list[int] = []  # tasks' data still kept when the next is made
-    real_prepare, real_pass = glue_stage.prepare, glue_stage._Stage.teacher_pass
+    real_prepare, real_pass = glue_stage.prepare, glue_stage.Stage.teacher_pass
 
     def counted_prepare(cfg, train, teacher_logits_fn, augmenter=None):
         def logits(enc):
@@ -360,7 +360,7 @@ def test_the_teacher_labels_a_task_once_for_all_its_students(tmp_path, glue_dir,
         return real_pass(self, task)
 
     monkeypatch.setattr(glue_stage, "prepare", counted_prepare)
-    monkeypatch.setattr(glue_stage._Stage, "teacher_pass", counted_pass)
+    monkeypatch.setattr(glue_stage.Stage, "teacher_pass", counted_pass)
     monkeypatch.setitem(glue_models.KEYWORDS, "copies", students)
     c = _config(glue_dir, models="copies", learning_rates="1e-3")
     c.glue.distill.baseline = False
@@ -399,7 +399,7 @@ def test_bi_encoded_stsb_keys_its_rows_and_its_saved_teacher(tmp_path, glue_dir,
     with open(glue_stage.weights_path(ctx, "stsb"), "rb") as f:
         saved = flax.serialization.msgpack_restore(f.read())
     assert set(saved) == {"bert", "pooler"}  # a cosine head: no classifier
-    stage = glue_stage._Stage(ctx)
+    stage = glue_stage.Stage(ctx)
     data = stage.distill_data("stsb")
     recipe = stage.recipe_for("stsb")
     assert data.train.pair_ids is not None and recipe.pair_encoding == "bi"

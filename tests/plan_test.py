@@ -122,7 +122,7 @@ def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
     real_finetune, real_step, real_pass = (
         glue_stage.finetune,
         finetune.jitted_train_step,
-        glue_stage._Stage.teacher_pass,
+        glue_stage.Stage.teacher_pass,
     )
 
     def counted_finetune(**kw):
@@ -149,7 +149,7 @@ def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
 
     monkeypatch.setattr(glue_stage, "finetune", counted_finetune)
     monkeypatch.setattr(finetune, "jitted_train_step", counted_step)
-    monkeypatch.setattr(glue_stage._Stage, "teacher_pass", counted_pass)
+    monkeypatch.setattr(glue_stage.Stage, "teacher_pass", counted_pass)
     return counts
 
 

@@ -151,6 +151,13 @@ def test_torch_speedup_is_the_recorded_pair_not_two_lone_timings(tmp_path):
     assert line[f"| kd-{ARCH}"][5:7] == ["10.00", "3.0x"]
     assert line[f"| random-0-{RAND}"][5:7] == ["12.50", "-"]
     assert "side by side in one session" in md
+    # glue.csv has the same columns, the pair's teacher time included; empty where glue.json has null.
+    with open(tmp_path / "report" / "glue.csv") as f:
+        table = {r["kind"]: r for r in csv.DictReader(f)}
+    torch_cols = ("torch_ms", "torch_speedup", "torch_teacher_ms")
+    assert [float(table["kd"][c]) for c in torch_cols] == [10.0, 3.0, 30.0]
+    assert [table["random"][c] for c in torch_cols] == ["12.5", "", ""]
+    assert [table["teacher"][c] for c in torch_cols] == ["50.0", "1.0", ""]
 
 
 def _sibling(root: str, alpha: float, latency_scale: float) -> str:
