@@ -60,6 +60,15 @@ def _report_stage(ctx: RunContext) -> dict:
     return report.run(ctx)
 
 
+def _report_pending(ctx: RunContext) -> list[str]:
+    """Inputs of a finished report written since (an earlier stage of this run, or a run of stages=glue alone)."""
+    from kdjax import report
+
+    since = ctx.workdir.finished_at("report")
+    newer = report.newer_inputs(ctx.workdir.root, since) if since is not None else []
+    return newer[:1] + [f"{len(newer) - 1} more"] if len(newer) > 1 else newer
+
+
 # Explicit registry: stage name -> function(ctx) -> info dict recorded in the stage marker.
 STAGES = {
     "teacher": _teacher_stage,
@@ -95,7 +104,11 @@ PENDING = {
         (_glue_pending, "their weights changed since they were scored"),
         (_glue_unmeasured, "their latency was recorded under another protocol or by an older kdjax"),
     ],
+    "report": [(_report_pending, "written since the report")],
 }
+# Stages whose skip is decided again when the loop reaches them: an earlier stage of the same run may have written
+# their inputs (the report is made again after a glue stage that scored something).
+DECIDED_LATE = ("report",)
 
 
 def _skipped(ctx: RunContext, name: str) -> bool:
@@ -219,7 +232,7 @@ def run(config, workdir: str) -> None:
             for name in STAGES:
                 if name not in ctx.stages:
                     continue
-                if name in skipped:
+                if name in skipped and (name not in DECIDED_LATE or _skipped(ctx, name)):
                     print(f"{name}: already finished in {wd.root}, skipping (--config.force=true to re-run)")
                     continue
                 stage = name

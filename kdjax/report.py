@@ -13,6 +13,7 @@ fig_minikd_loss.png, fig_loss_vs_latency.png. A figure without data is left out 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -48,6 +49,16 @@ FIGURES = {
     "loss": "fig_minikd_loss.png",
     "loss_latency": "fig_loss_vs_latency.png",
 }
+
+
+# What the report reads from its workdir (relative globs): a finished report is made again when one is newer.
+INPUTS = ("glue/*/*.json", "kd/*/result.json", "kd/*/latency.json", "teacher/latency.json", "nas/**/history.jsonl")
+
+
+def newer_inputs(root: str, since: float) -> list[str]:
+    """The report's input files in `root` written after `since` (a time stamp), relative to `root`."""
+    paths = {p for pattern in INPUTS for p in glob.glob(os.path.join(root, pattern), recursive=True)}
+    return sorted(os.path.relpath(p, root) for p in paths if os.path.getmtime(p) > since)
 
 
 def load_glue(root: str) -> dict[str, dict[str, dict]]:

@@ -124,6 +124,13 @@ class Workdir:
     def is_done(self, stage: str) -> bool:
         return os.path.exists(self._marker(stage))
 
+    def finished_at(self, stage: str) -> float | None:
+        """When `stage` last finished (its marker's modification time), or None when it is unfinished."""
+        try:
+            return os.path.getmtime(self._marker(stage))
+        except OSError:
+            return None
+
     def mark_done(self, stage: str, info: dict | None = None) -> None:
         write_json(
             self._marker(stage), {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})}

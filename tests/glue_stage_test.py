@@ -414,3 +414,29 @@ def test_bi_encoded_stsb_keys_its_rows_and_its_saved_teacher(tmp_path, glue_dir,
     info = glue_stage.run(run_context(wd, {"glue.bi_encoder_tasks": ""}, config=c))
     assert info["scored"] == 2 and info["skipped"] == 2
     assert read_json(glue_stage.result_path(ctx, "kd-copy", "stsb"))["recipe"]["pair_encoding"] == "cross"
+
+
+@pytest.mark.slow
+def test_a_finished_report_is_made_again_when_its_inputs_change(tmp_path, glue_dir, capsys):
+    """The report is derived: a glue stage that scores something (in the same run, or alone before) makes a finished
+    report stale, and it is made again; with nothing new it is skipped."""
+    wd = str(tmp_path / "w")
+    c = _with_stages(glue_dir)
+    c.glue.tasks = "stsb"
+    pipeline.run(c, wd)
+    glue_json = os.path.join(wd, "report", "glue.json")
+    assert read_json(glue_json)["tasks"] == ["stsb"]
+    capsys.readouterr()
+    pipeline.run(c, wd)  # nothing new: skipped
+    assert "report: already finished" in capsys.readouterr().out
+    c.glue.tasks = "rte,stsb"  # the glue stage scores RTE in this run: the report follows
+    pipeline.run(c, wd)
+    assert "report: finished before; running again for glue/teacher/rte.json" in capsys.readouterr().out
+    assert sorted(read_json(glue_json)["tasks"]) == ["rte", "stsb"]
+    c.glue.num_epochs, c.stages = 2, "glue"  # the glue stage alone, then the report alone
+    pipeline.run(c, wd)
+    before = os.path.getmtime(glue_json)
+    c.stages = "report"
+    pipeline.run(c, wd)
+    assert "report: finished before; running again" in capsys.readouterr().out
+    assert os.path.getmtime(glue_json) > before
