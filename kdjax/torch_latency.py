@@ -126,6 +126,20 @@ def _result(times: list[float], cfg: LatencyConfig, dev: str) -> dict:
     return {**summarize(times, cfg.percentile), "device": dev, "torch": torch.__version__, "threads": TORCH_THREADS}
 
 
+def _cached(
+    key: str, cfg: LatencyConfig, cache: MachineCache | None, measure: Callable[[], dict | None]
+) -> dict | None:
+    """The machine cache's entry for `key`, else `measure()`, stored when it gives a result."""
+    cache = cache or MachineCache(cfg)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    result = measure()
+    if result is not None:
+        cache.put({key: result})
+    return result
+
+
 def measure_folder(folder: str, cfg: LatencyConfig, cache: MachineCache | None = None) -> dict | None:
     """Latency result (see `kdjax.latency.summarize`) of the HF model in `folder` timed alone; None without torch
     or config. For a speed-up over the teacher use `measure_pair`: a lone timing is not divided by another."""
@@ -134,20 +148,16 @@ def measure_folder(folder: str, cfg: LatencyConfig, cache: MachineCache | None =
         return None
     import torch
 
-    cache = cache or MachineCache(cfg)
-    key = f"torch:{torch.__version__}:{TORCH_THREADS}t:{_shape_key(conf)}"
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    built = _runner(folder, cfg)
-    if built is None:
-        return None
-    run, dev = built
-    with _session():
-        times = time_interleaved({"model": run}, cfg)["model"]
-    result = _result(times, cfg, dev)
-    cache.put({key: result})
-    return result
+    def measure() -> dict | None:
+        built = _runner(folder, cfg)
+        if built is None:
+            return None
+        run, dev = built
+        with _session():
+            times = time_interleaved({"model": run}, cfg)["model"]
+        return _result(times, cfg, dev)
+
+    return _cached(f"torch:{torch.__version__}:{TORCH_THREADS}t:{_shape_key(conf)}", cfg, cache, measure)
 
 
 def measure_pair(student: str, teacher: str, cfg: LatencyConfig, cache: MachineCache | None = None) -> dict | None:
@@ -159,23 +169,20 @@ def measure_pair(student: str, teacher: str, cfg: LatencyConfig, cache: MachineC
         return None
     import torch
 
-    cache = cache or MachineCache(cfg)
+    def measure() -> dict | None:
+        s_built, t_built = _runner(student, cfg), _runner(teacher, cfg)
+        if s_built is None or t_built is None:
+            return None
+        with _session():
+            times = time_interleaved({"teacher": t_built[0], "student": s_built[0]}, cfg)
+        s, t = _result(times["student"], cfg, s_built[1]), _result(times["teacher"], cfg, t_built[1])
+        return {
+            "student": s,
+            "teacher": t,
+            "speedup": t["latency_ms"] / s["latency_ms"] if s["latency_ms"] > 0 else None,
+            "speedup_p50": t["p50_ms"] / s["p50_ms"] if s["p50_ms"] > 0 else None,
+            "protocol": "paired: both warmed up, then alternating rounds (teacher student, student teacher, ...)",
+        }
+
     key = f"torch-pair:{torch.__version__}:{TORCH_THREADS}t:{_shape_key(s_conf)}:{_shape_key(t_conf)}"
-    hit = cache.get(key)
-    if hit is not None:
-        return hit
-    s_built, t_built = _runner(student, cfg), _runner(teacher, cfg)
-    if s_built is None or t_built is None:
-        return None
-    with _session():
-        times = time_interleaved({"teacher": t_built[0], "student": s_built[0]}, cfg)
-    s, t = _result(times["student"], cfg, s_built[1]), _result(times["teacher"], cfg, t_built[1])
-    result = {
-        "student": s,
-        "teacher": t,
-        "speedup": t["latency_ms"] / s["latency_ms"] if s["latency_ms"] > 0 else None,
-        "speedup_p50": t["p50_ms"] / s["p50_ms"] if s["p50_ms"] > 0 else None,
-        "protocol": "paired: both warmed up, then alternating rounds (teacher student, student teacher, ...)",
-    }
-    cache.put({key: result})
-    return result
+    return _cached(key, cfg, cache, measure)
