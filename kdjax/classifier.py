@@ -180,4 +180,7 @@ DESCRIPTIONS = {
     "cls": "[CLS] last hidden state (no pooler) -> dropout -> linear",
 }
 # How the report and logs name the bi-encoder (glue.bi_encoder_tasks).
-BI_ENCODER = "each sentence encoded alone, the head's sentence vector of each, score = 5 x their cosine, no classifier"
+BI_ENCODER = (
+    f"each sentence encoded alone, the head's sentence vector of each, score = {BI_SCALE:g} x their cosine, "
+    "no classifier"
+)

@@ -67,6 +67,10 @@ class Recipe:
     # and the score is the cosine of their sentence vectors (regression tasks; glue.bi_encoder_tasks).
     pair_encoding: str = "cross"
 
+    @property
+    def bi_encoded(self) -> bool:
+        return self.pair_encoding == "bi"
+
     def seeds_for(self, num_train: int) -> list[int]:
         n = self.seeds if num_train <= self.small_task_examples else 1
         return [self.seed + i for i in range(max(1, n))]
@@ -79,8 +83,7 @@ class Recipe:
 
 def head_of(spec: ArchSpec, num_labels: int, recipe: Recipe) -> Head:
     """The classifier `recipe` trains on `spec`: its dtype, dropout, pooling and pair encoding."""
-    bi = recipe.pair_encoding == "bi"
-    return Head(spec, num_labels, recipe.compute_dtype, recipe.dropout_rate, recipe.pooling, bi)
+    return Head(spec, num_labels, recipe.compute_dtype, recipe.dropout_rate, recipe.pooling, recipe.bi_encoded)
 
 
 def subsample(split: glue_data.Split, n: int, seed: int) -> glue_data.Split:
@@ -202,7 +205,7 @@ def finetune(
     task = task_data.task
     if recipe.pooling not in POOLINGS:
         raise FinetuneError(f"recipe pooling {recipe.pooling!r} is not one of {', '.join(POOLINGS)} (resolve 'auto')")
-    bi = recipe.pair_encoding == "bi"
+    bi = recipe.bi_encoded
     if recipe.pair_encoding not in ("cross", "bi"):
         raise FinetuneError(f"recipe pair_encoding {recipe.pair_encoding!r} is not 'cross' or 'bi'")
     if bi and (not task.is_regression or len(task.text_columns) < 2):

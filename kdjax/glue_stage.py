@@ -207,7 +207,7 @@ class Stage:
         # The head the teacher was fine-tuned with (the recipe's pooling), so its logits are the saved classifier's.
         head = head_of(teacher.spec, data.task.num_labels, recipe)
         split = subsample(data.train, recipe.max_train_examples, recipe.seed)
-        train = glue_data.encode(teacher.tokenizer, split, recipe.max_seq_len, recipe.pair_encoding == "bi")
+        train = glue_data.encode(teacher.tokenizer, split, recipe.max_seq_len, recipe.bi_encoded)
         batch = 4 * recipe.per_device_batch_size * ctx.mesh.size
         pad = teacher.tokenizer.pad_token_id or 0
 
