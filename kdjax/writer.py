@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+from kdjax.interrupts import deferred
+
 
 class MetricWriter:
     """Appends one JSON object per `write` to `<dir>/metrics.jsonl` and mirrors scalars to TensorBoard."""
@@ -43,13 +45,19 @@ class MetricWriter:
     def write(self, step: int, scalars: dict) -> None:
         row = {"step": int(step), "time": round(time.time(), 3)}
         row.update({k: (float(v) if not isinstance(v, str) else v) for k, v in scalars.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self._tb is not None:
-            for k, v in scalars.items():
-                if not isinstance(v, str):
-                    self._tb.add_scalar(k, float(v), int(step))
+        # Ctrl-C or SIGTERM take effect after the write: tensorboardX hands events to its writer thread through a
+        # multiprocessing queue whose condition variable is not safe against an exception raised inside `notify`
+        # (the waiter is woken but not forgotten), after which the writer thread misses `close`'s stop signal and
+        # `close` waits for it forever.
+        with deferred():
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self._tb is not None:
+                for k, v in scalars.items():
+                    if not isinstance(v, str):
+                        self._tb.add_scalar(k, float(v), int(step))
 
     def close(self) -> None:
         if self._tb is not None:
-            self._tb.close()
+            with deferred():  # see `write`
+                self._tb.close()

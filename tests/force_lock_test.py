@@ -353,6 +353,54 @@ def test_interrupts_end_in_one_line_and_resume(tmp_path):
     assert json.load(open(w / "kd" / ARCH / "result.json"))["steps"] == 400
 
 
+# An interrupt that lands inside `threading.Condition.notify` between waking a waiter and forgetting it leaves the
+# woken waiter listed, so the next notify goes to it and the real waiter sleeps on: tensorboardX's writer thread then
+# never sees `close`'s stop signal (CI hang, stop 19). The child reproduces that moment exactly.
+NOTIFY_INTERRUPTED = """
+import os, signal, sys, threading, time
+from collections import deque
+from itertools import islice
+sys.path.insert(0, sys.argv[1])
+from kdjax.interrupts import signals_as_interrupts
+from kdjax.writer import MetricWriter
+fired = []
+def notify(self, n=1):
+    waiters = self._waiters
+    for waiter in deque(islice(waiters, n)):
+        waiter.release()
+        if not fired and threading.current_thread() is threading.main_thread():
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            pass
+w = MetricWriter(sys.argv[2])
+w.write(0, {"loss": 1.0})
+time.sleep(0.3)  # the queue's feeder thread is waiting on its condition
+threading.Condition.notify = notify
+with signals_as_interrupts():
+    try:
+        w.write(1, {"loss": 0.5})
+    except KeyboardInterrupt:
+        print("interrupted after the write")
+threading.Timer(20, lambda: (print("close hung", flush=True), os._exit(3))).start()
+w.close()
+print("closed", flush=True)
+os._exit(0)
+"""
+
+
+def test_interrupt_inside_a_metrics_write_does_not_hang_close(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", NOTIFY_INTERRUPTED, ROOT, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.split() == ["interrupted", "after", "the", "write", "closed"], proc.stdout
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1]  # the interrupted write finished first
+
+
 # ---- a damaged newest checkpoint: fallback with a short output ------------------------------------------------------
 DAMAGED_RESTORE = """
 import sys
