@@ -249,6 +249,13 @@ def pending(ctx: RunContext) -> list[str]:
     return [r.name for r in kd_targets(ctx) if not r.exported()]
 
 
+def chosen_pending(ctx: RunContext) -> list[str]:
+    """The chosen student when it has no finished distillation: config.kd.arch or the search's best changed since the
+    stage finished. A finished kd stage runs again for it (and keeps what it made before)."""
+    arch_id = ctx.student_spec(chosen_arch(ctx)[0]).arch_id
+    return [] if finished(ctx.workdir.kd_dir(arch_id)) else [f"kd-{arch_id}"]
+
+
 def _kept(ctx: RunContext, out_dir: str) -> bool:
     """A stage that finished before and runs again only for models glue.models added since (pipeline: `pending`)
     keeps what it made: no finished distillation is resumed or repeated (nor, after a kept full KD, its PDT)."""

@@ -95,11 +95,14 @@ def _glue_unmeasured(ctx: RunContext) -> list[str]:
     return glue_status.unmeasured(ctx)
 
 
-# Outputs a finished stage has not made yet, and why: models glue.models names that the kd stage distils, scores of
-# models re-made since, and latency records of another protocol. The stage runs again for them instead of being
-# skipped.
+# Outputs a finished stage has not made yet, and why: the kd stage's chosen student and the models glue.models names
+# that it distils, scores of models re-made since, and latency records of another protocol. The stage runs again for
+# them instead of being skipped.
 PENDING = {
-    "kd": [(kd_stage.pending, "named since in glue.models")],
+    "kd": [
+        (kd_stage.chosen_pending, "the student chosen since: config.kd.arch or nas/top_k.json"),
+        (kd_stage.pending, "named since in glue.models"),
+    ],
     "glue": [
         (_glue_pending, "their weights changed since they were scored"),
         (_glue_unmeasured, "their latency was recorded under another protocol or by an older kdjax"),

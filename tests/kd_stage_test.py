@@ -65,3 +65,19 @@ def test_export_loads_in_transformers(kd_run):
     w, _ = kd_run
     model = FlaxAutoModel.from_pretrained(os.path.join(w, "kd", "2L-32H-2A-64F-gelu", "hf"), from_pt=True)
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
+
+
+def test_finished_stage_distils_a_student_chosen_since(kd_run):
+    """A new config.kd.arch (or a new search winner) on a finished workdir: the kd stage runs again for that student
+    alone instead of skipping, so the glue stage finds its export; what the stage made before stays."""
+    w, _ = kd_run
+    best = os.path.join(w, "kd", "2L-32H-2A-64F-gelu", "result.json")
+    stamp = os.path.getmtime(best)
+    args = ["--config=configs/bert_nas.py:tiny", "--config.stages=kd", "--config.kd.arch=2L-32H-2A-32F-gelu"]
+    proc = run_main(args, w)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "kd: finished before; running again for kd-2L-32H-2A-32F-gelu (the student chosen since" in proc.stdout
+    assert os.path.isfile(os.path.join(w, "kd", "2L-32H-2A-32F-gelu", "hf", "config.json"))
+    assert os.path.getmtime(best) == stamp
+    again = run_main(args, w)
+    assert again.returncode == 0 and "kd: already finished" in again.stdout
