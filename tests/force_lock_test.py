@@ -355,7 +355,7 @@ def test_interrupts_end_in_one_line_and_resume(tmp_path):
 
 # An interrupt that lands inside `threading.Condition.notify` between waking a waiter and forgetting it leaves the
 # woken waiter listed, so the next notify goes to it and the real waiter sleeps on: tensorboardX's writer thread then
-# never sees `close`'s stop signal (CI hang, stop 19). The child reproduces that moment exactly.
+# never sees `close`'s stop signal and `close` waits forever (a CI run hung there). The child reproduces that moment.
 NOTIFY_INTERRUPTED = """
 import os, signal, sys, threading, time
 from collections import deque
