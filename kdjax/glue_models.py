@@ -138,8 +138,13 @@ def chosen_arch(ctx: RunContext) -> tuple[str, str]:
     return ctx.settings.kd.arch, "config.kd.arch"
 
 
+def chosen_spec(ctx: RunContext) -> ArchSpec:
+    """The kd stage's student (`chosen_arch`) as a spec of the teacher's family."""
+    return ctx.student_spec(chosen_arch(ctx)[0])
+
+
 def _best(ctx: RunContext) -> list[ModelRef]:
-    arch_id = ctx.student_spec(chosen_arch(ctx)[0]).arch_id
+    arch_id = chosen_spec(ctx).arch_id
     refs = variants(ctx, arch_id)
     if not refs:
         print(f"glue: 'best' ({arch_id}) has no export yet (run the nas/kd stages); skipping it")

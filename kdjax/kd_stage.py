@@ -23,7 +23,7 @@ from kdjax.config.settings import KdSettings
 from kdjax.context import RunContext
 from kdjax.data.batches import Batches
 from kdjax.export import export_hf
-from kdjax.glue_models import chosen_arch, kd_targets
+from kdjax.glue_models import chosen_arch, chosen_spec, kd_targets
 from kdjax.hooks import LogMetrics, SaveCheckpoints
 from kdjax.interrupts import Interrupted
 from kdjax.losses import LossConfig
@@ -252,7 +252,7 @@ def pending(ctx: RunContext) -> list[str]:
 def chosen_pending(ctx: RunContext) -> list[str]:
     """The chosen student when it has no finished distillation: config.kd.arch or the search's best changed since the
     stage finished. A finished kd stage runs again for it (and keeps what it made before)."""
-    arch_id = ctx.student_spec(chosen_arch(ctx)[0]).arch_id
+    arch_id = chosen_spec(ctx).arch_id
     return [] if finished(ctx.workdir.kd_dir(arch_id)) else [f"kd-{arch_id}"]
 
 
@@ -279,7 +279,7 @@ def distillations(ctx: RunContext, steps: int) -> list[Distillation]:
     stage starts every one again; otherwise what is kept or `finished` is done, and an interrupted one resumes from
     its latest checkpoint (kdjax.plan counts the rest, and the stage's ETA too)."""
     s = ctx.settings
-    spec = ctx.student_spec(chosen_arch(ctx)[0])
+    spec = chosen_spec(ctx)
     main = ctx.workdir.kd_dir(spec.arch_id)
     kept = _kept(ctx, main)
 

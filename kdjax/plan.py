@@ -42,13 +42,13 @@ def _kd_step_flops(student, teacher, batch: int, seq: int, teacher_runs: bool = 
 
 def build(ctx, stages: list[str]) -> list[StagePlan]:
     """The plan of `stages` (packs the corpus when nas or kd is among them: they need it anyway)."""
-    from kdjax.glue_models import chosen_arch
+    from kdjax.glue_models import chosen_spec
 
     s, teacher = ctx.settings, ctx.teacher.spec
     seq, batch = s.data.max_seq_len, ctx.global_batch
     plans: list[StagePlan] = []
     rows = len(ctx.rows) if {"nas", "kd"} & set(stages) else 0
-    kd_spec = ctx.student_spec(chosen_arch(ctx)[0])
+    kd_spec = chosen_spec(ctx)
     if "teacher" in stages:
         plans.append(StagePlan("teacher", f"load {s.teacher.name}, time its latency", 0, 0, 0.0))
     if "nas" in stages:
