@@ -226,3 +226,42 @@ def test_a_retried_copy_taken_by_a_live_worker_is_not_an_orphan(tmp_path):
     assert optuna_search.fail_orphaned_trials(study) == []
     trial.set_user_attr("owner_trial", trial.number)  # a worker that claimed it, now dead
     assert optuna_search.fail_orphaned_trials(study) == [trial.number]
+
+
+def test_two_workers_cannot_both_fail_one_trial_on_sqlite(tmp_path):
+    """Worker B fails a dead worker's trial while worker A is between reading it as RUNNING and writing FAIL (the race
+    that re-queued one trial twice in CI): exactly one of them may succeed, or the trial runs twice."""
+    import threading
+
+    import optuna
+
+    from kdjax.nas import optuna_search
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    a, b = optuna_search.make_storage(url, 60), optuna_search.make_storage(url, 60)
+    study = optuna.create_study(storage=a, study_name="s", direction="maximize")
+    with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize"
+        warnings.simplefilter("ignore", UserWarning)
+        trial_id = study.ask()._trial_id
+    results: dict[str, object] = {}
+
+    def fail(name, storage):
+        try:
+            results[name] = storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            results[name] = "already finished"
+
+    check = a.check_trial_is_updatable
+    b_thread = threading.Thread(target=fail, args=("b", b))
+
+    def a_checked(tid, state):  # A has read the trial as RUNNING: let B try now, for up to 2 s
+        check(tid, state)
+        if not b_thread.is_alive() and "b" not in results:
+            b_thread.start()
+            b_thread.join(2.0)
+            results["b done before a wrote"] = "b" in results
+
+    a.check_trial_is_updatable = a_checked
+    fail("a", a)
+    b_thread.join(30)
+    assert results == {"a": True, "b": "already finished", "b done before a wrote": False}

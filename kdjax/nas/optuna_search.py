@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 import optuna
+import sqlalchemy
 
 from kdjax.search_space import DIMENSIONS, SHORT, SearchSpace
 
@@ -51,14 +52,26 @@ def make_storage(url: str | None, heartbeat_interval: int = 60):
     if url.split(":", 1)[0].split("+", 1)[0] in RDB_PREFIXES:
         # The heartbeat API (optuna >= 4.9; `failed_trial_callback` / RetryFailedTrialCallback go away in v6) is
         # marked experimental; its warning would be printed on every run without anything for the user to do.
+        sqlite = url.startswith("sqlite")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
+                # SQLite: no implicit transactions (they begin as below), and a long wait for the lock: a heartbeat
+                # or trial write queued behind other workers' on a loaded machine must not fail as "locked".
+                engine_kwargs={"connect_args": {"isolation_level": None, "timeout": 120}} if sqlite else None,
                 heartbeat_interval=int(heartbeat_interval),
                 grace_period=3 * int(heartbeat_interval),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
+        if sqlite:
+            # Optuna checks a trial's state, then writes it, in one transaction whose read takes `SELECT ... FOR
+            # UPDATE`. SQLite ignores FOR UPDATE, and Python's sqlite3 begins a transaction only at the write, so two
+            # workers could both fail the same dead worker's trial (and both re-queue it) or both take the same
+            # waiting trial. `BEGIN IMMEDIATE` takes the database's write lock when the transaction starts, which
+            # makes each read-check-write whole (the locking PostgreSQL and MySQL do per row).
+            sqlalchemy.event.listen(storage.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        return storage
     return url
 
 
