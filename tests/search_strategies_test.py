@@ -126,7 +126,7 @@ def test_strategies_announce_the_next_candidate_before_evaluating_this_one(space
             return super().__call__(spec, on_epoch, **where)
 
     ev, plain = Logged(space), Synthetic(space)
-    prepare = lambda spec: events.append(("prepare", spec.arch_id))  # noqa: E731
+    prepare = lambda spec: events.append(("prepare", spec.arch_id))
     if strategy == "lstm":
         controller.search(space, ev, num_episodes=2, candidates_per_episode=4, seed=0, prepare=prepare)
         controller.search(space, plain, num_episodes=2, candidates_per_episode=4, seed=0)
