@@ -17,17 +17,19 @@ is built on the host and compiles nothing, its CPU seconds count as the candidat
     python bench/search_throughput.py --skip-reference --ablate-scan --background-compile   # also the levers
 
 `--ablate-scan` adds a cold part with the layers scanned (`nas.scan_layers`), `--background-compile` a cold part that
-compiles the next candidate's programs on a thread while the current one trains, `--ablate-teacher-cache` a part
-without teacher-output reuse (each in its own fresh cache). The last output line is one JSON object.
+compiles the next candidate's programs on a thread while the current one trains (`nas.compile_ahead`, as the random
+search and the LSTM do it); there `compile_s` is the compile the search waited for and `compile_ahead_s` what the
+thread compiled. `--ablate-teacher-cache` adds a part without teacher-output reuse (each part in its own fresh cache).
+The last output line is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import sys
 import tempfile
-import threading
 import time
 
 import common
@@ -80,34 +82,6 @@ def _sentences(args):
     return common.read_sentences(args.corpus or None, args.proxy_sentences, args.seed)
 
 
-def _compile_ahead(teacher, spec, args, opt, batch, spent: list[float]) -> threading.Thread:
-    """Compile `spec`'s step programs on a thread (filling kdjax.steps' in-process cache) while the main thread
-    trains the previous candidate, so `distill` finds them compiled; the seconds go to `spent`. The init needs no
-    compile (it is built on the host): the thread only reads its shapes."""
-    import jax
-
-    from kdjax.losses import LossConfig
-    from kdjax.sharding import make_mesh, shardings
-    from kdjax.steps import compile_programs, init_state, teacher_inputs
-
-    def work():
-        mesh, loss, key = make_mesh(), LossConfig(), jax.random.PRNGKey(0)
-        rep = shardings(mesh).replicated
-        state = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
-            init_state(key, spec, teacher.spec, opt, loss, scan_layers=args.scan_layers),
-        )
-        t_params = teacher_inputs(teacher.params, loss)
-        _, step_s = compile_programs(
-            spec, teacher.spec, loss, opt, jax.numpy.float32, mesh, state, t_params, batch, key, args.scan_layers
-        )
-        spent.append(step_s)
-
-    thread = threading.Thread(target=work, name="compile-ahead")
-    thread.start()
-    return thread
-
-
 def run_kdjax(args) -> dict:
     import jax
 
@@ -121,7 +95,7 @@ def run_kdjax(args) -> dict:
     from kdjax.optim import OptimConfig
     from kdjax.spec import parse_arch_id
     from kdjax.steps import TeacherOutputCache
-    from kdjax.train import DistillSettings, Student, distill
+    from kdjax.train import DistillSettings, Student, distill, precompile
 
     teacher = _teacher(args)
     tok = teacher.tokenizer
@@ -138,40 +112,47 @@ def run_kdjax(args) -> dict:
     specs = [parse_arch_id(arch, teacher.spec) for arch in args.candidates.split(",")]
     # One optimizer for every candidate, as the nas stage does: equal shapes share compiled programs.
     opt = OptimConfig(learning_rate=5e-5, total_steps=steps, schedule="constant")
-    ahead, ahead_s = None, []
+    settings = DistillSettings(
+        loss=LossConfig(), opt=opt, num_steps=steps, seed=args.seed, scan_layers=args.scan_layers
+    )
+    # As the nas stage's `prepare`: one thread compiles candidate i+1 (kdjax.train.precompile) while i trains.
+    ahead = concurrent.futures.ThreadPoolExecutor(1, "compile-ahead") if args.compile_ahead else None
+    prepared: dict[int, concurrent.futures.Future] = {}
     c_all, t_all = time.process_time(), time.perf_counter()
-    for i, student in enumerate(specs):
-        t0 = time.perf_counter()
+    try:
+        for i, student in enumerate(specs):
+            t0 = time.perf_counter()
+            if ahead is not None and i + 1 < len(specs):
+                prepared[i + 1] = ahead.submit(precompile, teacher, Student(specs[i + 1]), batches, settings)
+            # Waiting for this candidate's compile on the thread is compile time it pays.
+            ahead_s = prepared.pop(i).result() if i in prepared else None
+            waited = time.perf_counter() - t0
+            res = distill(
+                teacher,
+                Student(student),
+                batches,
+                settings,
+                report_every=batches.steps_per_epoch,
+                teacher_cache=cache,
+                progress=False,
+            )
+            per_cand.append(
+                {
+                    "arch": student.arch_id,
+                    "wall_s": time.perf_counter() - t0,
+                    "compile_s": res.compile_s + waited,
+                    "compile_ahead_s": ahead_s,
+                    "steps": res.steps,
+                    "corpus_tokens": res.tokens,
+                    "last_epoch_loss": res.epoch_losses[-1],
+                }
+            )
+    finally:
         if ahead is not None:
-            ahead.join()  # this candidate's programs, compiled while the previous one trained
-        # The first candidate compiles the shared teacher program; the thread starts once it has.
-        ahead = None
-        if args.compile_ahead and 0 < i < len(specs) - 1:
-            ahead = _compile_ahead(teacher, specs[i + 1], args, opt, batches.get(0), ahead_s)
-        res = distill(
-            teacher,
-            Student(student),
-            batches,
-            DistillSettings(loss=LossConfig(), opt=opt, num_steps=steps, seed=args.seed, scan_layers=args.scan_layers),
-            report_every=batches.steps_per_epoch,
-            teacher_cache=cache,
-            progress=False,
-        )
-        if args.compile_ahead and i == 0 and len(specs) > 1:
-            ahead = _compile_ahead(teacher, specs[1], args, opt, batches.get(0), ahead_s)
-        per_cand.append(
-            {
-                "arch": student.arch_id,
-                "wall_s": time.perf_counter() - t0,
-                "compile_s": res.compile_s,
-                "steps": res.steps,
-                "corpus_tokens": res.tokens,
-                "last_epoch_loss": res.epoch_losses[-1],
-            }
-        )
+            ahead.shutdown(wait=True, cancel_futures=True)
     wall, cpu_s = time.perf_counter() - t_all, time.process_time() - c_all
-    # Compiled on the thread counts too (it overlaps training, so the share is an upper bound there).
-    compile_s = sum(c["compile_s"] for c in per_cand) + sum(ahead_s)
+    # Compile the search waited for; what the thread compiled while a candidate trained is `compile_ahead_s`.
+    compile_s = sum(c["compile_s"] for c in per_cand)
     return {
         "impl": "kdjax",
         "corpus": source,
@@ -191,7 +172,7 @@ def run_kdjax(args) -> dict:
         "compilation_cache": args.compilation_cache or None,
         "scan_layers": args.scan_layers,
         "compile_ahead": args.compile_ahead,
-        "compile_ahead_s": sum(ahead_s),
+        "compile_ahead_s": sum(c["compile_ahead_s"] or 0.0 for c in per_cand),
         "teacher_cache": cache.stats() if cache else None,
         "device": str(jax.devices()[0].device_kind),
     }

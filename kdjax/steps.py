@@ -4,13 +4,17 @@ A step is two programs: the frozen teacher's forward pass, `(teacher_params, bat
 update, `(state, teacher outputs, batch, rng) -> (state, metrics)`. `compile_programs` compiles each once per
 (specs, loss, optimizer, dtype, mesh, batch shapes): the teacher program is keyed without the student, so a search
 compiles it once and each candidate only its own student program, shared by candidates of equal shapes.
-`TeacherOutputCache` goes further and reuses the teacher's outputs themselves across candidates.
+`TeacherOutputCache` goes further and reuses the teacher's outputs themselves across candidates. The compiled-program
+cache is shared by threads: a search compiles the next candidate's programs on a thread while the current one trains
+(`kdjax.train.precompile`).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
@@ -186,18 +190,38 @@ def _jitted_student(settings: StepSettings, mesh: Mesh):
 # drops the oldest executables instead of holding every one (the persistent cache still has them on disk).
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 MAX_COMPILED = 64
+# Keys being compiled now, by the thread compiling them: a second thread asking for one waits for that compile.
+_IN_FLIGHT: dict[tuple, concurrent.futures.Future] = {}
+_LOCK = threading.Lock()
 
 
-def _compile(key, jitted, *args) -> tuple[Any, float]:
-    """AOT-compile once per key; returns (compiled, seconds spent compiling now)."""
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key], 0.0
+def _compile(key: tuple, build: Callable[[], Any]) -> tuple[Any, float]:
+    """The program for `key`, compiled once by `build()` whichever thread asks first; returns (program, seconds this
+    call spent compiling it or waiting for another thread's compile of it)."""
     t0 = time.perf_counter()
-    _COMPILED[key] = jitted.lower(*args).compile()
-    while len(_COMPILED) > MAX_COMPILED:
-        _COMPILED.popitem(last=False)
-    return _COMPILED[key], time.perf_counter() - t0
+    with _LOCK:
+        if key in _COMPILED:
+            _COMPILED.move_to_end(key)
+            return _COMPILED[key], 0.0
+        pending = _IN_FLIGHT.get(key)
+        if pending is None:
+            mine = _IN_FLIGHT[key] = concurrent.futures.Future()
+    if pending is not None:
+        return pending.result(), time.perf_counter() - t0
+    try:
+        compiled = build()
+    except BaseException as e:
+        with _LOCK:
+            del _IN_FLIGHT[key]
+        mine.set_exception(e)  # a waiting thread sees the same failure
+        raise
+    with _LOCK:
+        _COMPILED[key] = compiled
+        while len(_COMPILED) > MAX_COMPILED:
+            _COMPILED.popitem(last=False)
+        del _IN_FLIGHT[key]
+    mine.set_result(compiled)
+    return compiled, time.perf_counter() - t0
 
 
 class Programs(NamedTuple):
@@ -225,26 +249,28 @@ def compile_programs(
     scan_layers: bool = False,
     dropout_rate: float = 0.0,
 ) -> tuple[Programs, float]:
-    """The teacher and student programs for these arguments' shapes, and the seconds spent compiling them now
-    (0 when both were compiled before); `scan_layers`: `state` holds the student in the scanned layout."""
+    """The teacher and student programs for these arguments' shapes, and the seconds spent compiling them now or
+    waiting for another thread's compile of them (0 when both were ready); `scan_layers`: `state` holds the student
+    in the scanned layout. Any argument may be abstract (`jax.ShapeDtypeStruct`): only shapes are read."""
     dname = jnp.dtype(dtype).name
     shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
     t_jit = _jitted_teacher(teacher, loss_cfg, dname, mesh)
-    t_fn, t_s = _compile(("teacher", teacher, loss_cfg, dname, mesh, shapes), t_jit, teacher_params, batch)
+    t_fn, t_s = _compile(
+        ("teacher", teacher, loss_cfg, dname, mesh, shapes), lambda: t_jit.lower(teacher_params, batch).compile()
+    )
     settings = StepSettings(student, teacher, loss_cfg, opt, dname, scan_layers, dropout_rate)
-    # The state's structure too: the same shapes may come with or without an MLM head.
-    s_key = ("student", settings, mesh, shapes, jax.tree.structure(state))
-    if s_key in _COMPILED:
-        s_fn, s_s = _compile(s_key, None)
-    else:
+
+    def build_student():
         # The teacher's output shapes (traced, not run) are the student program's input layout.
         data = shardings(mesh).data
         t_out = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data),
             jax.eval_shape(t_jit, teacher_params, batch),
         )
-        s_jit = _jitted_student(settings, mesh)
-        s_fn, s_s = _compile(s_key, s_jit, state, t_out, batch, rng)
+        return _jitted_student(settings, mesh).lower(state, t_out, batch, rng).compile()
+
+    # The state's structure too: the same shapes may come with or without an MLM head.
+    s_fn, s_s = _compile(("student", settings, mesh, shapes, jax.tree.structure(state)), build_student)
     return Programs(t_fn, s_fn), t_s + s_s
 
 

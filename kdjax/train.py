@@ -26,7 +26,7 @@ from kdjax.hooks import Hook, Report, report_steps
 from kdjax.losses import LossConfig
 from kdjax.models import unstack_layers
 from kdjax.optim import OptimConfig
-from kdjax.sharding import make_mesh, prefetch, replicate
+from kdjax.sharding import make_mesh, prefetch, replicate, shardings
 from kdjax.spec import ArchSpec
 from kdjax.steps import Programs, TeacherOutputCache, compile_programs, init_state, teacher_inputs
 
@@ -116,21 +116,9 @@ def distill(
     mesh = cfg.mesh or make_mesh()
     root = jax.random.PRNGKey(cfg.seed)
     t_params = replicate(teacher_inputs(teacher.params, cfg.loss), mesh)
-    # ALBERT-style shared layers have nothing to stack: they keep the loop.
-    scan = cfg.scan_layers and not student.spec.shared_layers
+    scan = _scanned(student, cfg)
     t_start = time.perf_counter()  # the state's init is part of the run
-    # Built on the host (numpy draws and zeros): no init program is compiled per candidate shape.
-    state = init_state(
-        jax.random.fold_in(root, 0),
-        student.spec,
-        teacher.spec,
-        cfg.opt,
-        cfg.loss,
-        student.params,
-        student.projection,
-        scan_layers=scan,
-    )
-    state = replicate(state, mesh)
+    state = replicate(_initial_state(teacher, student, cfg), mesh)
     start, resumed, last_loss = 0, None, float("nan")
     epoch_sums: dict[int, list[float]] = {}
     for hook in hooks:
@@ -197,20 +185,7 @@ def distill(
             tokens += batches.num_tokens(host)
             rng = jax.random.fold_in(root, step + 1)
             if programs is None:
-                programs, programs_s = compile_programs(
-                    student.spec,
-                    teacher.spec,
-                    cfg.loss,
-                    cfg.opt,
-                    cfg.dtype,
-                    mesh,
-                    state,
-                    t_params,
-                    batch,
-                    rng,
-                    scan,
-                    cfg.dropout_rate,
-                )
+                programs, programs_s = _programs(teacher, student, cfg, mesh, state, t_params, batch, rng)
                 compile_s += programs_s
             if teacher_cache is None:
                 state, metrics = programs.step(state, t_params, batch, rng)
@@ -246,4 +221,65 @@ def distill(
         tokens=tokens,
         resumed_from=resumed,
         stopped=stopped,
+    )
+
+
+def precompile(teacher: FrozenModel, student: Student, batches: Batches, settings: DistillSettings) -> float:
+    """Compile the programs `distill(teacher, student, batches, settings)` will run, without training; returns the
+    seconds spent compiling (0 when they were ready).
+
+    A search calls it on a thread for the next candidate while the current one trains: the programs land in
+    kdjax.steps' shared cache, and the candidate's `distill` finds them there (or waits for the compile in flight).
+    Only shapes are compiled against, so the arguments are abstract except the state, which is built on the host as
+    `distill` builds it (its tree structure is part of the program's key)."""
+    cfg = settings
+    mesh = cfg.mesh or make_mesh()
+    data, rep = shardings(mesh)
+    state = _abstract(_initial_state(teacher, student, cfg), rep)
+    t_params = _abstract(teacher_inputs(teacher.params, cfg.loss), rep)
+    batch = _abstract(batches.get(0), data)
+    rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)
+    return _programs(teacher, student, cfg, mesh, state, t_params, batch, rng)[1]
+
+
+def _scanned(student: Student, cfg: DistillSettings) -> bool:
+    # ALBERT-style shared layers have nothing to stack: they keep the loop.
+    return cfg.scan_layers and not student.spec.shared_layers
+
+
+def _initial_state(teacher: FrozenModel, student: Student, cfg: DistillSettings):
+    # Built on the host (numpy draws and zeros): no init program is compiled per candidate shape.
+    return init_state(
+        jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0),
+        student.spec,
+        teacher.spec,
+        cfg.opt,
+        cfg.loss,
+        student.params,
+        student.projection,
+        scan_layers=_scanned(student, cfg),
+    )
+
+
+def _programs(teacher, student, cfg, mesh, state, t_params, batch, rng) -> tuple[Programs, float]:
+    return compile_programs(
+        student.spec,
+        teacher.spec,
+        cfg.loss,
+        cfg.opt,
+        cfg.dtype,
+        mesh,
+        state,
+        t_params,
+        batch,
+        rng,
+        _scanned(student, cfg),
+        cfg.dropout_rate,
+    )
+
+
+def _abstract(tree: Any, sharding) -> Any:
+    # Canonical dtypes (int64 -> int32 without x64), as `device_put` makes the arrays `distill` passes.
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), jax.dtypes.canonicalize_dtype(x.dtype), sharding=sharding), tree
     )

@@ -20,7 +20,7 @@ import time
 import warnings
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, retried_trial_number
 
 NUM_TRIALS = 6
 # Grace = 3 heartbeats. 1 s (a 3 s grace) failed a live worker's trial on a loaded 2-core CI machine, whose heartbeat
@@ -138,7 +138,6 @@ def _scenario(url: str, log_path: str) -> dict:
 
 def _check(result: dict) -> None:
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     study, killed = result["study"], result["killed_trial"]
     trials = study.get_trials(deepcopy=False)
@@ -148,7 +147,7 @@ def _check(result: dict) -> None:
     assert not [t for t in trials if t.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)]
     # The only failures: the killed worker's trial, and racing trials that stopped before training.
     assert {t.number for t in failed if not t.user_attrs.get("surplus")} == {killed}
-    retried = [t for t in complete if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    retried = [t for t in complete if retried_trial_number(t) == killed]
     assert len(retried) == 1, "the killed worker's trial is retried exactly once"
     assert retried[0].params == next(t for t in trials if t.number == killed).params
     # No trial trained twice; every COMPLETE trial trained exactly once; the killed one started but never finished.
@@ -176,7 +175,6 @@ def test_workers_share_the_default_sqlite_file(tmp_path):
 def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path):
     """A live worker's trial failed as stale by another worker (and re-queued) does not stop this worker."""
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     from kdjax.config.settings import SpaceSettings
     from kdjax.nas import optuna_search
@@ -203,9 +201,7 @@ def test_a_worker_whose_trial_another_worker_failed_goes_on(tmp_path):
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 3
     assert [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL] == stolen
-    with warnings.catch_warnings():  # retried_trial_number is marked experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retried = [RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in complete]
+    retried = [retried_trial_number(t) for t in complete]
     assert retried.count(stolen[0]) == 1
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -140,3 +141,14 @@ def run_context(workdir, fields: dict[str, Any] | None = None, config=None, teac
     from kdjax.workdir import Workdir
 
     return RunContext(tiny_settings(fields, config), Workdir(str(workdir)), teacher=teacher)
+
+
+def retried_trial_number(trial) -> int | None:
+    """The trial an Optuna trial retries (`RetryHeartbeatStaleTrialCallback.retried_trial_number`), without the
+    ExperimentalWarning Optuna prints for that API on every call."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)

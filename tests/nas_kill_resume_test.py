@@ -24,7 +24,7 @@ import signal
 import time
 
 import pytest
-from helpers import Run, wait_all
+from helpers import Run, retried_trial_number, wait_all
 
 STRATEGIES = ("lstm", "optuna", "random")
 # 1-2 layer students (24 points) compile faster than the tiny space's 3-4 layer ones.
@@ -200,7 +200,6 @@ def trials(workdir: str) -> list:
 def test_optuna_orphaned_trial_is_retried_at_once(scenario):
     """The SIGKILLed process's RUNNING trial is failed on resume (its pid is gone) and retried in its own position,
     without waiting out the heartbeat grace period (3 x the default 60 s) and without shifting the sampled sequence."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     killed, resumed = scenario["killed"]["optuna"], scenario["resumed"]["optuna"]
     assert killed.killed_at.startswith("mid-candidate"), killed.killed_at
@@ -210,7 +209,7 @@ def test_optuna_orphaned_trial_is_retried_at_once(scenario):
     assert [t.user_attrs.get("arch_id") for t in failed] == [orphan]
     assert "is gone; retrying it" in resumed.stderr
     assert not [t for t in got if t.state.name in ("RUNNING", "WAITING")]
-    retried = [t for t in got if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == failed[0].number]
+    retried = [t for t in got if retried_trial_number(t) == failed[0].number]
     assert len(retried) == 1 and retried[0].params == failed[0].params
     complete = [t.user_attrs["arch_id"] for t in got if t.state.name == "COMPLETE"]
     ref = trials(scenario["ref_w"]["optuna"])

@@ -112,3 +112,34 @@ def test_random_order_is_seeded(space):
     assert random_search.order(space, 10, 0) == random_search.order(space, 10, 0)
     assert random_search.order(space, 10, 0) != random_search.order(space, 10, 1)
     assert len(set(random_search.order(space, 10, 0))) == 10
+
+
+@pytest.mark.parametrize("strategy", ["random", "lstm"])
+def test_strategies_announce_the_next_candidate_before_evaluating_this_one(space, strategy):
+    """`prepare` gets candidate i+1 before candidate i is evaluated (within an LSTM episode), and the proposals are the
+    same as without it: compiling ahead must not change what is searched."""
+    events: list[tuple[str, str]] = []
+
+    class Logged(Synthetic):
+        def __call__(self, spec, on_epoch=None, **where):
+            events.append(("evaluate", spec.arch_id))
+            return super().__call__(spec, on_epoch, **where)
+
+    ev, plain = Logged(space), Synthetic(space)
+    prepare = lambda spec: events.append(("prepare", spec.arch_id))
+    if strategy == "lstm":
+        controller.search(space, ev, num_episodes=2, candidates_per_episode=4, seed=0, prepare=prepare)
+        controller.search(space, plain, num_episodes=2, candidates_per_episode=4, seed=0)
+        groups = [ev.calls[:4], ev.calls[4:]]
+    else:
+        random_search.search(space, ev, num_trials=6, seed=0, prepare=prepare)
+        random_search.search(space, plain, num_trials=6, seed=0)
+        groups = [ev.calls]
+    assert ev.calls == plain.calls
+    expected = []
+    for group in groups:
+        ids = [a for a, _ in group]
+        for i, arch in enumerate(ids):
+            expected += [("prepare", ids[i + 1])] if i + 1 < len(ids) else []
+            expected.append(("evaluate", arch))
+    assert events == expected

@@ -173,23 +173,68 @@ def test_teacher_output_cache_is_exact_and_shared_across_students(setup):
 
 def test_compiled_programs_are_bounded_least_recently_used_first(monkeypatch):
     import collections
-    import types
 
     from kdjax import steps
 
     monkeypatch.setattr(steps, "MAX_COMPILED", 2)
     monkeypatch.setattr(steps, "_COMPILED", collections.OrderedDict())
-    lowered = []
-
-    class Jitted:
-        def lower(self, *args):
-            lowered.append(args)
-            return types.SimpleNamespace(compile=object)
-
-    j = Jitted()
+    built = []
     for key in ("a", "b", "a", "c", "a"):
-        steps._compile(key, j)
-    assert list(steps._COMPILED) == ["c", "a"] and len(lowered) == 3  # "b" was evicted, "a" never recompiled
+        steps._compile(key, lambda key=key: built.append(key) or object())
+    assert list(steps._COMPILED) == ["c", "a"] and built == ["a", "b", "c"]  # "b" was evicted, "a" never rebuilt
+
+
+def test_a_program_compiling_on_one_thread_is_waited_for_by_another(monkeypatch):
+    """The compile-ahead thread and the training thread ask for the same program: it is built once, both get it, and
+    the waiting call counts its wait as compile time; a failed build reaches the waiter too, and is retried after."""
+    import collections
+    import threading
+
+    from kdjax import steps
+
+    monkeypatch.setattr(steps, "_COMPILED", collections.OrderedDict())
+    started, release, built = threading.Event(), threading.Event(), []
+
+    def slow_build():
+        started.set()
+        release.wait(10)
+        built.append(1)
+        return "program"
+
+    got = {}
+    thread = threading.Thread(target=lambda: got.setdefault("thread", steps._compile(("k",), slow_build)))
+    thread.start()
+    assert started.wait(10)
+    threading.Timer(0.3, release.set).start()
+    program, waited = steps._compile(("k",), lambda: built.append("again") or "other")
+    thread.join(10)
+    assert program == "program" and got["thread"][0] == "program" and built == [1] and waited >= 0.2
+
+    started.clear()
+    release.clear()
+
+    def failing():
+        started.set()
+        release.wait(10)
+        raise RuntimeError("no memory")
+
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(_raised(lambda: steps._compile(("bad",), failing))))
+    thread.start()
+    assert started.wait(10)
+    threading.Timer(0.3, release.set).start()
+    assert "no memory" in _raised(lambda: steps._compile(("bad",), lambda: "unused"))
+    thread.join(10)
+    assert "no memory" in errors[0] and ("bad",) not in steps._IN_FLIGHT
+    assert steps._compile(("bad",), lambda: "fixed")[0] == "fixed"
+
+
+def _raised(fn) -> str:
+    try:
+        fn()
+    except RuntimeError as e:
+        return str(e)
+    return ""
 
 
 def test_prune_hook_stops_after_an_epoch_with_the_state_of_a_shorter_run(setup):

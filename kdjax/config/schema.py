@@ -153,6 +153,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     # Mini-KD students with their layers scanned (one compiled layer whatever the depth). Off: on XLA:CPU it
     # compiles no faster below ~8 layers and steps 10-18% slower (docs/performance.md); try it on GPU.
     c.nas.scan_layers = False
+    # While a candidate trains, compile the next one's programs on a thread (random search, and the LSTM within an
+    # episode: the strategies that know their next candidate; Optuna's next trial depends on this one's result).
+    c.nas.compile_ahead = True
     # Which mini-KD loss feeds the reward: 'last' epoch (the weights it ends with), 'mean' over epochs, or 'min'.
     c.nas.loss_source = "last"
     # Architectures reported in nas/top_k.json (distinct latency budgets).

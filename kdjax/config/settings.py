@@ -107,6 +107,7 @@ class NasSettings:
     mini_kd_steps_per_epoch: int
     teacher_cache_mb: int
     scan_layers: bool
+    compile_ahead: bool
     loss_source: str
     top_k: int
     top_k_latency_gap: float
@@ -242,6 +243,7 @@ def _nas(nas: ml_collections.ConfigDict) -> NasSettings:
         mini_kd_steps_per_epoch=int(nas.mini_kd_steps_per_epoch),
         teacher_cache_mb=int(nas.teacher_cache_mb),
         scan_layers=bool(nas.scan_layers),
+        compile_ahead=bool(nas.compile_ahead),
         loss_source=str(nas.loss_source),
         top_k=int(nas.top_k),
         top_k_latency_gap=float(nas.top_k_latency_gap),

@@ -61,13 +61,16 @@ class Batches:
             )
         self.rows, self.global_batch, self.masking, self.seed = rows, global_batch, masking, seed
         self.steps_per_epoch = len(rows) // global_batch
-        self._order_epoch, self._order = -1, np.empty(0, np.int64)
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
 
     def _order_for(self, epoch: int) -> np.ndarray:
-        if epoch != self._order_epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
-            self._order_epoch = epoch
-        return self._order
+        # One (epoch, permutation) pair, replaced whole: threads reading batches of different epochs at once (the
+        # prefetcher, a compile-ahead thread) each get their own epoch's order.
+        order = self._order
+        if order[0] != epoch:
+            order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.rows)))
+            self._order = order
+        return order[1]
 
     def get(self, step: int) -> dict[str, np.ndarray]:
         epoch, i = divmod(step, self.steps_per_epoch)

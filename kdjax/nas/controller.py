@@ -142,8 +142,10 @@ def search(
     seed: int,
     cfg: ControllerConfig = ControllerConfig(),
     checkpointer=None,
+    prepare: Callable[[ArchSpec], None] | None = None,
 ) -> list[dict]:
-    """Run (or resume from `checkpointer`) the REINFORCE search; returns this run's records in order."""
+    """Run (or resume from `checkpointer`) the REINFORCE search; returns this run's records in order. `prepare(spec)`
+    is told each episode's next candidate before the current one is evaluated."""
     state = init_state(space, cfg, seed)
     if checkpointer is not None:
         restored = checkpointer.restore(state)
@@ -158,8 +160,10 @@ def search(
             sample(state["params"], valid, keys, num_choices=space.num_choices, hidden_size=cfg.hidden_size)
         )
         rewards = []
-        for c, idx in enumerate(actions):
-            spec: ArchSpec = space.spec(tuple(int(i) for i in idx))
+        specs: list[ArchSpec] = [space.spec(tuple(int(i) for i in idx)) for idx in actions]
+        for c, spec in enumerate(specs):
+            if prepare is not None and c + 1 < len(specs):
+                prepare(specs[c + 1])  # the episode's next candidate compiles while this one trains
             rec = evaluate(spec, episode=episode, candidate=c)
             records.append(rec)
             rewards.append(float(rec["reward"]))

@@ -1,12 +1,15 @@
 """Candidate evaluation: mini-KD on the proxy set, latency, reward, one history row; cached by spec.
 
 `CandidateEvaluator(spec, **where) -> record` is the only thing a search strategy sees, so strategies can be tested
-with a synthetic `evaluate`. Every candidate uses the same `OptimConfig` (same total steps), so the jitted train step
-compiled for one shape is reused by every later candidate of equal shapes (`kdjax.steps.compile_programs`).
+with a synthetic `evaluate`; a strategy that knows its next candidate also calls `prepare(spec)`, which compiles that
+candidate's programs on a thread while the current one trains. Every candidate uses the same `OptimConfig` (same
+total steps), so the jitted train step compiled for one shape is reused by every later candidate of equal shapes
+(`kdjax.steps.compile_programs`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import os
@@ -28,7 +31,7 @@ from kdjax.reward import reward, select_loss
 from kdjax.spec import ArchSpec
 from kdjax.steps import TeacherOutputCache
 from kdjax.student_init import initial_params, initial_projection
-from kdjax.train import DistillSettings, NonFiniteLossError, Student, distill
+from kdjax.train import DistillSettings, NonFiniteLossError, Student, distill, precompile
 
 if TYPE_CHECKING:
     from kdjax.config.settings import KdSettings, NasSettings
@@ -108,6 +111,45 @@ class CandidateEvaluator:
             scan_layers=nas.scan_layers,
         )
         self.teacher_cache = teacher_cache
+        # One compile thread: candidates announced by `prepare`, by arch id, with their compile seconds to come.
+        self._ahead = concurrent.futures.ThreadPoolExecutor(1, "compile-ahead") if nas.compile_ahead else None
+        self._prepared: dict[str, concurrent.futures.Future] = {}
+
+    def _student(self, spec: ArchSpec) -> Student:
+        teacher = self.teacher
+        return Student(
+            spec,
+            initial_params(self.init, teacher.params, teacher.spec, spec),
+            initial_projection(self.init, teacher.params, teacher.spec, spec),
+        )
+
+    def prepare(self, spec: ArchSpec) -> None:
+        """Start compiling `spec`'s mini-KD programs on the compile thread (nothing when it was evaluated before,
+        is being prepared already, or `nas.compile_ahead` is off). Compiling is all it does: `distill` finds the
+        programs in kdjax.steps' cache, so the candidate's numbers are the same either way."""
+        if self._ahead is None or spec.arch_id in self._prepared or self.history.get(spec.arch_id) is not None:
+            return
+        self._prepared[spec.arch_id] = self._ahead.submit(
+            lambda: precompile(self.teacher, self._student(spec), self.batches, self.settings)
+        )
+
+    def close(self) -> None:
+        """Drop compiles not yet started and wait for the one running (a thread compiling at exit can crash XLA)."""
+        if self._ahead is not None:
+            self._ahead.shutdown(wait=True, cancel_futures=True)
+
+    def _wait_prepared(self, spec: ArchSpec) -> tuple[float, float | None]:
+        """(seconds waited for `spec`'s compile on the thread, seconds the thread spent compiling; None if none)."""
+        future = self._prepared.pop(spec.arch_id, None)
+        if future is None:
+            return 0.0, None
+        t0 = time.perf_counter()
+        try:
+            ahead_s = future.result()
+        except Exception as e:  # the candidate's own `distill` compiles it, and raises what is really wrong
+            log.warning("compiling %s ahead failed (%s: %s); compiling it now", spec.arch_id, type(e).__name__, e)
+            ahead_s = None
+        return time.perf_counter() - t0, ahead_s
 
     def _reward(self, loss: float, latency_ms: float) -> float:
         return reward(loss, latency_ms, self.teacher_latency_ms, self.reward_cfg)
@@ -128,17 +170,14 @@ class CandidateEvaluator:
     def _evaluate(self, spec: ArchSpec, on_epoch: EpochHook | None, where: dict) -> dict:
         teacher = self.teacher
         t0 = time.perf_counter()
+        waited_s, ahead_s = self._wait_prepared(spec)
         pruned = diverged = False
         epoch_losses: list[float] = []
         params: dict | None = None  # None when pruned or diverged: no model to time or export
         try:
             result = distill(
                 teacher,
-                Student(
-                    spec,
-                    initial_params(self.init, teacher.params, teacher.spec, spec),
-                    initial_projection(self.init, teacher.params, teacher.spec, spec),
-                ),
+                self._student(spec),
                 self.batches,
                 self.settings,
                 hooks=[Prune(self.batches.steps_per_epoch, on_epoch)] if on_epoch is not None else [],
@@ -147,10 +186,11 @@ class CandidateEvaluator:
                 desc=f"mini-kd {spec.arch_id}",
                 progress=self.progress,
             )
+            # The wait for the compile thread is part of this candidate's wall and compile time.
             epoch_losses, train_s, compile_s, params = (
                 result.epoch_losses,
-                result.wall_s,
-                result.compile_s,
+                result.wall_s + waited_s,
+                result.compile_s + waited_s,
                 result.params,
             )
             if result.stopped is not None:  # pruned: losses of the epochs it ran, and no model to time or export
@@ -197,7 +237,10 @@ class CandidateEvaluator:
             "diverged": diverged,
             "mini_kd_steps": self.num_steps,
             "wall_s": train_s,
+            # Compile time the candidate waited for (its own, or the end of the compile thread's); the thread's
+            # compile, overlapped with the previous candidate's training, is `compile_ahead_s`.
             "compile_s": None if math.isnan(compile_s) else compile_s,
+            "compile_ahead_s": ahead_s,
             "latency_s": latency_s,
             "export_s": export_s,
             "eval_s": time.perf_counter() - t0,

@@ -1,7 +1,8 @@
 """Random search, the baseline: `num_trials` distinct architectures drawn uniformly from the valid space.
 
 The draw order is one seeded permutation of the enumerated valid points, so candidate i is the same in every run and
-a resumed search (cache hits for the first ones) continues exactly where it stopped.
+a resumed search (cache hits for the first ones) continues exactly where it stopped. Knowing every candidate up front,
+it has the next one's programs compiled (`prepare`) while the current one trains.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from kdjax.search_space import SearchSpace
+from kdjax.spec import ArchSpec
 
 
 def order(space: SearchSpace, num_trials: int, seed: int) -> list[tuple[int, ...]]:
@@ -18,5 +20,18 @@ def order(space: SearchSpace, num_trials: int, seed: int) -> list[tuple[int, ...
     return [space.points[i] for i in perm]
 
 
-def search(space: SearchSpace, evaluate: Callable[..., dict], *, num_trials: int, seed: int) -> list[dict]:
-    return [evaluate(space.spec(idx), trial=t) for t, idx in enumerate(order(space, num_trials, seed))]
+def search(
+    space: SearchSpace,
+    evaluate: Callable[..., dict],
+    *,
+    num_trials: int,
+    seed: int,
+    prepare: Callable[[ArchSpec], None] | None = None,
+) -> list[dict]:
+    specs = [space.spec(idx) for idx in order(space, num_trials, seed)]
+    records = []
+    for t, spec in enumerate(specs):
+        if prepare is not None and t + 1 < len(specs):
+            prepare(specs[t + 1])
+        records.append(evaluate(spec, trial=t))
+    return records

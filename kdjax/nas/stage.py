@@ -22,16 +22,18 @@ from kdjax.nas import controller, optuna_search, random_search, topk
 from kdjax.nas.history import History
 from kdjax.nas.minikd import CandidateEvaluator, keep_only, proxy_batches
 from kdjax.search_space import SearchSpace
+from kdjax.spec import ArchSpec
 from kdjax.steps import TeacherOutputCache
 
 log = logging.getLogger(__name__)
 
 
-# A strategy runner gets the space, the evaluate function, the search settings, the run's seed, and the nas folder.
-Runner = Callable[[SearchSpace, Callable[..., dict], NasSettings, int, str], None]
+# A strategy runner gets the space, the evaluate function, `prepare(spec)` (compile a candidate's programs ahead, on a
+# thread), the search settings, the run's seed, and the nas folder.
+Runner = Callable[[SearchSpace, Callable[..., dict], Callable[[ArchSpec], None], NasSettings, int, str], None]
 
 
-def _run_lstm(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
+def _run_lstm(space: SearchSpace, evaluate, prepare, nas: NasSettings, seed: int, nas_dir: str) -> None:
     # A resumed controller must have been trained on the same space, candidates per episode, settings and seed.
     settings = {
         "search space (teacher and nas.space)": f"{space.values} max_params={space.max_params} {space.head_dims}"
@@ -50,12 +52,14 @@ def _run_lstm(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir
             seed=seed,
             cfg=nas.controller,
             checkpointer=ckpt,
+            prepare=prepare,
         )
     finally:
         ckpt.close()
 
 
-def _run_optuna(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
+def _run_optuna(space: SearchSpace, evaluate, prepare, nas: NasSettings, seed: int, nas_dir: str) -> None:
+    # `prepare` is not used: TPE draws the next trial from this one's result.
     optuna_search.search(
         space,
         evaluate,
@@ -69,11 +73,11 @@ def _run_optuna(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_d
     )
 
 
-def _run_random(space: SearchSpace, evaluate, nas: NasSettings, seed: int, nas_dir: str) -> None:
-    random_search.search(space, evaluate, num_trials=nas.num_trials, seed=seed)
+def _run_random(space: SearchSpace, evaluate, prepare, nas: NasSettings, seed: int, nas_dir: str) -> None:
+    random_search.search(space, evaluate, num_trials=nas.num_trials, seed=seed, prepare=prepare)
 
 
-# Explicit registry: nas.strategy -> runner(space, evaluate, nas, seed, nas_dir).
+# Explicit registry: nas.strategy -> runner(space, evaluate, prepare, nas, seed, nas_dir).
 STRATEGIES: dict[str, Runner] = {"lstm": _run_lstm, "optuna": _run_optuna, "random": _run_random}
 
 
@@ -135,8 +139,9 @@ def run(ctx: RunContext) -> dict:
         return rec
 
     try:
-        STRATEGIES[strategy](space, tracked, nas, ctx.settings.seed, nas_dir)
+        STRATEGIES[strategy](space, tracked, evaluate.prepare, nas, ctx.settings.seed, nas_dir)
     finally:
+        evaluate.close()
         bar.close()
 
     history.refresh()
