@@ -252,8 +252,9 @@ def pending(ctx: RunContext) -> list[str]:
 def chosen_pending(ctx: RunContext) -> list[str]:
     """The chosen student when it has no finished distillation: config.kd.arch or the search's best changed since the
     stage finished. A finished kd stage runs again for it (and keeps what it made before)."""
-    arch_id = chosen_spec(ctx).arch_id
-    return [] if finished(ctx.workdir.kd_dir(arch_id)) else [f"kd-{arch_id}"]
+    arch, source = chosen_arch(ctx)
+    arch_id = ctx.student_spec(arch).arch_id
+    return [] if finished(ctx.workdir.kd_dir(arch_id)) else [f"kd-{arch_id} from {source}"]
 
 
 def _kept(ctx: RunContext, out_dir: str) -> bool:
