@@ -13,6 +13,7 @@ Add overrides to that command to see their effect. Variants: ':tiny' (seconds on
 
 import logging
 import os
+import signal
 import sys
 
 from absl import app, flags
@@ -125,6 +126,12 @@ def main(argv):
     except KdjaxError as e:
         print(f"kdjax: error: {e}", file=sys.stderr)
         sys.exit(2)
+    # Everything is written. A signal during the libraries' exit clean-up (jax clears its caches in an atexit hook)
+    # would print a KeyboardInterrupt traceback or end a finished run with SIGTERM's status: end at once, successfully.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: os._exit(0))
 
 
 if __name__ == "__main__":

@@ -493,3 +493,22 @@ def test_a_second_signal_stops_a_run_whose_first_interrupt_was_swallowed():
     _, err = p.communicate(timeout=30)
     assert p.returncode == 128 + signal.SIGTERM
     assert err.strip().splitlines() == ["kdjax: error: stopped by a second SIGTERM; run the same command to resume"]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_a_finished_run_ends_it_successfully(tmp_path, sig):
+    """A signal that arrives once every stage is done, during exit clean-up, ends the process at once with status 0:
+    no KeyboardInterrupt traceback from an atexit hook, no death by SIGTERM after the work was written."""
+    child = (
+        "import atexit, os, signal, sys, time\n"
+        "sys.argv = ['main.py', '--config=configs/bert_nas.py:tiny', '--config.stages=teacher',"
+        f" '--workdir={tmp_path}']\n"
+        "import main\n"
+        # Registered last, so run first at exit: the signal lands during the exit clean-up.
+        f"atexit.register(lambda: (os.kill(os.getpid(), signal.{sig}), time.sleep(20), print('still running')))\n"
+        "main.app.run(main.main, flags_parser=main.parse_flags)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "still running" not in proc.stdout and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert os.path.isfile(tmp_path / "teacher" / "info.json")
