@@ -230,8 +230,8 @@ def precompile(teacher: FrozenModel, student: Student, batches: Batches, setting
 
     A search calls it on a thread for the next candidate while the current one trains: the programs land in
     kdjax.steps' shared cache, and the candidate's `distill` finds them there (or waits for the compile in flight).
-    Only shapes are compiled against, so the arguments are abstract except the state, which is built on the host as
-    `distill` builds it (its tree structure is part of the program's key)."""
+    Only shapes are compiled against, so every argument is passed abstract; the state is first built on the host as
+    `distill` builds it, for its shapes and tree structure (part of the program's key)."""
     cfg = settings
     mesh = cfg.mesh or make_mesh()
     data, rep = shardings(mesh)

@@ -134,7 +134,8 @@ class CandidateEvaluator:
         )
 
     def close(self) -> None:
-        """Drop compiles not yet started and wait for the one running (a thread compiling at exit can crash XLA)."""
+        """Drop compiles not yet started and wait for the one running: no thread is left compiling once the stage
+        has ended, whether the search finished, failed or was interrupted."""
         if self._ahead is not None:
             self._ahead.shutdown(wait=True, cancel_futures=True)
 
