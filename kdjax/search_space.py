@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -230,3 +231,12 @@ class SearchSpace:
                 f"  {self.size:,} valid architectures of {total:,} combinations ({self.constraints()})",
             ]
         )
+
+
+def announcing(specs: list[ArchSpec], prepare: Callable[[ArchSpec], None] | None) -> Iterator[tuple[int, ArchSpec]]:
+    """(i, spec) for each of `specs`, telling `prepare` (`CandidateEvaluator.prepare`) spec i+1 before spec i is
+    yielded, so the next candidate compiles while the current one trains."""
+    for i, spec in enumerate(specs):
+        if prepare is not None and i + 1 < len(specs):
+            prepare(specs[i + 1])
+        yield i, spec

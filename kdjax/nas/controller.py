@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kdjax.search_space import SearchSpace
+from kdjax.search_space import SearchSpace, announcing
 from kdjax.spec import ArchSpec
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,7 @@ def search(
         )
         rewards = []
         specs: list[ArchSpec] = [space.spec(tuple(int(i) for i in idx)) for idx in actions]
-        for c, spec in enumerate(specs):
-            if prepare is not None and c + 1 < len(specs):
-                prepare(specs[c + 1])  # the episode's next candidate compiles while this one trains
+        for c, spec in announcing(specs, prepare):  # within the episode: the next candidate compiles meanwhile
             rec = evaluate(spec, episode=episode, candidate=c)
             records.append(rec)
             rewards.append(float(rec["reward"]))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kdjax.search_space import SearchSpace
+from kdjax.search_space import SearchSpace, announcing
 from kdjax.spec import ArchSpec
 
 
@@ -29,9 +29,4 @@ def search(
     prepare: Callable[[ArchSpec], None] | None = None,
 ) -> list[dict]:
     specs = [space.spec(idx) for idx in order(space, num_trials, seed)]
-    records = []
-    for t, spec in enumerate(specs):
-        if prepare is not None and t + 1 < len(specs):
-            prepare(specs[t + 1])
-        records.append(evaluate(spec, trial=t))
-    return records
+    return [evaluate(spec, trial=t) for t, spec in announcing(specs, prepare)]
