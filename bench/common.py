@@ -160,6 +160,17 @@ def run_part(script: str, part: str, argv: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def machine_facts() -> dict:
+    """The fields every benchmark's JSON closes with: device, library versions, date and load average."""
+    info = cpu_info()
+    return {
+        "device": {"nproc": info["nproc"], "cpu_model": info["model"]},
+        "versions": versions(),
+        "date": stamp(),
+        "load_avg": load_avg(),
+    }
+
+
 def print_json(obj: dict) -> None:
     """The last output line of every benchmark: one JSON object."""
     print(json.dumps(obj, sort_keys=True, default=float), flush=True)

@@ -177,16 +177,12 @@ def main(argv=None) -> None:
         mine = [r for r in rows if (r["depth"], r["scan_layers"], r["optimizer_layout"]) == cell]
         medians.append({**{k: mine[0][k] for k in ("arch", "scan_layers", "optimizer_layout")}, "repeats": len(mine)})
         medians[-1].update({k: float(np.median([r[k] for r in mine])) for k in keys})
-    info = common.cpu_info()
     common.print_json(
         {
             "rows": rows,
             "medians": medians,
             "batch_rows": args.batch_rows,
-            "device": {"nproc": info["nproc"], "cpu_model": info["model"]},
-            "versions": common.versions(),
-            "date": common.stamp(),
-            "load_avg": common.load_avg(),
+            **common.machine_facts(),
         }
     )
 

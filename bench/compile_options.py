@@ -97,15 +97,11 @@ def main(argv=None) -> None:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 rows.append({**json.loads(out.strip().splitlines()[-1]), "repeat": repeat})
                 print(rows[-1], flush=True)
-    info = common.cpu_info()
     common.print_json(
         {
             "rows": rows,
             "batch_rows": args.batch_rows,
-            "device": {"nproc": info["nproc"], "cpu_model": info["model"]},
-            "versions": common.versions(),
-            "date": common.stamp(),
-            "load_avg": common.load_avg(),
+            **common.machine_facts(),
         }
     )
 
