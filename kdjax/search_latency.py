@@ -108,7 +108,11 @@ class SearchLatency:
         if self.model is not None:
             q = self.model.fit
             err = 100 * q.get("median_rel_err", 0.0)
-            return f"modelled latency (fit on {q.get('shapes')} shapes, median error {err:.0f}%)"
+            text = f"modelled latency (fit on {q.get('shapes')} shapes, median error {err:.0f}%"
+            if "loo_median_rel_err" in q:  # models fitted before it was recorded have no leave-one-out error
+                loo, worst = 100 * q["loo_median_rel_err"], 100 * q["loo_max_rel_err"]
+                text += f", on a shape left out {loo:.0f}% (max {worst:.0f}%)"
+            return text + ")"
         return f"measured latency (p{self.cfg.percentile:g} of {self.cfg.timed_runs} runs beside the teacher)"
 
     def student(self, spec: ArchSpec) -> dict:

@@ -182,3 +182,34 @@ def test_same_seed_same_search_under_load(tiny_teacher, tmp_path, monkeypatch):
     first = search("a", noise_seed=1)
     assert len(first) >= 3
     assert search("b", noise_seed=2) == first
+
+
+@pytest.mark.parametrize("max_hidden", [64, 256, 384, 512, 768, 1024])
+def test_calibration_pins_every_direction_of_the_cost_model_twice_over(max_hidden):
+    """Every teacher's calibration set separates all the cost terms the features can tell apart, with at least twice
+    as many shapes as terms: 9 shapes up to 384 wide (the set before) fitted 9 terms exactly and extrapolated a deep,
+    narrow-FFN student 1.5x too fast. A cost model with an attention term is then recovered from noisy timings."""
+
+    def rank(specs):
+        a = np.stack([features(s, 1, 128) for s in specs])
+        a = a / np.maximum(np.linalg.norm(a, axis=0), 1e-30)
+        return np.linalg.matrix_rank(a, tol=1e-9 * np.linalg.norm(a, 2))
+
+    grid = [
+        ArchSpec(n, h, a, f, act)
+        for n in (1, 3, 12)
+        for h in (64, 768)
+        for a in (1, 4)
+        for f in (32, 3072)
+        for act in ("gelu", "relu", "silu")
+    ]
+    specs = calibration_specs(max_hidden)
+    assert rank(specs) == rank(grid) and len(specs) >= 2 * rank(grid)
+    true = np.zeros(len(FEATURES))
+    for name, v in (("call", 0.05), ("layer", 0.02), ("matmul", 4e-9), ("attention", 2e-8), ("act_gelu", 1e-6)):
+        true[FEATURES.index(name)] = v
+    noise = np.random.default_rng(0).uniform(0.97, 1.03, len(specs))  # +-3% timing noise
+    model = fit(specs, [float(true @ features(s, 1, 128)) * e for s, e in zip(specs, noise)], 1, 128)
+    assert model.fit["loo_median_rel_err"] < 0.05 and model.fit["loo_max_rel_err"] < 0.15
+    deep = ArchSpec(6, min(384, max_hidden), 2, 32, "silu")  # deep, narrow FFN: attention and layers dominate
+    assert model.predict(deep) == pytest.approx(float(true @ features(deep, 1, 128)), rel=0.1)
