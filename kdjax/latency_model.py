@@ -32,14 +32,13 @@ FEATURES = (
 )
 _ACT_COLUMN = {"gelu": "act_gelu", "gelu_new": "act_gelu", "relu": "act_relu", "silu": "act_silu"}
 
-# (layers, hidden, heads, ffn, activation). Of FEATURES' 11 columns only 9 directions can be told apart at a fixed
-# sequence length (matmul FLOPs and weight bytes both grow as L*(4H^2+2HF); attention FLOPs and elementwise work both
-# as L*H), and every cap of `calibration_specs` holds at least twice as many shapes as that, so the fit is
-# overdetermined, as its leave-one-out error shows. The shapes span depth (1..12 layers) and FFN ratio (F/H from 1/8
-# to 4) independently at each width, because a search's fast candidates are exactly the deep, narrow-FFN ones (at most
-# 9 shapes up to 384 wide once extrapolated 6L-384H-6A-192F to 3.2x faster than MiniLM; timed, it is 2.1x, and its
-# FLOPs allow 2.2x), and each configured teacher's own shape is in the set (MiniLM's, BERT-base's), so the speed-up
-# constraint divides by a fitted, not an extrapolated, teacher.
+# (layers, hidden, heads, ffn, activation). At a fixed sequence length FEATURES' 11 columns span only 9 directions
+# (matmul FLOPs and weight bytes both grow as L*(4H^2+2HF); attention FLOPs and elementwise work both as L*H), and
+# every cap of `calibration_specs` holds at least twice as many shapes as that, so the fit is overdetermined (its
+# leave-one-out error says how well). Depth (1..12 layers) and FFN ratio (F/H from 1/8 to 4) vary independently at
+# each width, because a search's fast candidates are the deep, narrow-FFN ones: the 9 shapes up to 384 wide used
+# before were fitted exactly and put 6L-384H-6A-192F at 3.2x faster than MiniLM (timed: 2.1x; its FLOPs allow 2.2x).
+# Each configured teacher's own shape is in the set (MiniLM's, BERT-base's), so speed-ups divide by a fitted teacher.
 CALIBRATION = (
     (1, 64, 1, 128, "gelu"),
     (4, 64, 4, 256, "gelu"),
