@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
 import common
@@ -81,10 +79,10 @@ def main(argv=None) -> None:
     p.add_argument("--batch-rows", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    p.add_argument("--part", default="", help=argparse.SUPPRESS)  # a child process: one [arch, options] as JSON
     args = p.parse_args(argv)
-    if args.child:
-        arch, options = json.loads(args.child)
+    if args.part:
+        arch, options = json.loads(args.part)
         print(json.dumps(one(arch, options, args.batch_rows, args.steps, args.teacher)))
         return
     option_sets = [json.loads(o) for o in args.options.split(";")]
@@ -92,10 +90,9 @@ def main(argv=None) -> None:
     for repeat in range(args.repeats):
         for arch in args.archs.split(","):
             for options in option_sets:
-                cmd = [sys.executable, __file__, "--child", json.dumps([arch, options])]
-                cmd += ["--batch-rows", str(args.batch_rows), "--steps", str(args.steps), "--teacher", args.teacher]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                rows.append({**json.loads(out.strip().splitlines()[-1]), "repeat": repeat})
+                child = ["--batch-rows", str(args.batch_rows), "--steps", str(args.steps), "--teacher", args.teacher]
+                row = common.run_part(__file__, json.dumps([arch, options]), child)
+                rows.append({**row, "repeat": repeat})
                 print(rows[-1], flush=True)
     common.print_json(
         {

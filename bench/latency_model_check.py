@@ -34,6 +34,25 @@ SHAPES = (
 )
 
 
+def _torch_latency(spec, cfg, cache) -> dict:
+    """`spec` under PyTorch (`AutoModel.from_config` of a BERT config.json), timed by kdjax.torch_latency."""
+    from kdjax.torch_latency import measure_folder
+
+    with tempfile.TemporaryDirectory() as d:
+        conf = {
+            "model_type": "bert",
+            "vocab_size": spec.vocab_size,
+            "hidden_size": spec.hidden_size,
+            "num_hidden_layers": spec.num_layers,
+            "num_attention_heads": spec.num_heads,
+            "intermediate_size": spec.ffn_size,
+            "hidden_act": spec.activation,
+        }
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(conf, f)
+        return measure_folder(d, cfg, cache)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--timed-runs", type=int, default=30)
@@ -47,7 +66,7 @@ def main() -> None:
     from kdjax.latency import LatencyConfig, MachineCache, spec_key
     from kdjax.latency_model import load_or_fit
     from kdjax.spec import ArchSpec, parse_arch_id
-    from kdjax.torch_latency import available, measure_folder
+    from kdjax.torch_latency import available
 
     cfg = LatencyConfig(
         seq_len=args.seq_len, warmup_runs=args.warmup_runs, timed_runs=args.timed_runs, cache_dir=args.cache_dir
@@ -59,38 +78,27 @@ def main() -> None:
     base = ArchSpec(12, 768, 12, 3072)
     specs = [parse_arch_id(a, base) for a in SHAPES]
     t0 = time.perf_counter()
-    # Timed in one round-robin session of their own (a fresh cache), the teacher's shape included, so the measured
-    # speed-ups are side by side even though the teacher's shape was also timed for the calibration.
+    # Timed in one session of their own (a fresh cache), the teacher's shape included: the XLA speed-ups are side by
+    # side although the teacher's shape was also timed for the calibration, and the PyTorch timings are fresh.
     with tempfile.TemporaryDirectory() as side:
-        measured = MachineCache(dataclasses.replace(cfg, cache_dir=side)).measure_specs(specs)
-    rows = []
-    for s in specs:
-        m = measured[spec_key(s)]
-        pred = model.predict(s)
-        row = {
-            "arch": s.arch_id,
-            "xla_ms": m["latency_ms"],
-            "xla_p50_ms": m["p50_ms"],
-            "xla_spread_p90_over_p10": m["spread"],
-            "model_ms": pred,
-            "model_rel_err": (pred - m["latency_ms"]) / m["latency_ms"],
-        }
-        if available():
-            with tempfile.TemporaryDirectory() as d:
-                conf = {
-                    "model_type": "bert",
-                    "vocab_size": s.vocab_size,
-                    "hidden_size": s.hidden_size,
-                    "num_hidden_layers": s.num_layers,
-                    "num_attention_heads": s.num_heads,
-                    "intermediate_size": s.ffn_size,
-                    "hidden_act": s.activation,
-                }
-                with open(os.path.join(d, "config.json"), "w") as f:
-                    json.dump(conf, f)
-                t = measure_folder(d, cfg, cache)
-            row.update(torch_ms=t["latency_ms"], torch_spread_p90_over_p10=t["spread"])
-        rows.append(row)
+        side_cache = MachineCache(dataclasses.replace(cfg, cache_dir=side))
+        measured = side_cache.measure_specs(specs)
+        rows = []
+        for s in specs:
+            m = measured[spec_key(s)]
+            pred = model.predict(s)
+            row = {
+                "arch": s.arch_id,
+                "xla_ms": m["latency_ms"],
+                "xla_p50_ms": m["p50_ms"],
+                "xla_spread_p90_over_p10": m["spread"],
+                "model_ms": pred,
+                "model_rel_err": (pred - m["latency_ms"]) / m["latency_ms"],
+            }
+            if available():
+                t = _torch_latency(s, cfg, side_cache)
+                row.update(torch_ms=t["latency_ms"], torch_spread_p90_over_p10=t["spread"])
+            rows.append(row)
     for row in rows:  # speed-ups over the first shape (the teacher), as the search's min_speedup constraint reads them
         row["xla_speedup"] = rows[0]["xla_ms"] / row["xla_ms"]
         row["model_speedup"] = rows[0]["model_ms"] / row["model_ms"]
@@ -104,8 +112,7 @@ def main() -> None:
             "fit_s": fit_s,
             "measure_s": time.perf_counter() - t0,
             "shapes": rows,
-            "load_avg": os.getloadavg(),
-            "date": common.stamp(),
+            **common.machine_facts(),
         }
     )
 
