@@ -35,21 +35,14 @@ SHAPES = (
 
 
 def _torch_latency(spec, cfg, cache) -> dict:
-    """`spec` under PyTorch (`AutoModel.from_config` of a BERT config.json), timed by kdjax.torch_latency."""
+    """`spec` under PyTorch (`AutoModel.from_config` of the config.json kdjax's export writes), timed by
+    kdjax.torch_latency."""
+    from kdjax.export import hf_config
     from kdjax.torch_latency import measure_folder
 
     with tempfile.TemporaryDirectory() as d:
-        conf = {
-            "model_type": "bert",
-            "vocab_size": spec.vocab_size,
-            "hidden_size": spec.hidden_size,
-            "num_hidden_layers": spec.num_layers,
-            "num_attention_heads": spec.num_heads,
-            "intermediate_size": spec.ffn_size,
-            "hidden_act": spec.activation,
-        }
         with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(conf, f)
+            json.dump(hf_config(spec, {}), f)
         return measure_folder(d, cfg, cache)
 
 

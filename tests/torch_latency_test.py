@@ -7,6 +7,7 @@ import pytest
 
 import kdjax.latency as latency
 from kdjax import model_latency, report, torch_latency
+from kdjax.export import hf_config
 from kdjax.latency import LatencyConfig
 from kdjax.spec import ArchSpec
 from kdjax.torch_latency import available, measure_folder, measure_pair
@@ -20,20 +21,9 @@ STUDENT = ArchSpec(1, 32, 2, 64, vocab_size=100, max_position_embeddings=32)
 
 def hf_folder(path, spec: ArchSpec) -> str:
     """A folder as the export writes it, config only (the timing never reads weights)."""
-    conf = {
-        "model_type": "bert",
-        "architectures": ["BertModel"],
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": spec.num_heads,
-        "intermediate_size": spec.ffn_size,
-        "hidden_act": spec.activation,
-        "max_position_embeddings": spec.max_position_embeddings,
-    }
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(conf, f)
+        json.dump(hf_config(spec, {}), f)
     return str(path)
 
 
