@@ -28,6 +28,9 @@ GLUE_DEV = {"cola": 1043, "sst2": 872, "mrpc": 408, "stsb": 1500, "qqp": 40430, 
             "rte": 277, "wnli": 71}  # fmt: skip
 GLUE_TOKENS = {"cola": 12, "sst2": 25, "mrpc": 53, "stsb": 31, "qqp": 30, "mnli": 40, "qnli": 50, "rte": 70,
                "wnli": 40}  # fmt: skip
+# Examples of a local task tokenised to measure its padded shapes (`shape`): a step computes its padded [rows, length]
+# batch, not the real tokens, and at glue.bucket=32 that is 2.5-2.9x the real tokens of SST-2, CoLA and STS-B.
+LENGTH_SAMPLE = 2048
 # data.glue_dir=synthetic: what kdjax.glue_stage generates per task (train, and each dev split).
 SYNTHETIC_TRAIN, SYNTHETIC_DEV = 64, 32
 
@@ -88,6 +91,64 @@ def task_size(glue_dir: str, workdir, task: str) -> tuple[int, int]:
     if train is None or any(d is None for d in devs):  # generated later (synthetic), or the stage will say so
         return default
     return train, sum(d or 0 for d in devs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One task's examples as the glue stage pads them (kdjax.glue_data.make_batch): token rows computed per example
+    (a bi-encoded pair is two rows; filler rows of a short last batch count) and the mean padded length, which
+    attention's cost grows with. `train`: length-grouped training batches; `sorted`: batches sorted by length, as the
+    teacher labels the training set and every model scores the dev splits (taken to be shaped like the training set)."""
+
+    train_tokens: float
+    train_len: float
+    sorted_tokens: float
+    sorted_len: float
+
+    def forward_flops(self, spec: ArchSpec, sorted_batches: bool = False) -> float:
+        """One forward pass of `spec` over one example."""
+        if sorted_batches:
+            tokens, length = self.sorted_tokens, self.sorted_len
+        else:
+            tokens, length = self.train_tokens, self.train_len
+        return float(spec.flops_per_token(max(1, round(length)))) * tokens
+
+
+def _padded(lengths, batches, batch_size: int, rows: int, recipe) -> tuple[float, float]:
+    """(token rows per example, mean padded length) of `batches` (example indices) over examples of `lengths`."""
+    from kdjax.glue_data import bucket_length
+
+    padded = [bucket_length(max(int(lengths[b].max()), 1), recipe.bucket, recipe.max_seq_len) for b in batches]
+    return rows * batch_size * sum(padded) / max(1, len(lengths)), sum(padded) / max(1, len(padded))
+
+
+def shape(ctx, task: str, batch_size: int) -> Shape:
+    """`task`'s padded shapes, measured on up to LENGTH_SAMPLE of the training examples the recipe keeps, tokenised
+    with the teacher's tokenizer and batched as kdjax.finetune batches them; where the data is not a local folder
+    (the hub's, or the synthetic tasks), GLUE_TOKENS rounded up to glue.bucket."""
+    import numpy as np
+
+    from kdjax import glue_data
+    from kdjax.classifier import resolve_bi_encoder_tasks
+    from kdjax.finetune import epoch_order, subsample
+
+    s = ctx.settings
+    recipe = s.glue.recipe
+    bi = task in resolve_bi_encoder_tasks(s.glue.bi_encoder_tasks, ctx.teacher.folder)[0]
+    folder = s.data.glue_dir
+    if folder in ("", "synthetic") or not os.path.isdir(os.path.join(os.path.expanduser(folder), TASKS[task].folder)):
+        rows = 2 if bi else 1
+        length = glue_data.bucket_length((GLUE_TOKENS[task] + 2 * bi) // rows, recipe.bucket, recipe.max_seq_len)
+        return Shape(rows * length, length, rows * length, length)
+    train = subsample(glue_data.load_task(task, folder).train, recipe.max_train_examples, recipe.seed)
+    train = subsample(train, LENGTH_SAMPLE, recipe.seed)
+    lengths = glue_data.encode(ctx.teacher.tokenizer, train, recipe.max_seq_len, bi).lengths
+    rows = 2 if bi else 1
+    grouped = epoch_order(lengths, batch_size, 0, recipe.seed, recipe.length_window)
+    order = np.argsort(lengths, kind="stable")
+    big = 4 * batch_size  # kdjax.finetune scores and labels in batches 4x the training batch
+    by_length = [order[i : i + big] for i in range(0, len(order), big)]
+    return Shape(*_padded(lengths, grouped, batch_size, rows, recipe), *_padded(lengths, by_length, big, rows, recipe))
 
 
 def _variants(ctx, stages: list[str], arch_id: str | None, index: int, kd_spec: ArchSpec) -> list[Row]:
@@ -226,8 +287,8 @@ def work(ctx, stages: list[str], kd_spec: ArchSpec) -> GluePlan:
         n, n_dev = _train_examples(ctx, task)
         out.seeds[task] = len(recipe.seeds_for(n))
         runs = grid * out.seeds[task]  # trainings of one row: each rate, each seed
-        tok = min(GLUE_TOKENS[task], recipe.max_seq_len)
-        t_flops = float(t_spec.flops_per_token(tok)) * tok  # one teacher forward of one example
+        padded = shape(ctx, task, batch)
+        t_flops = padded.forward_flops(t_spec, sorted_batches=True)  # the teacher labels one example
         todo = [(row, role) for row in planned for name, role in trainings(ctx, row) if (name, task) not in done]
         distilled = any(role == "distill" for _, role in todo)
         for row in planned:
@@ -247,17 +308,18 @@ def work(ctx, stages: list[str], kd_spec: ArchSpec) -> GluePlan:
                 w.steps += steps
                 w.examples += seen
                 # Training is 3x a forward; every rate and seed is scored on the full dev splits.
-                w.flops += (3 * seen + n_dev * runs) * float(row.spec.flops_per_token(tok)) * tok
+                w.flops += 3 * seen * padded.forward_flops(row.spec)
+                w.flops += n_dev * runs * padded.forward_flops(row.spec, sorted_batches=True)
                 if role == "distill" and cfg.needs_states:
                     w.teacher_step_examples += seen
-                    w.flops += seen * t_flops
+                    w.flops += seen * padded.forward_flops(t_spec)
         if distilled:  # the teacher's logits (and the augmented copies) for every student of the task, made once
             w = out.units[unit("distill", task)]
             w.augmented += n * factor
             w.teacher_logit_examples += n * (1 + factor)
             w.flops += n * (1 + factor) * t_flops
             if mlm:  # embedding neighbours (no MLM head) cost next to nothing
-                w.flops += n * factor * (t_flops + mlm * tok)
+                w.flops += n * factor * (t_flops + mlm * padded.sorted_tokens)
     return out
 
 

@@ -112,9 +112,11 @@ def _glue_folder(root: str, train_sizes: dict[str, int], n_dev: int = 4) -> str:
     return root
 
 
-def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
+def _count_glue_stage(monkeypatch, computed: collections.Counter | None = None) -> dict[str, collections.Counter]:
     """Instrument the glue stage: per unit (role/task), its trainings, the optimizer steps and the examples in them,
-    the examples the fine-tuned teacher labels or encodes inside steps, and the augmented copies, as they happen."""
+    the examples the fine-tuned teacher labels or encodes inside steps, and the augmented copies, as they happen;
+    `computed`, when given, counts per unit the token positions its training steps compute (padding included), and
+    under "<unit> real" the real tokens among them."""
     from kdjax import finetune, glue_stage
 
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -127,7 +129,8 @@ def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
 
     def counted_finetune(**kw):
         role = "teacher" if kw["keep_params"] else "distill" if kw["distill"] is not None else "finetune"
-        now[:] = [counts[glue_plan.unit(role, kw["task_data"].task.name)]]
+        name = glue_plan.unit(role, kw["task_data"].task.name)
+        now[:] = [counts[name], name]
         now[0]["trainings"] += 1
         return real_finetune(**kw)
 
@@ -137,6 +140,9 @@ def _count_glue_stage(monkeypatch) -> dict[str, collections.Counter]:
         def run(state, batch, key, teacher):
             n = int(np.asarray(batch["weights"]).sum())
             now[0].update(steps=1, examples=n, teacher_step_examples=n if teacher is not None else 0)
+            if computed is not None:
+                computed[now[1]] += np.asarray(batch["input_ids"]).size
+                computed[now[1] + " real"] += int(np.asarray(batch["attention_mask"]).sum())
             return step(state, batch, key, teacher)
 
         return run
@@ -187,7 +193,8 @@ def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypa
         shutil.copytree(tiny_teacher.source, os.path.join(folder, "hf"))
     glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
     planned = glue_plan.work(ctx, ["glue"], ctx.student_spec(arch))
-    counts = _count_glue_stage(monkeypatch)
+    computed: collections.Counter = collections.Counter()
+    counts = _count_glue_stage(monkeypatch, computed)
     assert glue_stage.run(ctx)["scored"] == 5 * len(sizes)
     batch = ctx.mesh.size  # 1 per device
 
@@ -208,6 +215,11 @@ def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypa
     assert glue.steps == sum(c["steps"] for c in counts.values()) and glue.done_steps == 0
     assert glue.examples == sum(c["examples"] for c in counts.values())
     assert glue.unit_counts == {k: c["trainings"] for k, c in counts.items()}
+    # The FLOPs count the padded batches the steps compute, not the real tokens: on sst2 (one seed, one epoch, the
+    # plan's batches are the stage's) the padded token positions are exactly what the plan measured.
+    padded = glue_plan.shape(ctx, "sst2", batch)
+    assert computed["finetune/sst2"] == 2 * round(padded.train_tokens * sizes["sst2"])
+    assert computed["finetune/sst2"] > 1.2 * computed["finetune/sst2 real"]  # the padding the old estimate missed
     assert glue.what == (
         "5 training(s) per task (teacher, fine-tuned for task distillation; 2 student(s) task-distilled and "
         "fine-tuned only) x 2 task(s) (rte,sst2) x 1 epochs x 2 seeds on rte; distilled rows on 2x examples "
