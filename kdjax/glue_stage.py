@@ -29,7 +29,7 @@ from kdjax import embedding_probe, glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
 from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe, resolve_bi_encoder_tasks, resolve_pooling
 from kdjax.context import RunContext
-from kdjax.finetune import Recipe, finetune
+from kdjax.finetune import Recipe, finetune, recipe_identity
 from kdjax.glue_models import (
     ModelRef,
     check_distilled,
@@ -88,7 +88,7 @@ def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, metho
         old = read_json(path)
     except ValueError:
         return False
-    same_recipe = recorded_recipe(old.get("recipe")) == recipe.to_dict()
+    same_recipe = recipe_identity(recorded_recipe(old.get("recipe"))) == recipe_identity(recipe.to_dict())
     same = same_recipe and old.get("source") == ref.source and old.get("data") == data_source
     return same and old.get("distill") == (method or {}).get("distill") and same_weights(path, old, ref)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from kdjax import embedding_probe, model_latency
 from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe
+from kdjax.finetune import recipe_identity
 from kdjax.glue_data import TASKS
 from kdjax.metrics import task_score
 from kdjax.report_searches import (
@@ -328,8 +329,9 @@ def readme(
 
 
 def shared_recipe(recipe: dict) -> dict:
-    """A row's recipe as every task trained it: without the pair encoding, which is chosen per task."""
-    return {k: v for k, v in recorded_recipe(recipe).items() if k != "pair_encoding"}
+    """A row's recipe as every task trained it: without the pair encoding, which is chosen per task, and the fields
+    that change speed only (kdjax.finetune.SPEED_ONLY)."""
+    return {k: v for k, v in recipe_identity(recorded_recipe(recipe)).items() if k != "pair_encoding"}
 
 
 def _heads(rows: list[dict]) -> str:

@@ -63,6 +63,7 @@ def test_every_field_has_a_comment():
         ("glue.learning_rates", "1e-4,fast", "glue.learning_rates"),
         ("glue.learning_rates", "1e-4,0", "glue.learning_rates"),
         ("glue.seeds", 0, "glue.seeds"),
+        ("glue.bucket", 0, "glue.bucket"),
         ("glue.pooling", "max", "glue.pooling"),
         ("glue.distill.alpha", 1.5, "glue.distill.alpha"),
         ("glue.distill.augment_prob", 0.0, "glue.distill.augment_prob"),

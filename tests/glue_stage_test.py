@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import run_context
 
-from kdjax import glue_models, glue_stage, glue_status, model_latency, pipeline
+from kdjax import glue_models, glue_stage, glue_status, model_latency, pipeline, report
 from kdjax.config import base_config
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.workdir import read_json, write_json
@@ -299,6 +299,12 @@ def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_d
     del old["recipe"]["pooling"]
     write_json(teacher_json, old)
     assert glue_stage.run(run_context(tmp_path, config=c))["scored"] == 0
+    # glue.bucket changes speed only: scores made at another value stay current, and the report sees one recipe.
+    bucket = old["recipe"]["bucket"]
+    other = _config(glue_dir, tasks="stsb", learning_rates="1e-3", bucket=2 * bucket)
+    assert glue_stage.run(run_context(tmp_path, config=other))["scored"] == 0
+    assert report.shared_recipe(old["recipe"]) == report.shared_recipe({**old["recipe"], "bucket": 2 * bucket})
+    assert report.shared_recipe(old["recipe"]) != report.shared_recipe({**old["recipe"], "num_epochs": 9})
 
     # The teacher folder becomes a mean-pooling sentence-transformers model: 'auto' now means mean, for the teacher
     # (re-fine-tuned: its saved classifier has another head) and for the student distilled from it alike.

@@ -220,6 +220,9 @@ def base_config(teacher_name: str, arg: str | None = None) -> ml_collections.Con
     c.glue.small_task_examples = 10000
     # Length-group each epoch's batches within windows of this many batches (0 = plain shuffle): less padding.
     c.glue.length_window = 32
+    # Batches are padded to a multiple of this many tokens (capped at glue.max_seq_len): each length is one more
+    # compiled program, and every padded token is computed. Speed only: scores made at another value stay current.
+    c.glue.bucket = 16
     c.glue.warmup_fraction = 0.1
     c.glue.weight_decay = 0.01
     c.glue.max_seq_len = 128

@@ -304,6 +304,7 @@ def glue_settings(g: ml_collections.ConfigDict, seed: int) -> GlueSettings:
             seeds=int(g.seeds),
             small_task_examples=int(g.small_task_examples),
             length_window=int(g.length_window),
+            bucket=int(g.bucket),
             pooling=str(g.pooling),
         ),
         distill=GlueDistillSettings(

@@ -174,7 +174,7 @@ def validate(c: ml_collections.ConfigDict) -> Settings:
         raise ConfigError(f"glue.learning_rates={c.glue.learning_rates!r} is not a comma list of numbers") from None
     if not rates or any(not (r > 0 and math.isfinite(r)) for r in rates):
         raise ConfigError(f"glue.learning_rates={c.glue.learning_rates!r} must list positive, finite learning rates")
-    for f in ("per_device_batch_size", "num_epochs", "max_seq_len", "seeds"):
+    for f in ("per_device_batch_size", "num_epochs", "max_seq_len", "seeds", "bucket"):
         _positive(c, f"glue.{f}")
     for f in ("small_task_examples", "length_window"):
         _positive(c, f"glue.{f}", allow_zero=True)
