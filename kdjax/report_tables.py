@@ -42,6 +42,15 @@ def _pdt_cell(before: float | None, after: float | None) -> str:
     return f"{_fmt(before, scale=100)} / {_fmt(after, scale=100)}{delta}"
 
 
+def _torch_speedup_cell(r: dict) -> str:
+    """The paired PyTorch speed-up, with the teacher's time in that pair: the teacher row's own time was taken at
+    another moment, so the two ms columns need not give this ratio."""
+    cell = _fmt(r.get("torch_speedup"), 1, 1, "x")
+    if r["kind"] != "teacher" and r.get("torch_teacher_ms") and cell != "-":
+        cell += f" (vs {r['torch_teacher_ms']:.2f})"
+    return cell
+
+
 def scores_table(rows: list[dict], tasks: list[str]) -> list[str]:
     """The GLUE dev scores table (Markdown lines, one row per model: latency, speed-ups, scores, average, KD loss)."""
     head = [
@@ -68,7 +77,7 @@ def scores_table(rows: list[dict], tasks: list[str]) -> list[str]:
             _fmt(r["speedup"], 1, 1, "x"),
             _fmt(r.get("speedup_model"), 1, 1, "x"),
             _fmt(r.get("torch_ms")),
-            _fmt(r.get("torch_speedup"), 1, 1, "x"),
+            _torch_speedup_cell(r),
             *[_task_cell(r, t) for t in tasks],
             avg,
             _fmt(r["pct_teacher"], 1, 1, "%"),
@@ -91,7 +100,8 @@ def markdown_tables(rows: list[dict], tasks: list[str]) -> str:
         "modelled speed-up = what the search reward read (the fitted latency model); torch ms = the exported model "
         "under PyTorch (`AutoModel`, batch 1, one thread, low percentile), shown when torch is installed; torch "
         "speed-up = teacher / model under PyTorch, both timed side by side in one session (alternating runs after "
-        "both warmed up, same percentile), so load hits both alike; `-` where the model's record holds no such pair "
+        "both warmed up, same percentile), so load hits both alike, in brackets the teacher's ms in that pair (the "
+        "teacher row's own torch ms was timed at another moment); `-` where the model's record holds no such pair "
         "(recorded by an older kdjax: the next pipeline run with the glue stage re-measures it)."
     )
     if any(r["kind"] == "teacher" for r in rows):
