@@ -124,8 +124,8 @@ def _padded(lengths, batches, batch_size: int, rows: int, recipe) -> tuple[float
 
 def shape(ctx, task: str, batch_size: int) -> Shape:
     """`task`'s padded shapes, measured on up to LENGTH_SAMPLE of the training examples the recipe keeps, tokenised
-    with the teacher's tokenizer and batched as kdjax.finetune batches them; where the data is not a local folder
-    (the hub's, or the synthetic tasks), GLUE_TOKENS rounded up to glue.bucket."""
+    with the teacher's tokenizer and batched as kdjax.finetune batches them; where the data is not in a local folder
+    (the hub's, or synthetic tasks not generated yet), GLUE_TOKENS rounded up to glue.bucket."""
     import numpy as np
 
     from kdjax import glue_data
@@ -135,8 +135,8 @@ def shape(ctx, task: str, batch_size: int) -> Shape:
     s = ctx.settings
     recipe = s.glue.recipe
     bi = task in resolve_bi_encoder_tasks(s.glue.bi_encoder_tasks, ctx.teacher.folder)[0]
-    folder = s.data.glue_dir
-    if folder in ("", "synthetic") or not os.path.isdir(os.path.join(os.path.expanduser(folder), TASKS[task].folder)):
+    folder = ctx.workdir.path("cache", "glue-synthetic") if s.data.glue_dir == "synthetic" else s.data.glue_dir
+    if not folder or not os.path.exists(os.path.join(os.path.expanduser(folder), TASKS[task].folder, "train.tsv")):
         rows = 2 if bi else 1
         length = glue_data.bucket_length((GLUE_TOKENS[task] + 2 * bi) // rows, recipe.bucket, recipe.max_seq_len)
         return Shape(rows * length, length, rows * length, length)

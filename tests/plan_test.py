@@ -336,3 +336,17 @@ def test_a_run_again_for_a_new_model_plans_only_the_new_work(tmp_path, capsys):
     # glue: the teacher and the best are scored; the new student's one training on stsb is left.
     assert "3 training(s) per task" in glue_line and "2 of the 3 (model, task) trainings scored already" in glue_line
     assert "glue: kd-1L-32H-2A-64F-gelu stsb (task-distilled)" in out and "glue: teacher stsb" not in out
+
+
+def test_glue_shape_is_measured_on_local_data_and_typical_elsewhere(tmp_path, tiny_teacher):
+    """Local data: the padded shapes of its own examples; the hub's (not read at plan time): GLUE's typical lengths
+    rounded up to the bucket. Halving the bucket never adds padded tokens."""
+    fields = {"data.glue_dir": "", "glue.bucket": 16, "glue.max_seq_len": 64}
+    hub = run_context(tmp_path / "hub", fields, teacher=tiny_teacher)
+    assert glue_plan.shape(hub, "sst2", 4) == glue_plan.Shape(32, 32, 32, 32)  # 25 typical tokens -> 32
+    assert glue_plan.shape(hub, "rte", 4).train_tokens == 64  # 70 -> 80, capped at glue.max_seq_len
+    folder = _glue_folder(str(tmp_path / "glue"), {"sst2": 40})
+    local = {b: glue_plan.shape(run_context(tmp_path / f"w{b}", {"data.glue_dir": folder, "glue.bucket": b},
+                                            teacher=tiny_teacher), "sst2", 4) for b in (4, 8, 16)}  # fmt: skip
+    assert local[4].train_tokens <= local[8].train_tokens <= local[16].train_tokens
+    assert local[4].train_tokens < local[16].train_tokens  # the synthetic sentences are not all one length
