@@ -82,9 +82,10 @@ class Recipe:
         return d
 
 
-# Recipe fields that change how fast a score is made, not the score: padding to another bucket adds masked positions
-# only (the teacher's SST-2 and CoLA scores were identical at 8, 16 and 32). A score or a fine-tuned teacher made at
-# another value is current, and rows made at different values are one recipe in the report.
+# Recipe fields that change how fast a score is made, not what is computed: padding to another bucket adds masked
+# positions only, so scores differ by rounding at most, as on another machine (the teacher's SST-2 and CoLA were
+# identical at 8, 16 and 32, its RTE at 16 and 32; an augmented student's RTE moved by one dev example). A score or a
+# fine-tuned teacher made at another value is current, and rows made at different values are one recipe in the report.
 SPEED_ONLY = ("bucket",)
 
 
