@@ -78,7 +78,6 @@ def padding(args, buckets: list[int]) -> dict:
     """Per task and bucket, as kdjax.finetune batches `--max-train-examples` of it (batch 32, windows of 32, 4 epochs,
     the MiniLM tokenizer): padded tokens computed / real tokens, and the distinct training and dev batch lengths
     (one compiled program each)."""
-    import numpy as np
     from transformers import AutoTokenizer
 
     from kdjax import glue_data
@@ -94,18 +93,13 @@ def padding(args, buckets: list[int]) -> dict:
         rows, lengths = 2 if bi else 1, train.lengths
         real = sum(map(len, train.input_ids)) + (sum(map(len, train.pair_ids)) if bi else 0)
         out[task] = {"real_tokens_per_example": real / len(lengths)}
+        epochs = [epoch_order(lengths, 32, epoch, 0, 32) for epoch in range(4)]
+        dev_orders = [(d, glue_data.eval_order(d.lengths, 128)) for d in devs]
         for b in buckets:
-            padded, shapes, dev_shapes = 0, set(), set()
-            for epoch in range(4):
-                for idx in epoch_order(lengths, 32, epoch, 0, 32):
-                    n = glue_data.bucket_length(int(lengths[idx].max()), b, 128)
-                    padded, shapes = padded + 32 * rows * n, shapes | {n}
-            for d in devs:
-                order = np.argsort(d.lengths, kind="stable")
-                for i in range(0, len(order), 128):
-                    dev_shapes.add(glue_data.bucket_length(int(d.lengths[order[i : i + 128]].max()), b, 128))
-            out[task][str(b)] = {"padded_over_real": padded / (4 * real), "train_lengths": len(shapes),
-                                 "dev_lengths": len(dev_shapes)}  # fmt: skip
+            train_lens = [n for batches in epochs for n in glue_data.padded_lengths(lengths, batches, b, 128)]
+            dev_lens = [n for d, order in dev_orders for n in glue_data.padded_lengths(d.lengths, order, b, 128)]
+            out[task][str(b)] = {"padded_over_real": 32 * rows * sum(train_lens) / (4 * real),
+                                 "train_lengths": len(set(train_lens)), "dev_lengths": len(set(dev_lens))}  # fmt: skip
     return out
 
 

@@ -304,11 +304,20 @@ def train_batches(
         yield make_batch(data, order[s : s + batch_size], batch_size, pad_id, bucket, max_seq_len)
 
 
+def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The example indices of each scoring batch: sorted by length, so short examples share short batches."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def padded_lengths(lengths: np.ndarray, batches: list[np.ndarray], bucket: int, max_seq_len: int) -> list[int]:
+    """The padded length `make_batch` gives each batch of example indices (one compiled program per value)."""
+    return [bucket_length(max(int(lengths[b].max()), 1), bucket, max_seq_len) for b in batches]
+
+
 def eval_batches(data: Encoded, batch_size: int, pad_id: int, bucket: int, max_seq_len: int) -> Iterator[tuple]:
-    """(example indices, batch) over the whole split, sorted by length so short examples share short batches."""
-    order = np.argsort(data.lengths, kind="stable")
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    """(example indices, batch) over the whole split, in `eval_order`."""
+    for idx in eval_order(data.lengths, batch_size):
         yield idx, make_batch(data, idx, batch_size, pad_id, bucket, max_seq_len)
 
 

@@ -116,9 +116,9 @@ class Shape:
 
 def _padded(lengths, batches, batch_size: int, rows: int, recipe) -> tuple[float, float]:
     """(token rows per example, mean padded length) of `batches` (example indices) over examples of `lengths`."""
-    from kdjax.glue_data import bucket_length
+    from kdjax.glue_data import padded_lengths
 
-    padded = [bucket_length(max(int(lengths[b].max()), 1), recipe.bucket, recipe.max_seq_len) for b in batches]
+    padded = padded_lengths(lengths, batches, recipe.bucket, recipe.max_seq_len)
     return rows * batch_size * sum(padded) / max(1, len(lengths)), sum(padded) / max(1, len(padded))
 
 
@@ -126,8 +126,6 @@ def shape(ctx, task: str, batch_size: int) -> Shape:
     """`task`'s padded shapes, measured on up to LENGTH_SAMPLE of the training examples the recipe keeps, tokenised
     with the teacher's tokenizer and batched as kdjax.finetune batches them; where the data is not in a local folder
     (the hub's, or synthetic tasks not generated yet), GLUE_TOKENS rounded up to glue.bucket."""
-    import numpy as np
-
     from kdjax import glue_data
     from kdjax.classifier import resolve_bi_encoder_tasks
     from kdjax.finetune import epoch_order, subsample
@@ -145,9 +143,8 @@ def shape(ctx, task: str, batch_size: int) -> Shape:
     lengths = glue_data.encode(ctx.teacher.tokenizer, train, recipe.max_seq_len, bi).lengths
     rows = 2 if bi else 1
     grouped = epoch_order(lengths, batch_size, 0, recipe.seed, recipe.length_window)
-    order = np.argsort(lengths, kind="stable")
     big = 4 * batch_size  # kdjax.finetune scores and labels in batches 4x the training batch
-    by_length = [order[i : i + big] for i in range(0, len(order), big)]
+    by_length = glue_data.eval_order(lengths, big)
     return Shape(*_padded(lengths, grouped, batch_size, rows, recipe), *_padded(lengths, by_length, big, rows, recipe))
 
 
