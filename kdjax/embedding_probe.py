@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import cast
 
 import jax
@@ -81,15 +82,16 @@ def zero_shot_sts(spec: ArchSpec, params: dict, tokenizer, split: glue_data.Spli
 FILE = "stsb-zeroshot.json"  # beside the row's GLUE scores: W/glue/<model>/stsb-zeroshot.json
 
 
-def is_current(path: str, weights: str | None, source: str, data: str) -> bool:
-    """Whether `path` holds the probe of these weights (or this teacher source) on this STS-B data."""
+def is_current(path: str, weights: str | None, same_source: Callable[[dict], bool], data: str) -> bool:
+    """Whether `path` holds the probe of these weights (or this teacher source: `same_source` of the record) on this
+    STS-B data."""
     if not os.path.exists(path):
         return False
     try:
         old = read_json(path)
     except ValueError:  # damaged: measured again
         return False
-    return old.get("weights") == weights and old.get("source") == source and old.get("data") == data
+    return old.get("weights") == weights and same_source(old) and old.get("data") == data
 
 
 def record(path: str, row: dict, model: tuple, split: glue_data.Split, max_seq_len: int) -> dict:

@@ -203,13 +203,16 @@ def finetune(
     desc: str = "glue",
     distill: DistillData | None = None,
     keep_params: bool = False,
+    earlier: dict[tuple[float, int], dict] | None = None,
 ) -> dict:
     """Train a fresh head per grid point (learning rate x seeds), score the full dev splits, keep the best.
 
     Returns a dict with `scores` (metric -> value, mean over seeds) and `score` of the picked learning rate,
     `picked_lr`, `grid` (one entry per learning rate: its scores, per-seed scores, training losses), example counts,
-    steps and wall seconds; with `keep_params`, `params` holds the picked run's classifier weights (host arrays).
-    With `distill`, the student trains on `distill.train` against the teacher's logits (kdjax.task_distill).
+    steps and wall seconds; with `keep_params`, `params` holds the picked run's classifier weights (host arrays), or
+    None when that run was one of `earlier`'s. With `distill`, the student trains on `distill.train` against the
+    teacher's logits (kdjax.task_distill). `earlier` maps (learning rate, seed) to a run an earlier score made with
+    this recipe otherwise (kdjax.glue_runs): those are read, not trained again; `reused_runs` counts them.
     """
     from tqdm.auto import tqdm
 
@@ -264,13 +267,23 @@ def finetune(
     labels = {s: d.labels for s, d in dev.items()}
     grid: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    best_params, tokens = None, 0
-    bar = tqdm(total=total * len(recipe.learning_rates) * len(seeds), desc=desc, disable=not progress, leave=False)
+    best_params, first_params, tokens = None, None, 0
+    earlier = earlier or {}
+    reused = [(lr, seed) for lr in recipe.learning_rates for seed in seeds if (float(lr), seed) in earlier]
+    left = len(recipe.learning_rates) * len(seeds) - len(reused)
+    bar = tqdm(total=total * left, desc=desc, disable=not progress, leave=False)
     try:
         for lr in recipe.learning_rates:
             runs: list[dict[str, float]] = []
             losses: list[list[float]] = []
             for seed in seeds:
+                done = earlier.get((float(lr), seed))
+                if done is not None:
+                    runs.append(done["scores"])
+                    losses.append(done["train_loss_per_epoch"])
+                    if keep_params and seed == seeds[0]:
+                        first_params = None
+                    continue
                 params, epoch_losses, n_tok = _train_one(ctx, lr, seed, bar)
                 tokens += n_tok
                 losses.append(epoch_losses)
@@ -315,6 +328,7 @@ def finetune(
         "global_batch_size": batch_size,
         "train_tokens": tokens,
         "wall_s": round(time.perf_counter() - t_start, 3),
+        "reused_runs": len(reused),
         "final_train_loss": best["train_loss_per_epoch"][0][-1],
     }
     if "score_std" in best:

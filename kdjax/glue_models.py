@@ -56,6 +56,14 @@ class ModelRef:
     def to_dict(self) -> dict:
         return {"model": self.name, "kind": self.kind, "source": self.source, "arch_id": self.arch_id}
 
+    def same_source(self, old: dict) -> bool:
+        """Whether a record written with `to_dict` (`old`) names this model: the same source, or for a model this
+        run's stages made (W/<kind>/<arch>) the same kind and architecture, so a workdir copied or moved keeps its
+        scores (the weights fingerprint beside it says whether the weights are the same)."""
+        if old.get("source") == self.source:
+            return True
+        return self.kind in STUDENT_KINDS and old.get("kind") == self.kind and old.get("arch_id") == self.arch_id
+
     def exported(self) -> bool:
         return os.path.isfile(os.path.join(self.source, "config.json"))
 

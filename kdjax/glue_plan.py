@@ -57,6 +57,7 @@ class Work:
     """What the rows of one unit (role, task) train, summed over those rows."""
 
     trainings: int = 0  # rows of this role trained on this task (one `finetune` call each)
+    runs: int = 0  # their runs (rate x seed) left to train: an earlier score's are read (kdjax.glue_runs)
     steps: int = 0  # optimizer steps, every rate and seed included
     examples: int = 0  # training examples seen (originals and augmented copies, every epoch, rate and seed)
     augmented: int = 0  # augmented copies made (distilled rows)
@@ -246,6 +247,15 @@ def _done(ctx, stages: list[str], planned: list[Row]) -> set[tuple[str, str]]:
     return {(name, task) for name, task in scored(ctx) if name not in remade}
 
 
+def _reusable(ctx, stages: list[str], planned: list[Row]) -> dict[tuple[str, str], set[tuple[float, int]]]:
+    """(row, task) -> runs of its earlier score the stage reads (kdjax.glue_status.reusable), for rows no stage of the
+    run makes again."""
+    from kdjax.glue_status import reusable
+
+    remade = {n for r in planned if ctx.settings.force and MADE_BY.get(r.kind) in stages for n, _ in trainings(ctx, r)}
+    return {key: runs for key, runs in reusable(ctx).items() if key[0] not in remade}
+
+
 @dataclasses.dataclass
 class GluePlan:
     rows: list[Row]  # glue.models' rows, plus the teacher when students distil from it and glue.models omits it
@@ -273,8 +283,8 @@ def work(ctx, stages: list[str], kd_spec: ArchSpec) -> GluePlan:
     if any("distill" in roles(ctx, r) for r in planned) and not named_teacher:
         planned.insert(0, Row("teacher", "teacher", teacher.spec))
     done = _done(ctx, stages, planned)
+    reusable = _reusable(ctx, stages, planned)
     batch = max(1, recipe.per_device_batch_size * ctx.mesh.size)
-    grid = max(1, len(recipe.learning_rates))
     factor = max(0, cfg.augment_factor)
     # The augmenter's masked-LM head: transform (e x h) and the tied decoder over the vocabulary, per token.
     t_spec = teacher.spec
@@ -282,8 +292,9 @@ def work(ctx, stages: list[str], kd_spec: ArchSpec) -> GluePlan:
     out = GluePlan(planned, {}, {})
     for task in s.glue.tasks:
         n, n_dev = _train_examples(ctx, task)
-        out.seeds[task] = len(recipe.seeds_for(n))
-        runs = grid * out.seeds[task]  # trainings of one row: each rate, each seed
+        seeds = recipe.seeds_for(n)
+        out.seeds[task] = len(seeds)
+        wanted = {(float(lr), seed) for lr in recipe.learning_rates for seed in seeds}
         padded = shape(ctx, task, batch)
         t_flops = padded.forward_flops(t_spec, sorted_batches=True)  # the teacher labels one example
         todo = [(row, role) for row in planned for name, role in trainings(ctx, row) if (name, task) not in done]
@@ -292,16 +303,21 @@ def work(ctx, stages: list[str], kd_spec: ArchSpec) -> GluePlan:
             for name, role in trainings(ctx, row):
                 out.total += 1
                 size = n * (1 + factor) if role == "distill" else n
-                steps = -(-size // batch) * recipe.num_epochs * runs
+                per_run = -(-size // batch) * recipe.num_epochs  # steps of one rate and seed
                 if (name, task) in done:
                     out.done.trainings += 1
-                    out.done.steps += steps
+                    out.done.steps += per_run * len(wanted)
                     continue
                 if role == "teacher" and not named_teacher and not distilled:
                     continue  # fine-tuned only for a student that distils on this task
+                read = len(wanted & reusable.get((name, task), set()))  # runs an earlier score made
+                runs = len(wanted) - read
+                out.done.steps += per_run * read
+                steps = per_run * runs
                 w = out.units.setdefault(unit(role, task), Work())
                 seen = size * recipe.num_epochs * runs
                 w.trainings += 1
+                w.runs += runs
                 w.steps += steps
                 w.examples += seen
                 # Training is 3x a forward; every rate and seed is scored on the full dev splits.

@@ -10,7 +10,8 @@ copies) is made once and shared by all the task's students. The teacher's picked
 W/glue/teacher/<task>.msgpack and reused. Each score goes to W/glue/<model>/<task>.json with
 its recipe, method and (for a model in a folder) a fingerprint of its weights; a file with the same recipe, method,
 source and weights is not recomputed, so an interrupted stage resumes where it stopped, and a model re-made at the same
-folder (re-distilled with --config.force=true) is scored again. A scored model's latency is recorded once
+folder (re-distilled with --config.force=true) is scored again. A score asked for with more seeds or rates reads the
+runs its file holds and trains only the others (kdjax.glue_runs). A scored model's latency is recorded once
 (kdjax.model_latency; the kd stage records those it distils), so the report only reads. What a finished stage has
 left to do is read from these files by kdjax.glue_status.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 
 import flax.serialization
 import jax.numpy as jnp
@@ -27,9 +29,9 @@ import numpy as np
 
 from kdjax import embedding_probe, glue_data, glue_plan, model_latency, plan
 from kdjax.augment import for_teacher
-from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, recorded_recipe, resolve_bi_encoder_tasks, resolve_pooling
+from kdjax.classifier import BI_ENCODER, DESCRIPTIONS, resolve_bi_encoder_tasks, resolve_pooling
 from kdjax.context import RunContext
-from kdjax.finetune import Recipe, finetune, recipe_identity
+from kdjax.finetune import Recipe, finetune
 from kdjax.glue_models import (
     ModelRef,
     check_distilled,
@@ -39,6 +41,7 @@ from kdjax.glue_models import (
     row_names,
     teacher_ref,
 )
+from kdjax.glue_runs import earlier_runs, is_current, saved_with, teacher_fingerprint
 from kdjax.sharding import compute_dtype
 from kdjax.spec import ArchSpec
 from kdjax.task_distill import DistillConfig, DistillData, prepare
@@ -77,31 +80,6 @@ def result_path(ctx: RunContext, model: str, task: str) -> str:
 def weights_path(ctx: RunContext, task: str) -> str:
     """The fine-tuned teacher's classifier (the picked grid point), reused by later runs and task distillation."""
     return ctx.workdir.path("glue", "teacher", f"{task}.msgpack")
-
-
-def is_current(path: str, ref: ModelRef, recipe: Recipe, data_source: str, method: dict | None = None) -> bool:
-    """True when `path` holds a score of the same model (source and weights), recipe, data and method (fine-tune or
-    distill)."""
-    if not os.path.exists(path):
-        return False
-    try:
-        old = read_json(path)
-    except ValueError:
-        return False
-    same_recipe = recipe_identity(recorded_recipe(old.get("recipe"))) == recipe_identity(recipe.to_dict())
-    same = same_recipe and old.get("source") == ref.source and old.get("data") == data_source
-    return same and old.get("distill") == (method or {}).get("distill") and same_weights(path, old, ref)
-
-
-def same_weights(path: str, old: dict, ref: ModelRef) -> bool:
-    """Whether the score `old` (read from `path`) was made from the weights `ref`'s folder holds now. A score written
-    before scores recorded their weights counts as made from them unless the weights file changed after it."""
-    weights = ref.weights_file()
-    if weights is None:  # the teacher, a hub id: nothing on disk to compare
-        return True
-    if "weights" in old:
-        return old["weights"] == ref.weights()
-    return os.path.getmtime(weights) <= os.path.getmtime(path)
 
 
 def _glue_dir(ctx: RunContext) -> str:
@@ -225,19 +203,23 @@ class Stage:
         distill = self.distill_data(task) if method else None
         keep = ref.kind == "teacher"
         label = "task-distilled" if method else "fine-tuned"
-        out = finetune(
-            spec=spec,
-            pretrained=params,
-            tokenizer=tokenizer,
-            task_data=self.task(task),
-            recipe=recipe,
-            mesh=ctx.mesh,
-            desc=f"glue {name} {task}",
-            distill=distill,
-            keep_params=keep,
-        )
+        earlier = self.earlier(ref, task, name, method)
+        t0 = time.perf_counter()
+        kwargs = dict(spec=spec, pretrained=params, tokenizer=tokenizer, task_data=self.task(task), mesh=ctx.mesh)
+        desc = f"glue {name} {task}"
+        out = finetune(**kwargs, recipe=recipe, desc=desc, distill=distill, keep_params=keep, earlier=earlier)
         if keep:
-            _write_bytes(weights_path(ctx, task), flax.serialization.msgpack_serialize(out.pop("params")))
+            classifier = out.pop("params")
+            picked = (float(out["picked_lr"]), out["seeds"][0])
+            if classifier is None and not self.holds_classifier(task, picked):
+                # The picked run was read, not trained, and the saved classifier is another run's: train that run
+                # alone again (runs are a pure function of the recipe, rate and seed) for its weights.
+                again = dataclasses.replace(recipe, learning_rates=(picked[0],))
+                redo = {k: v for k, v in earlier.items() if k != picked}
+                classifier = finetune(**kwargs, recipe=again, desc=desc, keep_params=True, earlier=redo)["params"]
+                out["reused_runs"] -= 1
+            if classifier is not None:
+                _write_bytes(weights_path(ctx, task), flax.serialization.msgpack_serialize(classifier))
         record = {
             **ref.to_dict(),
             "model": name,
@@ -252,6 +234,8 @@ class Stage:
         }
         if method:
             record["distill_teacher"] = weights_path(ctx, task)
+        if method or keep:  # which classifier the teacher's logits came from, or which one it saved
+            record["distill_teacher_weights" if method else "classifier"] = teacher_fingerprint(weights_path(ctx, task))
         weights = ref.weights()
         if weights:
             record["weights"] = weights  # what the score was made from (see same_weights)
@@ -260,20 +244,39 @@ class Stage:
         write_json(result_path(ctx, name, task), record)
         grid = ", ".join(f"{p['learning_rate']:g}:{_pct(p['score'])}" for p in out["grid"])
         shown = ", ".join(f"{k}={100 * v:.2f}" for k, v in out["scores"].items())
+        runs, read = len(out["grid"]) * len(out["seeds"]), out["reused_runs"]
+        reused = f", {read} of its {runs} runs read from its earlier score" if read else ""
         print(
             f"glue: {name} {task} ({label}): {shown} at lr {out['picked_lr']:g} [grid {grid}] "
-            f"({out['wall_s']:.1f} s, {out['num_train_examples']} train)"
+            f"({out['wall_s']:.1f} s, {out['num_train_examples']} train{reused})"
         )
         self.done.append(f"{name}/{task}")
         role = "teacher" if keep else "distill" if method else "finetune"
-        plan.glue_scored(glue_plan.unit(role, task), float(out.get("wall_s", 0.0)))
+        trained = runs - read
+        plan.glue_scored(glue_plan.unit(role, task), time.perf_counter() - t0, trained)
+
+    def earlier(self, ref: ModelRef, task: str, name: str, method: dict | None) -> dict:
+        """The runs of `name`'s score on `task` that this run's recipe reuses (kdjax.glue_runs)."""
+        path, recipe = result_path(self.ctx, name, task), self.recipe_for(task)
+        return earlier_runs(path, ref, recipe, data_source(self.ctx, task), method, weights_path(self.ctx, task))
+
+    def holds_classifier(self, task: str, run: tuple[float, int]) -> bool:
+        """Whether W/glue/teacher/<task>.msgpack holds the classifier of `run` (learning rate, seed), as the
+        teacher's score on disk says (before this run's is written)."""
+        path = result_path(self.ctx, "teacher", task)
+        try:
+            old = read_json(path) if os.path.exists(path) else {}
+        except ValueError:
+            return False
+        picked = (old.get("picked_lr"), (old.get("seeds") or [None])[0])
+        return picked == run and saved_with(path, old, weights_path(self.ctx, task), "classifier")
 
     def zero_shot(self, ref: ModelRef, model=None) -> None:
         """STS-B zero-shot of `ref`'s encoder (kdjax.embedding_probe), unless made before from the same weights."""
         ctx = self.ctx
         path = os.path.join(os.path.dirname(result_path(ctx, ref.name, "stsb")), embedding_probe.FILE)
         data, weights = data_source(ctx, "stsb"), ref.weights()
-        if embedding_probe.is_current(path, weights, ref.source, data):
+        if embedding_probe.is_current(path, weights, ref.same_source, data):
             return
         row = {**ref.to_dict(), "weights": weights, "data": data}
         dev = self.task("stsb").dev["dev"]  # STS-B has one dev split

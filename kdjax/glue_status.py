@@ -14,8 +14,9 @@ import os
 from kdjax import model_latency
 from kdjax.context import RunContext
 from kdjax.errors import KdjaxError
-from kdjax.glue_models import ModelRef, resolve_models, row_names
-from kdjax.glue_stage import Stage, result_path, same_weights
+from kdjax.glue_models import ModelRef, resolve_models, row_names, teacher_ref
+from kdjax.glue_runs import same_weights
+from kdjax.glue_stage import Stage, result_path
 from kdjax.workdir import read_json
 
 
@@ -68,4 +69,19 @@ def scored(ctx: RunContext) -> set[tuple[str, str]]:
     for ref in refs:
         for name, method in stage.methods(ref):
             out |= {(name, task) for task in tasks if stage.is_scored(ref, task, name, method)}
+    return out
+
+
+def reusable(ctx: RunContext) -> dict[tuple[str, str], set[tuple[float, int]]]:
+    """(row, task) -> the runs (learning rate, seed) of its score on disk that the stage would read rather than train
+    (kdjax.glue_runs), for rows of glue.models and the teacher; the plan counts only the other runs."""
+    stage = Stage(ctx)
+    rows: list[tuple[ModelRef, str, dict | None]] = [(teacher_ref(ctx), "teacher", None)]
+    rows += [(ref, name, method) for ref in _refs(ctx) if ref.kind != "teacher" for name, method in stage.methods(ref)]
+    out: dict[tuple[str, str], set[tuple[float, int]]] = {}
+    for task in ctx.settings.glue.tasks:
+        for ref, name, method in rows:
+            runs = stage.earlier(ref, task, name, method)
+            if runs:
+                out[(name, task)] = set(runs)
     return out

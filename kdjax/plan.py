@@ -27,7 +27,8 @@ class StagePlan:
     steps: int  # optimizer steps (all models of the stage)
     examples: int  # training examples (rows or sentences) seen
     flops: float  # estimated compute (FLOPs); 0 = negligible
-    # glue: progress by scored unit (kdjax.glue_plan.unit: role/task): the cost of one unit, and how many there are.
+    # glue: progress by unit (kdjax.glue_plan.unit: role/task): the cost of one run (a rate and seed) of a row of the
+    # unit, and how many runs it has left.
     units: dict[str, float] = dataclasses.field(default_factory=dict)
     unit_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     # Steps an earlier run of the stage already trained (or scored): `steps`, `examples` and `flops` are what is left.
@@ -122,8 +123,8 @@ def _glue_plan(ctx, stages: list[str], kd_spec) -> StagePlan:
         sum(w.steps for w in units),
         sum(w.examples for w in units),
         sum(w.flops for w in units),
-        {k: w.flops / w.trainings for k, w in planned.units.items()},
-        {k: w.trainings for k, w in planned.units.items()},
+        {k: w.flops / w.runs for k, w in planned.units.items() if w.runs},
+        {k: w.runs for k, w in planned.units.items() if w.runs},
         planned.done.steps,
     )
 
@@ -184,14 +185,14 @@ class Eta:
         print(line, flush=True)
         return line
 
-    def unit_done(self, stage: str, unit: str, wall_s: float) -> str | None:
-        """Progress by finished units (glue: one row on one task), weighted by their planned cost."""
+    def unit_done(self, stage: str, unit: str, wall_s: float, count: int = 1) -> str | None:
+        """Progress by finished units (glue: `count` runs of a row on one task), weighted by their planned cost."""
         plan = self.plans.get(stage)
-        if plan is None or not plan.units or unit not in plan.units:
+        if plan is None or not plan.units or unit not in plan.units or count <= 0:
             return None
         total = sum(cost * plan.unit_counts.get(u, 1) for u, cost in plan.units.items())
         got = self._units.setdefault(stage, [0.0, 0.0])
-        got[0] += plan.units[unit] / total
+        got[0] += count * plan.units[unit] / total
         got[1] += wall_s
         return self.timed(stage, got[0], got[0], got[1])
 
@@ -255,10 +256,11 @@ def timed(stage: str, done: float, work: float, elapsed_s: float, compute_s: flo
         current.timed(stage, done, work, elapsed_s, compute_s)
 
 
-def glue_scored(unit: str, wall_s: float) -> None:
-    """One row of the glue stage was scored on one task (`kdjax.glue_plan.unit`) in `wall_s` seconds."""
+def glue_scored(unit: str, wall_s: float, runs: int) -> None:
+    """One row of the glue stage was scored on one task (`kdjax.glue_plan.unit`), training `runs` runs (rate x
+    seed; an earlier score's are read) in `wall_s` seconds."""
     if current is not None:
-        current.unit_done("glue", unit, wall_s)
+        current.unit_done("glue", unit, wall_s, runs)
 
 
 def stage_done(stage: str) -> None:

@@ -143,3 +143,29 @@ def test_several_seeds_report_mean_and_spread(tiny_teacher, glue_dir):
     assert out["seeds"] == [0, 1] and len(point["seed_scores"]) == 2
     mean = np.mean([r["accuracy"] for r in point["seed_scores"]])
     assert out["scores"]["accuracy"] == pytest.approx(mean) and out["score_std"] >= 0
+
+
+def test_runs_of_an_earlier_score_are_read_not_trained(tiny_teacher, glue_dir):
+    """A grid and seeds grown after a score: the runs it made are read (kdjax.glue_runs), the rest trained, and the
+    result is the one a score made from scratch gives."""
+    from kdjax.glue_runs import runs_of
+
+    kw = dict(
+        spec=tiny_teacher.spec,
+        pretrained=tiny_teacher.params,
+        tokenizer=tiny_teacher.tokenizer,
+        task_data=glue_data.load_task("rte", glue_dir),
+        progress=False,
+    )
+    grown = _recipe(num_epochs=1, max_train_examples=16, learning_rates=(1e-3, 3e-4), seeds=2)
+    scratch = finetune(**kw, recipe=grown)
+    first = finetune(**kw, recipe=_recipe(num_epochs=1, max_train_examples=16, learning_rates=(1e-3,)))
+    assert set(runs_of(first)) == {(1e-3, 0)}
+    out = finetune(**kw, recipe=grown, earlier=runs_of(first), keep_params=True)
+    assert out["reused_runs"] == 1 and scratch["reused_runs"] == 0
+    for a, b in zip(out["grid"], scratch["grid"], strict=True):
+        assert a["seed_scores"] == b["seed_scores"] and a["train_loss_per_epoch"] == b["train_loss_per_epoch"]
+    assert (out["scores"], out["picked_lr"]) == (scratch["scores"], scratch["picked_lr"])
+    assert out["train_tokens"] == 3 * scratch["train_tokens"] // 4  # three of the four runs trained
+    # The picked run's weights exist only when it was trained here.
+    assert (out["params"] is None) == (out["picked_lr"] == 1e-3)

@@ -1,6 +1,7 @@
 """The glue stage on the tiny config: scores per (model, task) with their recipe, resumable, model keywords."""
 
 import os
+import shutil
 import time
 
 import flax.serialization
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import run_context
 
-from kdjax import glue_models, glue_stage, glue_status, model_latency, pipeline, report
+from kdjax import glue_models, glue_runs, glue_stage, glue_status, model_latency, pipeline, report
 from kdjax.config import base_config
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.workdir import read_json, write_json
@@ -273,7 +274,7 @@ def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue
     method = {"distill": glue_stage.distill_of(ctx, recipe).to_dict()}
     record = {"recipe": recipe.to_dict(), "source": ref.source, "data": data, **method, "weights": ref.weights()}
     write_json(path, record)
-    assert glue_stage.is_current(path, ref, recipe, data, method) and glue_status.pending(ctx) == []
+    assert glue_runs.is_current(path, ref, recipe, data, method) and glue_status.pending(ctx) == []
     # Re-made at the same folder (an export replaces the file): another fingerprint, even at the same size and time.
     stat = os.stat(weights)
     time.sleep(0.05)  # past the kernel's timestamp granularity: a later write has a later status-change time
@@ -281,10 +282,63 @@ def test_a_score_is_current_only_for_the_weights_it_was_made_from(tmp_path, glue
     with open(weights, "wb") as f:
         f.write(b"other weights")
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert not glue_stage.is_current(path, ref, recipe, data, method) and glue_status.pending(ctx) == [ref.name]
+    assert not glue_runs.is_current(path, ref, recipe, data, method) and glue_status.pending(ctx) == [ref.name]
     # The fine-tune-only twin of a stale student is stale too.
     write_json(glue_stage.result_path(ctx, f"{ref.name}-ft", "stsb"), record)
     assert glue_status.pending(ctx) == [ref.name, f"{ref.name}-ft"]
+
+
+def test_more_seeds_train_only_the_new_runs_and_keep_the_teachers_classifier(tmp_path, glue_dir, capsys):
+    """glue.seeds 1 -> 2: the teacher trains seed 1 alone; its saved classifier (the picked rate's seed 0) stays, and
+    when the file holds another run's weights, that run is trained again for them, to the same bytes."""
+    wd = str(tmp_path / "w")
+    c = _config(glue_dir, tasks="rte", max_train_examples=16, num_epochs=1)
+    ctx = run_context(wd, config=c)
+    assert glue_stage.run(ctx)["scored"] == 1
+    saved = glue_stage.weights_path(ctx, "rte")
+    with open(saved, "rb") as f:
+        first = f.read()
+    one = read_json(glue_stage.result_path(ctx, "teacher", "rte"))
+    ctx = run_context(wd, {"glue.seeds": 2}, config=c)
+    assert glue_stage.run(ctx)["scored"] == 1
+    two = read_json(glue_stage.result_path(ctx, "teacher", "rte"))
+    assert two["seeds"] == [0, 1] and two["reused_runs"] == 1
+    assert two["grid"][0]["seed_scores"][0] == one["grid"][0]["seed_scores"][0]
+    with open(saved, "rb") as f:
+        assert f.read() == first
+    # Another run's classifier in the file (here: other bytes): seed 0 is trained again for its weights.
+    with open(saved, "wb") as f:
+        f.write(b"not the picked run's classifier")
+    ctx = run_context(wd, {"glue.seeds": 3}, config=c)
+    assert glue_stage.run(ctx)["scored"] == 1
+    three = read_json(glue_stage.result_path(ctx, "teacher", "rte"))
+    assert three["seeds"] == [0, 1, 2] and three["reused_runs"] == 1  # seed 1 read; seeds 0 and 2 trained
+    with open(saved, "rb") as f:
+        assert f.read() == first
+
+
+def test_a_moved_workdir_keeps_its_students_scores(tmp_path, glue_dir, tiny_teacher):
+    """A student's score records its export's absolute folder; in a copied or moved workdir the same kind, arch and
+    weights fingerprint still name it (glue_models.ModelRef.same_source)."""
+    arch = "1L-32H-2A-64F-gelu"
+    c = _config(glue_dir, tasks="stsb", models=arch)
+    ctx = run_context(tmp_path / "a", config=c, teacher=tiny_teacher)
+    ref = glue_models.resolve_models(ctx, [arch])[0]
+    os.makedirs(ref.source)
+    with open(os.path.join(ref.source, "model.safetensors"), "wb") as f:
+        f.write(b"weights")
+    recipe, data = glue_stage.recipe_of(ctx), glue_stage.data_source(ctx, "stsb")
+    path = glue_stage.result_path(ctx, ref.name, "stsb")
+    write_json(path, {"recipe": recipe.to_dict(), **ref.to_dict(), "data": data, "weights": ref.weights()})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = run_context(tmp_path / "b", config=c, teacher=tiny_teacher)
+    moved_ref = glue_models.resolve_models(moved, [arch])[0]
+    assert moved_ref.source != ref.source
+    moved_path = glue_stage.result_path(moved, ref.name, "stsb")
+    assert glue_runs.is_current(moved_path, moved_ref, recipe, data)
+    # Another model at that place is not: a hand-picked folder is named by its path.
+    other = glue_models.ModelRef(ref.name, "folder", moved_ref.source, arch)
+    assert not glue_runs.is_current(moved_path, other, recipe, data)
 
 
 def test_pooling_is_one_head_per_run_and_keys_the_saved_teacher(tmp_path, glue_dir, monkeypatch, capsys):

@@ -13,6 +13,7 @@ from kdjax import glue_plan, plan
 from kdjax.data.synthetic_glue import write_glue_dir
 from kdjax.glue_data import TASKS
 from kdjax.plan import Eta, EtaHook, StagePlan
+from kdjax.workdir import read_json
 
 
 def _eta():
@@ -214,7 +215,8 @@ def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypa
     assert {k: _planned(w) for k, w in planned.units.items()} == dict(counts)
     assert glue.steps == sum(c["steps"] for c in counts.values()) and glue.done_steps == 0
     assert glue.examples == sum(c["examples"] for c in counts.values())
-    assert glue.unit_counts == {k: c["trainings"] for k, c in counts.items()}
+    # ETA units are runs (rate x seed): two per row on rte.
+    assert glue.unit_counts == {k: c["trainings"] * (2 if k.endswith("rte") else 1) for k, c in counts.items()}
     # The FLOPs count the padded batches the steps compute, not the real tokens: on sst2 (one seed, one epoch, the
     # plan's batches are the stage's) the padded token positions are exactly what the plan measured.
     padded = glue_plan.shape(ctx, "sst2", batch)
@@ -253,6 +255,29 @@ def test_glue_plan_counts_what_the_stage_trains(tmp_path, tiny_teacher, monkeypa
     assert glue_stage.run(ctx)["scored"] == 2 * len(sizes)
     assert {k: _planned(w) for k, w in planned.units.items()} == dict(counts)
     assert more.steps == sum(c["steps"] for c in counts.values())
+
+    # (f) A third seed: every row is scored again, but trains only seed 2 on rte (seeds 0 and 1 are read from its
+    # score; sst2 is large, so its one seed stays), and the plan counts just those runs.
+    fields |= {"glue.seeds": 3, "glue.models": f"{arch},nas-{arch},pdt-{arch}"}
+    ctx = run_context(tmp_path / "w", fields, teacher=tiny_teacher)
+    third = glue_plan.work(ctx, ["glue"], ctx.student_spec(arch))
+    runs = {
+        "teacher/rte": 1,
+        "distill/rte": 3,
+        "finetune/rte": 3,
+        "teacher/sst2": 0,
+        "distill/sst2": 0,
+        "finetune/sst2": 0,
+    }
+    assert {k: w.runs for k, w in third.units.items()} == runs
+    before = {t: read_json(ctx.workdir.glue_result("nas-" + arch, t)) for t in sizes}
+    counts.clear()
+    assert glue_stage.run(ctx)["scored"] == 7 * len(sizes)
+    assert {k: _planned(w) for k, w in third.units.items()} == dict(counts)
+    after = read_json(ctx.workdir.glue_result("nas-" + arch, "rte"))
+    assert after["seeds"] == [0, 1, 2] and after["reused_runs"] == 2
+    assert after["grid"][0]["seed_scores"][:2] == before["rte"]["grid"][0]["seed_scores"]
+    assert read_json(ctx.workdir.glue_result("nas-" + arch, "sst2"))["grid"] == before["sst2"]["grid"]
 
 
 def test_glue_plan_counts_the_exports_a_run_will_make(tmp_path, tiny_teacher):
