@@ -143,3 +143,26 @@ def test_strategies_announce_the_next_candidate_before_evaluating_this_one(space
             expected += [("prepare", ids[i + 1])] if i + 1 < len(ids) else []
             expected.append(("evaluate", arch))
     assert events == expected
+
+
+def test_optuna_announces_its_random_start_up_trials_ahead(space):
+    """During TPE's start-up trials (drawn from the seed alone) `prepare` gets trial i+1 before trial i trains, and it
+    is the architecture trial i+1 then draws; after them nothing is announced. The study is the same either way."""
+    events: list[tuple[str, str]] = []
+
+    class Logged(Synthetic):
+        def __call__(self, spec, on_epoch=None, **where):
+            events.append(("evaluate", spec.arch_id))
+            return super().__call__(spec, on_epoch, **where)
+
+    ev, plain = Logged(space), Synthetic(space)
+    prepare = lambda spec: events.append(("prepare", spec.arch_id))
+    optuna_search.search(space, ev, num_trials=7, seed=3, n_startup_trials=4, prepare=prepare)
+    optuna_search.search(space, plain, num_trials=7, seed=3, n_startup_trials=4)
+    assert ev.calls == plain.calls
+    ids = [a for a, _ in ev.calls]
+    expected = []
+    for i, arch in enumerate(ids):
+        expected += [("prepare", ids[i + 1])] if i + 1 < 4 else []
+        expected.append(("evaluate", arch))
+    assert events == expected

@@ -30,6 +30,7 @@ import optuna
 import sqlalchemy
 
 from kdjax.search_space import DIMENSIONS, SHORT, SearchSpace
+from kdjax.spec import ArchSpec
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,17 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> tuple[int, ...]:
     return tuple(idx)
 
 
+def startup_draw(space: SearchSpace, seed: int, finished: int, n_startup_trials: int) -> ArchSpec | None:
+    """The architecture the trial started after `finished` finished ones will train, while TPE still draws at random
+    (its first `n_startup_trials`): those draws depend on the sampler's seed alone, not on any result, so a throwaway
+    in-memory study with the same seeded sampler draws the same. None from then on (TPE draws from the results)."""
+    if finished >= n_startup_trials:
+        return None
+    sampler = make_sampler(seed, finished, False, n_startup_trials, population_size=4)
+    shadow = optuna.create_study(sampler=sampler, direction="maximize")
+    return space.spec(suggest(shadow.ask(), space))
+
+
 def search(
     space: SearchSpace,
     evaluate: Callable[..., dict],
@@ -143,8 +155,11 @@ def search(
     multi_objective: bool = False,
     n_startup_trials: int = 10,
     heartbeat_interval: int = 60,
+    prepare: Callable[[ArchSpec], None] | None = None,
 ) -> optuna.Study:
-    """Run the study until `num_trials` trials are COMPLETE or PRUNED (counting trials of earlier runs)."""
+    """Run the study until `num_trials` trials are COMPLETE or PRUNED (counting trials of earlier runs). During TPE's
+    random start-up trials, `prepare(spec)` is told the next trial's architecture before this one trains
+    (`startup_draw`), so it compiles meanwhile; what is searched is the same either way."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if prune and not multi_objective else None
@@ -183,6 +198,11 @@ def search(
             raise SurplusTrial(f"trial {trial.number}: the study already has {num_trials} trials")
         spec = space.spec(suggest(trial, space))
         trial.set_user_attr("arch_id", spec.arch_id)
+        following = position[0] + 1
+        if prepare is not None and not multi_objective and following < num_trials:
+            upcoming = startup_draw(space, seed, following, n_startup_trials)
+            if upcoming is not None:
+                prepare(upcoming)
 
         def on_epoch(epoch: int, loss: float) -> bool:
             # Reported as quality (1 - loss) so that "higher is better" matches the maximised reward.

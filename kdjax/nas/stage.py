@@ -59,7 +59,7 @@ def _run_lstm(space: SearchSpace, evaluate, prepare, nas: NasSettings, seed: int
 
 
 def _run_optuna(space: SearchSpace, evaluate, prepare, nas: NasSettings, seed: int, nas_dir: str) -> None:
-    # `prepare` is not used: TPE draws the next trial from this one's result.
+    # `prepare` gets the next trial during TPE's random start-up trials only: later ones are drawn from the results.
     optuna_search.search(
         space,
         evaluate,
@@ -70,6 +70,7 @@ def _run_optuna(space: SearchSpace, evaluate, prepare, nas: NasSettings, seed: i
         prune=nas.prune,
         multi_objective=nas.multi_objective,
         heartbeat_interval=nas.heartbeat_interval_s,
+        prepare=prepare,
     )
 
 
