@@ -114,19 +114,24 @@ def test_random_order_is_seeded(space):
     assert len(set(random_search.order(space, 10, 0))) == 10
 
 
+class _Logged(Synthetic):
+    """Synthetic, also logging each evaluation into `events` (beside what `prepare` logs there)."""
+
+    def __init__(self, space, events: list):
+        super().__init__(space)
+        self.events = events
+
+    def __call__(self, spec, on_epoch=None, **where):
+        self.events.append(("evaluate", spec.arch_id))
+        return super().__call__(spec, on_epoch, **where)
+
+
 @pytest.mark.parametrize("strategy", ["random", "lstm"])
 def test_strategies_announce_the_next_candidate_before_evaluating_this_one(space, strategy):
     """`prepare` gets candidate i+1 before candidate i is evaluated (within an LSTM episode), and the proposals are the
     same as without it: compiling ahead must not change what is searched."""
     events: list[tuple[str, str]] = []
-
-    class Logged(Synthetic):
-        def __call__(self, spec, on_epoch=None, **where):
-            events.append(("evaluate", spec.arch_id))
-            return super().__call__(spec, on_epoch, **where)
-
-    ev, plain = Logged(space), Synthetic(space)
-    prepare = lambda spec: events.append(("prepare", spec.arch_id))
+    ev, plain, prepare = _Logged(space, events), Synthetic(space), lambda spec: events.append(("prepare", spec.arch_id))
     if strategy == "lstm":
         controller.search(space, ev, num_episodes=2, candidates_per_episode=4, seed=0, prepare=prepare)
         controller.search(space, plain, num_episodes=2, candidates_per_episode=4, seed=0)
@@ -149,14 +154,7 @@ def test_optuna_announces_its_random_start_up_trials_ahead(space):
     """During TPE's start-up trials (drawn from the seed alone) `prepare` gets trial i+1 before trial i trains, and it
     is the architecture trial i+1 then draws; after them nothing is announced. The study is the same either way."""
     events: list[tuple[str, str]] = []
-
-    class Logged(Synthetic):
-        def __call__(self, spec, on_epoch=None, **where):
-            events.append(("evaluate", spec.arch_id))
-            return super().__call__(spec, on_epoch, **where)
-
-    ev, plain = Logged(space), Synthetic(space)
-    prepare = lambda spec: events.append(("prepare", spec.arch_id))
+    ev, plain, prepare = _Logged(space, events), Synthetic(space), lambda spec: events.append(("prepare", spec.arch_id))
     optuna_search.search(space, ev, num_trials=7, seed=3, n_startup_trials=4, prepare=prepare)
     optuna_search.search(space, plain, num_trials=7, seed=3, n_startup_trials=4)
     assert ev.calls == plain.calls
