@@ -238,12 +238,17 @@ def trainings(ctx, row: Row) -> list[tuple[str, str]]:
 MADE_BY = {"nas": "nas", "kd": "kd", "pdt": "kd", "random": "kd"}
 
 
+def _remade(ctx, stages: list[str], planned: list[Row]) -> set[str]:
+    """Rows whose model a forced stage of this run makes again: nothing scored of them counts."""
+    return {n for r in planned if ctx.settings.force and MADE_BY.get(r.kind) in stages for n, _ in trainings(ctx, r)}
+
+
 def _done(ctx, stages: list[str], planned: list[Row]) -> set[tuple[str, str]]:
     """(row, task) pairs the glue stage of this run will not train: scored and current (kdjax.glue_status.scored), of
     a model no stage of the run makes again."""
     from kdjax.glue_status import scored  # not at the top: glue_status imports glue_stage, which imports this
 
-    remade = {n for r in planned if ctx.settings.force and MADE_BY.get(r.kind) in stages for n, _ in trainings(ctx, r)}
+    remade = _remade(ctx, stages, planned)
     return {(name, task) for name, task in scored(ctx) if name not in remade}
 
 
@@ -252,7 +257,7 @@ def _reusable(ctx, stages: list[str], planned: list[Row]) -> dict[tuple[str, str
     run makes again."""
     from kdjax.glue_status import reusable
 
-    remade = {n for r in planned if ctx.settings.force and MADE_BY.get(r.kind) in stages for n, _ in trainings(ctx, r)}
+    remade = _remade(ctx, stages, planned)
     return {key: runs for key, runs in reusable(ctx).items() if key[0] not in remade}
 
 
