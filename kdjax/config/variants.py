@@ -72,10 +72,10 @@ def minilm(c: ml_collections.ConfigDict) -> None:
 
 
 def cpu(c: ml_collections.ConfigDict) -> None:
-    """Every stage in about an hour on 2 CPU cores (README, "What a run costs"): :minilm's real teacher, corpus and
-    GLUE folders (override with --config.data.corpus / --config.data.glue_dir), the study's small budget
-    (docs/results.md): 8 full-width candidates at >= 3x x 20 mini-KD steps, 600 KD steps, PDT of 2 winners, 1,000 GLUE
-    examples without dropout."""
+    """Every stage sized for 2 CPU cores (README, "What a run costs": 129 CPU-minutes measured): :minilm's real
+    teacher, corpus and GLUE folders (override with --config.data.corpus / --config.data.glue_dir), the study's
+    small budget (docs/results.md): 8 full-width candidates at >= 3x x 20 mini-KD steps, 600 KD steps, PDT of 2
+    winners, 1,000 GLUE examples without dropout."""
     minilm(c)
     c.kd.per_device_batch_size = 16
     c.kd.num_train_steps = 600
