@@ -204,7 +204,7 @@ class Stage:
         keep = ref.kind == "teacher"
         label = "task-distilled" if method else "fine-tuned"
         earlier = self.earlier(ref, task, name, method)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), plan.compile_seconds()
         kwargs = dict(spec=spec, pretrained=params, tokenizer=tokenizer, task_data=self.task(task), mesh=ctx.mesh)
         desc = f"glue {name} {task}"
         out = finetune(**kwargs, recipe=recipe, desc=desc, distill=distill, keep_params=keep, earlier=earlier)
@@ -253,7 +253,7 @@ class Stage:
         self.done.append(f"{name}/{task}")
         role = "teacher" if keep else "distill" if method else "finetune"
         trained = runs - read
-        plan.glue_scored(glue_plan.unit(role, task), time.perf_counter() - t0, trained)
+        plan.glue_scored(glue_plan.unit(role, task), time.perf_counter() - t0, trained, plan.compile_seconds() - c0)
 
     def earlier(self, ref: ModelRef, task: str, name: str, method: dict | None) -> dict:
         """The runs of `name`'s score on `task` that this run's recipe reuses (kdjax.glue_runs)."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 import time
+
+import jax
 
 from kdjax.errors import KdjaxError
 from kdjax.hooks import Hook, Report
@@ -185,15 +188,16 @@ class Eta:
         print(line, flush=True)
         return line
 
-    def unit_done(self, stage: str, unit: str, wall_s: float, count: int = 1) -> str | None:
-        """Progress by finished units (glue: `count` runs of a row on one task), weighted by their planned cost."""
+    def unit_done(self, stage: str, unit: str, wall_s: float, count: int = 1, compile_s: float = 0.0) -> str | None:
+        """Progress by finished units (glue: `count` runs of a row on one task), weighted by their planned cost.
+        `compile_s` of `wall_s` went to compiling programs that later units reuse: it is not extrapolated."""
         plan = self.plans.get(stage)
         if plan is None or not plan.units or unit not in plan.units or count <= 0:
             return None
         total = sum(cost * plan.unit_counts.get(u, 1) for u, cost in plan.units.items())
         got = self._units.setdefault(stage, [0.0, 0.0])
         got[0] += count * plan.units[unit] / total
-        got[1] += wall_s
+        got[1] += max(0.0, wall_s - compile_s)
         return self.timed(stage, got[0], got[0], got[1])
 
     def done(self, stage: str) -> None:
@@ -256,11 +260,42 @@ def timed(stage: str, done: float, work: float, elapsed_s: float, compute_s: flo
         current.timed(stage, done, work, elapsed_s, compute_s)
 
 
-def glue_scored(unit: str, wall_s: float, runs: int) -> None:
+def glue_scored(unit: str, wall_s: float, runs: int, compile_s: float = 0.0) -> None:
     """One row of the glue stage was scored on one task (`kdjax.glue_plan.unit`), training `runs` runs (rate x
-    seed; an earlier score's are read) in `wall_s` seconds."""
+    seed; an earlier score's are read) in `wall_s` seconds, `compile_s` of them compiling (`compile_seconds`)."""
     if current is not None:
-        current.unit_done("glue", unit, wall_s, runs)
+        current.unit_done("glue", unit, wall_s, runs, compile_s)
+
+
+# Lowering and XLA compilation, as jax reports them (a persistent-cache hit reports its retrieval). Tracing is left
+# out: its event nests (a jitted function called while tracing another reports inside the outer one's span).
+_COMPILE_EVENTS = frozenset(
+    {"/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/core/compile/backend_compile_duration"}
+)
+
+
+class _CompileClock:
+    seconds = 0.0
+    listening = False
+    lock = threading.Lock()
+
+
+def _on_duration(event: str, duration_secs: float, **_: str | int) -> None:
+    if event in _COMPILE_EVENTS:
+        with _CompileClock.lock:
+            _CompileClock.seconds += duration_secs
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent lowering and compiling XLA programs since the first call (all threads).
+
+    The glue stage's first row of a model shape on a task compiles its programs and the later rows reuse them, so
+    its ETA subtracts what this counter moved during a row, as the KD ETA skips its first report."""
+    with _CompileClock.lock:
+        if not _CompileClock.listening:
+            jax.monitoring.register_event_duration_secs_listener(_on_duration)
+            _CompileClock.listening = True
+        return _CompileClock.seconds
 
 
 def stage_done(stage: str) -> None:

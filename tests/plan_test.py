@@ -57,6 +57,25 @@ def test_glue_progress_by_weighted_units():
     assert eta.unit_done("glue", "cola", 5.0) is None  # not planned: ignored
 
 
+def test_glue_eta_leaves_compiling_out():
+    eta = _eta()
+    eta.unit_done("glue", "sst2", 50.0, compile_s=20.0)  # the first row compiled for 20 of its 50 s
+    assert eta.estimate("glue") == (pytest.approx(50.0), True)  # 5/8 of the units left at 30 s per 3/8
+
+
+def test_compile_seconds_count_a_new_program_not_a_cached_one():
+    import jax
+    import jax.numpy as jnp
+
+    before = plan.compile_seconds()
+    f = jax.jit(lambda x: jnp.tanh(x) * 3.0 + x.sum())
+    f(jnp.ones((7, 5))).block_until_ready()
+    compiled = plan.compile_seconds()
+    assert compiled > before
+    f(jnp.ones((7, 5))).block_until_ready()  # the same shapes: nothing compiled
+    assert plan.compile_seconds() == compiled
+
+
 def test_eta_hook_times_from_its_first_report(monkeypatch):
     calls = []
     monkeypatch.setattr(plan, "timed", lambda *a: calls.append(a))
