@@ -275,15 +275,27 @@ _COMPILE_EVENTS = frozenset(
 
 
 class _CompileClock:
-    seconds = 0.0
-    listening = False
-    lock = threading.Lock()
+    """The process's lowering and XLA-compile seconds (all threads), summed from jax's duration events once read."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._listening = False
+        self._lock = threading.Lock()
+
+    def _on_duration(self, event: str, duration_secs: float, **_: str | int) -> None:
+        if event in _COMPILE_EVENTS:
+            with self._lock:
+                self._seconds += duration_secs
+
+    def read(self) -> float:
+        with self._lock:
+            if not self._listening:  # one listener per process, registered on the first read
+                jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+                self._listening = True
+            return self._seconds
 
 
-def _on_duration(event: str, duration_secs: float, **_: str | int) -> None:
-    if event in _COMPILE_EVENTS:
-        with _CompileClock.lock:
-            _CompileClock.seconds += duration_secs
+_compile_clock = _CompileClock()
 
 
 def compile_seconds() -> float:
@@ -291,11 +303,7 @@ def compile_seconds() -> float:
 
     The glue stage's first row of a model shape on a task compiles its programs and the later rows reuse them, so
     its ETA subtracts what this counter moved during a row, as the KD ETA skips its first report."""
-    with _CompileClock.lock:
-        if not _CompileClock.listening:
-            jax.monitoring.register_event_duration_secs_listener(_on_duration)
-            _CompileClock.listening = True
-        return _CompileClock.seconds
+    return _compile_clock.read()
 
 
 def stage_done(stage: str) -> None:
