@@ -426,7 +426,8 @@ def test_the_teacher_labels_a_task_once_for_all_its_students(tmp_path, glue_dir,
     c.glue.distill.baseline = False
     ctx = run_context(tmp_path, config=c)
     assert glue_stage.run(ctx)["scored"] == 2 * 2 + 2  # two students and the teacher on rte and stsb
-    assert passes == ["rte", "stsb"] and labelled == [16, 16] and held == [0, 0]
+    copies = 1 + c.glue.distill.augment_factor  # one pass labels the originals and their augmented copies
+    assert passes == ["rte", "stsb"] and labelled == [16 * copies] * 2 and held == [0, 0]
     out = capsys.readouterr().out
     # Tasks outside, models inside: both students of rte are scored before stsb's teacher is fine-tuned.
     order = [out.index(f"glue: {row} ") for row in ("teacher rte", "kd-copy2 rte", "teacher stsb")]

@@ -307,7 +307,8 @@ def test_glue_plan_counts_the_exports_a_run_will_make(tmp_path, tiny_teacher):
     glue = next(p for p in plan.build(ctx, ["teacher", "nas", "kd", "glue"]) if p.name == "glue")
     assert glue.what.startswith("7 training(s) per task (teacher; 3 student(s) task-distilled and fine-tuned only)")
     n, batch = glue_plan.SYNTHETIC_TRAIN, 4 * ctx.mesh.size  # :tiny caps at 16 examples, batches of 4 per device
-    assert glue.steps == 7 * -(-min(n, 16) // batch)
+    copies = 1 + ctx.settings.glue.distill.loss.augment_factor  # the distilled rows also train on augmented copies
+    assert glue.steps == 4 * -(-min(n, 16) // batch) + 3 * -(-min(n, 16) * copies // batch)
     # Without the nas and kd stages, only what exists counts: here nothing of `best`, so the teacher alone.
     glue = next(p for p in plan.build(ctx, ["glue"]) if p.name == "glue")
     assert glue.what.startswith("1 training(s) per task (teacher)")
