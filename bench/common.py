@@ -149,14 +149,24 @@ def stamp() -> str:
 
 def run_part(script: str, part: str, argv: list[str]) -> dict:
     """Run `script --part PART` in a child process (separate peak RSS) and return its last JSON line."""
+    out = try_part(script, part, argv)
+    if "error" in out:
+        raise SystemExit(f"{part} part failed (exit {out['exit']}): {out['error']}")
+    return out
+
+
+def try_part(script: str, part: str, argv: list[str], env: dict | None = None) -> dict:
+    """`run_part`, but a failed child gives {"error": its last stderr line, "exit": its status} instead of ending
+    the benchmark (a sweep goes on past an option this XLA does not know). `env` adds to the child's environment."""
     import subprocess
     import sys
 
     cmd = [sys.executable, os.path.abspath(script), *argv, "--part", part]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-        raise SystemExit(f"{part} part failed (exit {proc.returncode})")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()] or ["no output"]
+        return {"error": lines[-1][-300:], "exit": proc.returncode}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -1,12 +1,16 @@
 """XLA compiler options against one candidate's compile and step cost: does a cheaper compile pay for itself?
 
-For each `--arch` and each option set (`--options`, JSON objects separated by `;`, `{}` = XLA's defaults), a fresh
-child process lowers kdjax's student-step program (kdjax.steps, the one `distill` compiles) for `--batch-rows` rows
-of 128 tokens of the packaged MiniLM teacher's inputs, compiles it with `Lowered.compile(compiler_options=...)`, then
-times `--steps` steps. No persistent cache. Rows alternate by repeat so variants see the same machine load; CPU
-seconds are `time.process_time()` of the child (all its threads). The last output line is one JSON object.
+For each `--arch`, each `XLA_FLAGS` value (`--xla-flags`, separated by `;`) and each option set (`--options`, JSON
+objects separated by `;`, `{}` = XLA's defaults), a fresh child process lowers kdjax's student-step program
+(kdjax.steps, the one `distill` compiles) for `--batch-rows` rows of 128 tokens of the packaged MiniLM teacher's
+inputs, compiles it with `Lowered.compile(compiler_options=...)`, then times `--steps` steps. No persistent cache.
+Rows alternate by repeat so variants see the same machine load; CPU seconds are `time.process_time()` of the child
+(all its threads). The last output line is one JSON object.
 
     PYTHONPATH=. python bench/compile_options.py --repeats 2
+    PYTHONPATH=. python bench/compile_options.py --options '{}' --xla-flags ';--xla_cpu_use_fusion_emitters=false'
+
+A set XLA does not know (or any failed child) gives a row with its `error` and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ def main(argv=None) -> None:
     p.add_argument("--teacher", default="")
     p.add_argument("--archs", default="2L-256H-4A-1024F-relu,4L-384H-12A-768F-silu,6L-384H-12A-1536F")
     p.add_argument("--options", default=DEFAULT_OPTIONS, help="';'-separated JSON objects of XLA compiler options")
+    p.add_argument(
+        "--xla-flags",
+        default="",
+        help="';'-separated XLA_FLAGS values, each crossed with --options (debug flags that are not compile options)",
+    )
     p.add_argument("--batch-rows", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1)
@@ -86,14 +95,18 @@ def main(argv=None) -> None:
         print(json.dumps(one(arch, options, args.batch_rows, args.steps, args.teacher)))
         return
     option_sets = [json.loads(o) for o in args.options.split(";")]
+    flag_sets = args.xla_flags.split(";")
+    child = ["--batch-rows", str(args.batch_rows), "--steps", str(args.steps), "--teacher", args.teacher]
     rows = []
     for repeat in range(args.repeats):
         for arch in args.archs.split(","):
-            for options in option_sets:
-                child = ["--batch-rows", str(args.batch_rows), "--steps", str(args.steps), "--teacher", args.teacher]
-                row = common.run_part(__file__, json.dumps([arch, options]), child)
-                rows.append({**row, "repeat": repeat})
-                print(rows[-1], flush=True)
+            for flags in flag_sets:
+                for options in option_sets:
+                    # A failed child (an option or flag this XLA does not know) is a row with its error.
+                    env = {"XLA_FLAGS": flags} if flags else None
+                    row = common.try_part(__file__, json.dumps([arch, options]), child, env)
+                    rows.append({"arch": arch, "options": options, **row, "xla_flags": flags, "repeat": repeat})
+                    print(rows[-1], flush=True)
     common.print_json(
         {
             "rows": rows,
