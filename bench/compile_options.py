@@ -16,6 +16,7 @@ A set XLA does not know (or any failed child) gives a row with its `error` and t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -98,15 +99,13 @@ def main(argv=None) -> None:
     flag_sets = args.xla_flags.split(";")
     child = ["--batch-rows", str(args.batch_rows), "--steps", str(args.steps), "--teacher", args.teacher]
     rows = []
-    for repeat in range(args.repeats):
-        for arch in args.archs.split(","):
-            for flags in flag_sets:
-                for options in option_sets:
-                    # A failed child (an option or flag this XLA does not know) is a row with its error.
-                    env = {"XLA_FLAGS": flags} if flags else None
-                    row = common.try_part(__file__, json.dumps([arch, options]), child, env)
-                    rows.append({"arch": arch, "options": options, **row, "xla_flags": flags, "repeat": repeat})
-                    print(rows[-1], flush=True)
+    grid = itertools.product(range(args.repeats), args.archs.split(","), flag_sets, option_sets)
+    for repeat, arch, flags, options in grid:
+        # Each value is the child's whole XLA_FLAGS ('' = none, whatever this shell exports), so the defaults row
+        # is XLA's defaults. A failed child (an option or flag this XLA does not know) is a row with its error.
+        row = common.try_part(__file__, json.dumps([arch, options]), child, {"XLA_FLAGS": flags})
+        rows.append({"arch": arch, "options": options, **row, "xla_flags": flags, "repeat": repeat})
+        print(rows[-1], flush=True)
     common.print_json(
         {
             "rows": rows,
